@@ -1,0 +1,5 @@
+import sys
+
+from ssmis.cli import main
+
+sys.exit(main())

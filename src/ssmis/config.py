@@ -1,0 +1,257 @@
+"""Experiment configuration: YAML files plus ``key.sub=value`` overrides, validated by pydantic.
+
+Why pydantic: a typo (``train.lrr``), a wrong type (``train.lr=abc``) or a missing data folder must
+stop the run before anything is written, with one line that names the field. Every section
+forbids unknown keys for that reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ssmis.errors import SSMISError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the data is and how it is split into labeled / unlabeled / val / test."""
+
+    layout: Literal["acdc_h5", "la_h5"] = Field(
+        description="acdc_h5: SSL4MIS 2D slices + volumes; la_h5: UA-MT 3D volumes"
+    )
+    root: Path
+    num_classes: int = Field(ge=2)
+    in_channels: int = Field(default=1, ge=1)
+    class_names: dict[int, str] | None = None
+    labeled_patients: int | None = Field(default=None, ge=1, description="acdc_h5 only")
+    labeled_slices: int | None = Field(default=None, ge=1, description="acdc_h5 only")
+    labeled_count: int | None = Field(default=None, ge=1, description="la_h5 only")
+    val_count: int | None = Field(
+        default=None, ge=1, description="la_h5: validation cases carved from the end of train.list"
+    )
+    patch_size: list[int] = Field(min_length=2, max_length=3)
+    spacing: list[float] | None = Field(
+        default=None, description="voxel spacing in mm for distances; null = unknown (voxel units)"
+    )
+    num_workers: int = Field(default=0, ge=0)
+    cache: bool = Field(default=False, description="keep training slices in memory")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.layout == "acdc_h5":
+            if (self.labeled_patients is None) == (self.labeled_slices is None):
+                raise ValueError("data: give exactly one of labeled_patients / labeled_slices")
+            if len(self.patch_size) != 2:
+                raise ValueError("data.patch_size: expected 2 values [H, W] for acdc_h5")
+        if self.layout == "la_h5":
+            if self.labeled_count is None:
+                raise ValueError("data.labeled_count: required for la_h5")
+            if self.val_count is None:
+                raise ValueError(
+                    "data.val_count: required for la_h5 (cases carved from train.list)"
+                )
+            if len(self.patch_size) != 3:
+                raise ValueError("data.patch_size: expected 3 values [X, Y, Z] for la_h5")
+        if self.spacing is not None and len(self.spacing) not in (2, 3):
+            raise ValueError("data.spacing: expected 2 or 3 values in mm")
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.patch_size)
+
+    def names(self) -> dict[int, str]:
+        """Names of the foreground classes (1..C-1), defaulting to 'class k'."""
+        given = self.class_names or {}
+        return {k: given.get(k, f"class{k}") for k in range(1, self.num_classes)}
+
+
+class ModelConfig(_Section):
+    name: str = "unet2d"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MethodConfig(_Section):
+    name: str = "supervised"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule. poly: lr0 * (1 - t/T)^power; step: lr0 * gamma^floor(t/step_size)."""
+
+    kind: Literal["constant", "poly", "step"] = "constant"
+    power: float = 0.9
+    step_size: int = Field(default=2500, ge=1)
+    gamma: float = 0.1
+
+
+class TrainConfig(_Section):
+    iterations: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="labeled samples per batch")
+    unlabeled_batch_size: int = Field(default=0, ge=0)
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    nesterov: bool = False
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    val_every: int = Field(default=200, ge=1)
+    log_every: int = Field(default=1, ge=1, description="iterations per JSONL row")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(default=False, description="bfloat16 autocast on CUDA")
+    deterministic: bool = True
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+
+
+class EvalConfig(_Section):
+    unit: Literal["mm", "voxel"] = "mm"
+    empty_rule: Literal["nan", "medpy"] = "nan"
+    hd95_mode: Literal["monai", "medpy"] = "monai"
+    lcc: bool = Field(default=False, description="keep the largest connected component per class")
+    stride: list[int] | None = Field(default=None, description="sliding-window stride (3D)")
+    slice_batch_size: int = Field(default=16, ge=1)
+    val_max_cases: int | None = Field(default=None, ge=1, description="validate on the first N")
+    overlay_cases: int = Field(default=4, ge=0)
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = 1337
+    output_dir: Path = Path("runs")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.eval.stride is not None and len(self.eval.stride) != len(self.data.patch_size):
+            raise ValueError("eval.stride: expected as many values as data.patch_size")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# loading, overrides, error formatting
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=0.02`` -> (['train', 'lr'], 0.02); values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise SSMISError(f"override '{text}': expected key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise SSMISError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise SSMISError(f"override '{text}': value is not valid YAML ({err})") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set nested keys in a plain dict; unknown keys are caught later by validation."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise SSMISError(f"override '{text}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (used to suggest a key for a typo)."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = annotation if isinstance(annotation, type) else None
+        if current is None:
+            return []
+    fields = getattr(current, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    """One line: the field, what is wrong, what was expected."""
+    first = err.errors()[0]
+    loc = tuple(first.get("loc", ()))
+    field = ".".join(str(p) for p in loc) or "config"
+    kind = first.get("type", "")
+    if kind == "extra_forbidden":
+        valid = _valid_keys(model, loc)
+        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        msg = f"{source}: {field}: unknown key"
+        if hint:
+            prefix = "".join(f"{p}." for p in loc[:-1])
+            msg += f" (did you mean '{prefix}{hint[0]}'?)"
+        elif valid:
+            msg += f"; valid keys here: {', '.join(valid)}"
+        return msg
+    if kind == "missing":
+        return f"{source}: {field}: required field is missing"
+    text = first.get("msg", "invalid value")
+    text = text.removeprefix("Value error, ")
+    if "input" in first and kind != "value_error" and not isinstance(first["input"], dict):
+        text += f" (got {first['input']!r})"
+    if kind == "value_error":  # our own validators already name the field
+        return f"{source}: {text}"
+    return f"{source}: {field}: {text}"
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise SSMISError(format_validation_error(err, ExperimentConfig, source)) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SSMISError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise SSMISError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise SSMISError(f"{path}: expected a mapping of sections (data, model, method, train)")
+    return data
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file, apply overrides, validate, and check the data paths exist."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    cfg = validate_config(raw, source=str(path))
+    check_paths(cfg)
+    return cfg
+
+
+def check_paths(cfg: ExperimentConfig) -> None:
+    if not cfg.data.root.exists():
+        raise SSMISError(f"data.root: folder not found: {cfg.data.root}")
+    if not cfg.data.root.is_dir():
+        raise SSMISError(f"data.root: expected a folder, got a file: {cfg.data.root}")
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (paths as strings), saved in every run folder."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,40 @@
+"""Registry of methods by name. A new method is one module plus one line in ``_BUILTIN``."""
+
+from __future__ import annotations
+
+from ssmis.errors import SSMISError
+from ssmis.methods.base import Batch, Method, MethodParams, Phase
+from ssmis.methods.supervised import Supervised
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Add a method class under its ``name`` (usable as a decorator by plug-ins)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    METHODS[cls.name] = cls
+    return cls
+
+
+_BUILTIN: tuple[type[Method], ...] = (Supervised,)
+for _cls in _BUILTIN:
+    register(_cls)
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        valid = ", ".join(sorted(METHODS))
+        raise SSMISError(
+            f"method.name: unknown method '{name}'; expected one of: {valid}"
+        ) from None
+
+
+def build_method(cfg) -> Method:
+    return get_method(cfg.method.name)(cfg)
+
+
+__all__ = ["METHODS", "Batch", "Method", "MethodParams", "Phase", "build_method", "get_method",
+           "register"]

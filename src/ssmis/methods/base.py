@@ -1,0 +1,87 @@
+"""The one interface every method meets (see DESIGN.md).
+
+A method is an ``nn.Module`` that builds its networks from the config. The engine owns devices,
+AMP, the optimizer, checkpoints, logging and validation; the method only says how to compute
+its losses for one batch and which network(s) predict at inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from ssmis.config import ExperimentConfig, format_validation_error
+from ssmis.errors import SSMISError
+from ssmis.models import build_model
+
+Batch = dict[str, Any]
+
+
+class MethodParams(BaseModel):
+    """Method-specific options (``method.params`` in the config); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with its own length (e.g. supervised pre-training, self-training)."""
+
+    name: str
+    iterations: int
+    reset_optimizer: bool = False
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``name`` and ``Params`` and implement ``training_step``."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    uses_unlabeled: ClassVar[bool] = True
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.params = self.parse_params(cfg.method.params)
+
+    @classmethod
+    def parse_params(cls, raw: dict[str, Any]) -> MethodParams:
+        try:
+            return cls.Params.model_validate(raw)
+        except ValidationError as err:
+            line = format_validation_error(err, cls.Params, "config")
+            raise SSMISError(line.replace("config: ", "config: method.params.", 1)) from None
+
+    # -- helpers for subclasses --------------------------------------------------------------
+    def build_network(self, **options: Any) -> nn.Module:
+        """The configured backbone, with per-method extra options (decoders, features)."""
+        merged = {**self.cfg.model.options, **options}
+        return build_model(
+            self.cfg.model.name, self.cfg.data.in_channels, self.cfg.data.num_classes, **merged
+        )
+
+    # -- the interface -----------------------------------------------------------------------
+    def training_step(
+        self, labeled: Batch, unlabeled: Batch | None, step: int
+    ) -> dict[str, torch.Tensor]:
+        """Losses for one batch; the engine back-propagates ``loss`` and logs every entry."""
+        raise NotImplementedError
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits B x C x spatial of the network(s) used at inference."""
+        raise NotImplementedError
+
+    def on_step_end(self, step: int) -> None:
+        """Called after each optimizer step (EMA updates live here)."""
+
+    def phases(self) -> list[Phase]:
+        return [Phase("train", self.cfg.train.iterations)]
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters the optimizer updates; methods with EMA teachers exclude them."""
+        return (p for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,117 @@
+"""Validation during training and the final evaluation of a chosen checkpoint.
+
+Model selection reads only the validation split; the test split is touched once, by
+:func:`evaluate_split` on the chosen checkpoint, and every number is stored with its definition.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssmis import __version__
+from ssmis.config import ExperimentConfig
+from ssmis.data.datasets import EvalCase
+from ssmis.inference import largest_connected_component, predict_slicewise, predict_sliding_window
+from ssmis.methods.base import Method
+from ssmis.metrics import EMPTY_RULES, METRIC_DEFINITIONS, case_metrics, summarize
+
+
+def predict_case(method: Method, case: EvalCase, cfg: ExperimentConfig,
+                 device: torch.device, amp: bool = False) -> np.ndarray:
+    """Integer label map for one evaluation case, with the network(s) ``method.predict`` uses."""
+
+    def predict_fn(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return method.predict(batch).float()
+
+    patch = tuple(cfg.data.patch_size)
+    if cfg.data.spatial_dims == 2:
+        pred = predict_slicewise(predict_fn, case.image, patch,
+                                 batch_size=cfg.eval.slice_batch_size, device=device)
+    else:
+        stride = tuple(cfg.eval.stride) if cfg.eval.stride else tuple(max(p // 2, 1) for p in patch)
+        pred = predict_sliding_window(predict_fn, case.image, patch, stride,
+                                      cfg.data.num_classes, device=device)
+    if cfg.eval.lcc:
+        pred = largest_connected_component(pred, list(range(1, cfg.data.num_classes)))
+    return pred
+
+
+def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int) -> list[float]:
+    """Dice of classes 1..C-1 (1.0 when both masks are empty): the cheap validation score."""
+    scores = []
+    for c in range(1, num_classes):
+        p, g = pred == c, label == c
+        denom = int(p.sum()) + int(g.sum())
+        scores.append(1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom)
+    return scores
+
+
+@torch.no_grad()
+def validation_dice(method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig,
+                    device: torch.device, amp: bool = False) -> float:
+    """Mean over cases of the mean foreground Dice (what the published code selects on)."""
+    was_training = method.training
+    method.eval()
+    try:
+        per_case = [np.mean(dice_per_class(predict_case(method, c, cfg, device, amp), c.label,
+                                           cfg.data.num_classes)) for c in cases]
+    finally:
+        method.train(was_training)
+    return float(np.mean(per_case)) if per_case else float("nan")
+
+
+def git_commit() -> str:
+    """Commit of the ssmis source tree, or the package version when not in a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=5, check=True)
+        return out.stdout.strip()
+    except Exception:
+        return f"ssmis {__version__} (no git)"
+
+
+@torch.no_grad()
+def evaluate_split(
+    method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig, device: torch.device,
+    *, split: str, checkpoint: str, iteration: int | None, keep_predictions: int = 0,
+) -> tuple[dict[str, Any], list[tuple[EvalCase, np.ndarray]]]:
+    """Full metrics on ``split``; returns the result JSON and up to ``keep_predictions`` cases."""
+    method.eval()
+    names = cfg.data.names()
+    classes = list(names)
+    per_case: list[dict[str, Any]] = []
+    kept: list[tuple[EvalCase, np.ndarray]] = []
+    spacing_note = "voxel units"
+    for case in cases:
+        pred = predict_case(method, case, cfg, device, amp=cfg.train.amp)
+        spacing = case.spacing if cfg.eval.unit == "mm" else None
+        if cfg.eval.unit == "mm" and spacing is None:
+            spacing_note = "voxel units: no spacing known (set data.spacing)"
+        elif spacing is not None:
+            spacing_note = "mm, from data.spacing / headers"
+        values = case_metrics(pred, case.label, classes, spacing, empty_rule=cfg.eval.empty_rule,
+                              hd95_mode=cfg.eval.hd95_mode)
+        per_case.append({"case": case.case, "domain": case.domain,
+                         "metrics": {str(k): v for k, v in values.items()}})
+        if len(kept) < keep_predictions:
+            kept.append((case, pred))
+    summary = summarize(per_case, names)
+    unit = "mm" if spacing_note.startswith("mm") else "voxel"
+    result: dict[str, Any] = {
+        "split": split, "checkpoint": checkpoint, "iteration": iteration, "seed": cfg.seed,
+        "commit": git_commit(), "method": cfg.method.name, "model": cfg.model.name,
+        "dataset": str(cfg.data.root), "unit": unit, "spacing": spacing_note,
+        "empty_rule": cfg.eval.empty_rule, "empty_rule_text": EMPTY_RULES[cfg.eval.empty_rule],
+        "hd95_mode": cfg.eval.hd95_mode, "lcc": cfg.eval.lcc,
+        "definitions": METRIC_DEFINITIONS,
+        "classes": {str(k): v for k, v in names.items()},
+        "per_case": per_case, **summary,
+    }
+    return result, kept

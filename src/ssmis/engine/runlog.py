@@ -1,0 +1,116 @@
+"""Run-folder logging: JSONL scalars, optional TensorBoard, a log file, and the progress line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+LOGGER_NAME = "ssmis"
+
+
+def setup_logger(log_file: Path | None, verbose: bool = True) -> logging.Logger:
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = False
+    if verbose:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, mode="a")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class JsonlWriter:
+    """Append-only JSON-lines file, flushed per row so a crash loses at most one row."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handle = path.open("a")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._handle.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def truncate_jsonl(path: Path, max_iter: int) -> None:
+    """Drop rows past ``max_iter`` (a resumed run repeats the iterations after its checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("iter", 0) <= max_iter]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class TensorBoard:
+    """Scalars to TensorBoard when it is installed; silently nothing otherwise."""
+
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is an optional extra
+            self._writer = None
+        else:
+            self._writer = SummaryWriter(str(log_dir))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if self._writer is None:
+            return
+        for key, value in scalars.items():
+            self._writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class Progress:
+    """A tqdm bar on a terminal; on a pipe (CI, nohup) a plain line every ~5% instead."""
+
+    def __init__(self, total: int, initial: int, desc: str) -> None:
+        self.total = total
+        self.interactive = sys.stderr.isatty()
+        self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+                         disable=not self.interactive, unit="it")
+        self._every = max(total // 20, 1)
+        self._t0 = time.perf_counter()
+        self._start = initial
+        self._logger = logging.getLogger(LOGGER_NAME)
+
+    def update(self, step: int, loss: float, lr: float) -> float:
+        """Advance to ``step`` (1-based count of finished iterations); returns it/s so far."""
+        elapsed = time.perf_counter() - self._t0
+        rate = (step - self._start) / elapsed if elapsed > 0 else 0.0
+        if self.interactive:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        elif step % self._every == 0 or step == self.total:
+            self._logger.info(f"iter {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
+                              f"{rate:.2f} it/s")
+        return rate
+
+    def close(self) -> None:
+        self._bar.close()

@@ -14,7 +14,8 @@ from typing import Any
 from ssmis.config import validate_config
 from ssmis.data.phantoms import make_phantom_dataset
 
-PHANTOM_VERSION = "v1"
+PHANTOM_VERSION = "v2"
+PHANTOM_SIZE = (64, 64)
 
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
@@ -25,7 +26,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "num_classes": 4,
         "class_names": {1: "RV", 2: "Myo", 3: "LV"},
         "labeled_patients": 4,
-        "patch_size": [96, 96],
+        "patch_size": list(PHANTOM_SIZE),
         "cache": True,
     },
     "model": {"name": "unet2d"},
@@ -47,7 +48,7 @@ def phantom_root(out: Path) -> Path:
     root = out / "demo" / f"phantom-data-{PHANTOM_VERSION}"
     marker = root / ".complete"
     if not marker.is_file():
-        make_phantom_dataset(root, seed=0)
+        make_phantom_dataset(root, seed=0, size=PHANTOM_SIZE)
         marker.write_text("ok\n")
     return root
 

@@ -190,8 +190,8 @@ class Trainer:
         try:
             while self.step < self.total:
                 phase, local = self.phase_at(self.step)
-                if local == 0 and phase.reset_optimizer and self.step > 0:
-                    self.optimizer = self._make_optimizer()
+                if local == 0 and self.step > 0:
+                    self._start_phase(phase)
                 lr = learning_rate(cfg.train.lr, local, phase.iterations, cfg.train.schedule)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -230,6 +230,18 @@ class Trainer:
         elapsed = time.perf_counter() - t_start
         self.log.info(f"finished {self.total} iterations in {elapsed:.1f} s")
         return self.summary()
+
+    def _start_phase(self, phase: Phase) -> None:
+        """Phase boundary: optionally restart from the previous phase's best weights."""
+        if phase.init_from_best:
+            previous = self.phases[self.phases.index(phase) - 1]
+            path = self.ckpt_dir / f"{best_name(self.phases, previous)}.safetensors"
+            if path.is_file():
+                self.method.load_state_dict(load_weights(path))
+                self.log.info(f"phase {phase.name}: starting from {path.name}")
+        self.method.on_phase_start(phase)
+        if phase.reset_optimizer:
+            self.optimizer = self._make_optimizer()
 
     def _validate(self, phase: Phase, val_log: JsonlWriter, tboard: TensorBoard) -> None:
         cfg = self.cfg

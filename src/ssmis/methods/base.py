@@ -35,6 +35,9 @@ class Phase:
     name: str
     iterations: int
     reset_optimizer: bool = False
+    #: start from the previous phase's best-by-validation weights (BCP: self-training begins
+    #: from the best pre-trained model, not the last one)
+    init_from_best: bool = False
 
 
 class Method(nn.Module):
@@ -78,6 +81,10 @@ class Method(nn.Module):
 
     def on_step_end(self, step: int) -> None:
         """Called after each optimizer step (EMA updates live here)."""
+
+    def on_phase_start(self, phase: Phase) -> None:
+        """Called when a phase after the first begins (after any ``init_from_best`` load), e.g.
+        to copy the pre-trained student into the EMA teacher."""
 
     def phases(self) -> list[Phase]:
         return [Phase("train", self.cfg.train.iterations)]

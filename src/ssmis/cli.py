@@ -1,4 +1,4 @@
-"""The ``ssmis`` command: demo, train, evaluate, methods.
+"""The ``ssmis`` command: demo, train, evaluate, predict, data, methods.
 
 Every user error ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -17,6 +17,10 @@ EXAMPLES = """examples:
   ssmis train configs/acdc/supervised_cpu.yaml train.iterations=500 data.labeled_patients=7
   ssmis train --resume runs/acdc_supervised_cpu/20261123-101500-seed1337
   ssmis evaluate runs/acdc_supervised_cpu/20261123-101500-seed1337 --split test
+  ssmis data inspect data/my_nifti                 layout, cases, spacings, labels, problems
+  ssmis data split data/my_nifti --labeled 4 --val 2 --test 2 --out splits.json
+  ssmis data prepare configs/examples/nifti.yaml --out data/my_nifti_prepared
+  ssmis predict runs/nifti_example/20261123-101500-seed1337 scans/ --out masks/ --tta
   ssmis methods
 """
 
@@ -63,6 +67,63 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default="best",
                           help="best (by validation) or last, or a file stem in checkpoints/")
 
+    data = sub.add_parser("data", help="inspect, split or prepare a dataset",
+                          description="Tools for your own data (nnU-Net NIfTI folders, image/mask "
+                                      "folders) and the h5 layouts.")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    insp = dsub.add_parser("inspect", help="layout, cases, shapes, spacings, labels, problems",
+                           description="Detect the layout and print cases, labeled/unlabeled "
+                                       "counts, shapes, spacings, intensity ranges, label values,"
+                                       " class frequencies, domains and every problem found. "
+                                       "Exit status 1 when a problem was found.")
+    insp.add_argument("path", type=Path, help="dataset folder")
+    insp.add_argument("--mask-values", help="VALUE:CLASS pairs, e.g. 0:0,255:1")
+    insp.add_argument("--num-classes", type=int, help="flag label values >= this")
+    insp.add_argument("--all", action="store_true", help="list every case")
+    spl = dsub.add_parser("split", help="write a labeled/unlabeled/val/test split file",
+                          description="Split a dataset by case (by seed, or an explicit labeled "
+                                      "list) and write splits.json; train with "
+                                      "data.split_file=splits.json to reproduce it. PATH is a "
+                                      "dataset folder or an experiment YAML (its data section).")
+    spl.add_argument("path", type=Path)
+    spl.add_argument("overrides", nargs="*", help="key.sub=value overrides (with a YAML)")
+    spl.add_argument("--labeled", help="labeled cases: a count (4) or a fraction (0.1)")
+    spl.add_argument("--labeled-cases", help="comma-separated labeled case ids")
+    spl.add_argument("--labeled-domain", help="draw labeled cases from this domain only")
+    spl.add_argument("--val", help="validation cases: count or fraction")
+    spl.add_argument("--test", help="test cases carved from the labeled cases: count or "
+                                    "fraction (default: the dataset's labeled imagesTs)")
+    spl.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    spl.add_argument("--out", type=Path, default=Path("splits.json"))
+    spl.add_argument("--overwrite", action="store_true")
+    prep = dsub.add_parser("prepare", help="cache a raw dataset as compressed npz for training",
+                           description="Convert a nifti or images dataset (folder, or the data "
+                                       "section of an experiment YAML) into float16/uint8 npz "
+                                       "files + a manifest; train with data.layout=prepared "
+                                       "data.root=OUT.")
+    prep.add_argument("path", type=Path)
+    prep.add_argument("overrides", nargs="*", help="key.sub=value overrides (with a YAML)")
+    prep.add_argument("--out", type=Path, required=True)
+    prep.add_argument("--normalization", help="zscore | ct | scale | none | auto (default)")
+    prep.add_argument("--mask-values", help="VALUE:CLASS pairs, e.g. 0:0,255:1")
+    prep.add_argument("--num-classes", type=int)
+    prep.add_argument("--in-channels", type=int)
+
+    pred = sub.add_parser("predict", help="segment NIfTI volumes or images with a trained run",
+                          description="NIfTI in -> NIfTI out (same affine/header), images in -> "
+                                      "PNG masks of class indices. CHECKPOINT is a run folder "
+                                      "(its best checkpoint and config.yaml) or a .safetensors "
+                                      "inside one.")
+    pred.add_argument("checkpoint", type=Path)
+    pred.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                      help="NIfTI/image files or folders of them")
+    pred.add_argument("--out", type=Path, required=True, help="output folder")
+    pred.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    pred.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
+    pred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pred.add_argument("--tta", action="store_true", help="average over flips (slower)")
+    pred.add_argument("--quiet", action="store_true", help="no progress bar")
+
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.add_argument("action", nargs="?", choices=["list"], default="list")
     return parser
@@ -96,6 +157,71 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count_or_fraction(text: str | None, name: str) -> tuple[int | None, float | None]:
+    if text is None:
+        return None, None
+    try:
+        value = float(text)
+    except ValueError:
+        raise SSMISError(f"{name} '{text}': expected a count (4) or a fraction (0.1)") from None
+    if "." in text or value < 1:
+        if not 0 < value < 1 or name == "--labeled" and not 0 < value <= 1:
+            raise SSMISError(f"{name} {text}: a fraction must be in (0, 1)")
+        return None, value
+    return int(value), None
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from ssmis import datatools
+
+    if args.data_command == "inspect":
+        return datatools.inspect_dataset(
+            args.path, mask_values=datatools.parse_mask_values(args.mask_values),
+            num_classes=args.num_classes, show_all=args.all)
+    if args.data_command == "split":
+        fields: dict = {}
+        if args.path.suffix not in (".yaml", ".yml"):
+            lc, lf = _count_or_fraction(args.labeled, "--labeled")
+            vc, vf = _count_or_fraction(args.val, "--val")
+            tc, tf = _count_or_fraction(args.test, "--test")
+            cases = [c for c in (args.labeled_cases or "").split(",") if c] or None
+            fields = {"labeled_count": lc, "labeled_fraction": lf, "labeled_cases": cases,
+                      "labeled_domain": args.labeled_domain, "val_count": vc,
+                      "val_fraction": vf, "test_count": tc, "test_fraction": tf,
+                      "split_seed": args.seed}
+        elif any(v is not None for v in (args.labeled, args.val, args.test, args.labeled_cases,
+                                         args.labeled_domain)):
+            raise SSMISError("data split CONFIG.yaml takes the split from the config; change "
+                             "it with overrides such as data.labeled_count=4")
+        out = datatools.write_split(args.path, args.out, overwrite=args.overwrite,
+                                    overrides=list(args.overrides), **fields)
+        print(f"wrote {out}")
+        return 0
+    if args.data_command == "prepare":
+        fields = {"normalization": args.normalization, "num_classes": args.num_classes,
+                  "mask_values": datatools.parse_mask_values(args.mask_values),
+                  "in_channels": args.in_channels}
+        if args.path.suffix in (".yaml", ".yml"):
+            if any(v is not None for v in fields.values()):
+                raise SSMISError("data prepare CONFIG.yaml takes its settings from the config; "
+                                 "change them with overrides such as data.normalization=ct")
+            fields = {}
+        out = datatools.prepare(args.path, args.out, list(args.overrides), **fields)
+        print(f"wrote {out} (train with data.layout=prepared data.root={out})")
+        return 0
+    raise SSMISError("data: expected an action: inspect, split or prepare")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ssmis.predict import predict_files
+
+    written = predict_files(args.checkpoint, list(args.inputs), args.out,
+                            overwrite=args.overwrite, overlay=args.overlay, device=args.device,
+                            tta=args.tta, progress=not args.quiet)
+    print(f"wrote {len(written)} file(s) to {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ssmis.demo import run_demo
 
@@ -108,13 +234,14 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
     width = max(len(n) for n in METHODS)
     for name in sorted(METHODS):
-        doc = (METHODS[name].__doc__ or "").strip().splitlines()[0]
+        lines = (METHODS[name].__doc__ or "").strip().splitlines()
+        doc = lines[0] if lines else ""
         print(f"{name:<{width}}  {doc}")
     return 0
 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
-            "methods": _cmd_methods}
+            "methods": _cmd_methods, "data": _cmd_data, "predict": _cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Normalization = Literal["auto", "zscore", "ct", "scale", "none"]
+OWN_LAYOUTS = ("nifti", "images", "prepared")
+
+
 class DataConfig(_Section):
     """Where the data is and how it is split into labeled / unlabeled / val / test."""
 
-    layout: Literal["acdc_h5", "la_h5"] = Field(
-        description="acdc_h5: SSL4MIS 2D slices + volumes; la_h5: UA-MT 3D volumes"
+    layout: Literal["acdc_h5", "la_h5", "nifti", "images", "prepared"] = Field(
+        description="acdc_h5: SSL4MIS 2D slices + volumes; la_h5: UA-MT 3D volumes; nifti: "
+                    "nnU-Net folder (imagesTr/labelsTr/...); images: PNG/JPG/TIF image + mask "
+                    "folders (optionally one folder per domain); prepared: `ssmis data prepare` "
+                    "output"
     )
     root: Path
     num_classes: int = Field(ge=2)
@@ -33,16 +40,44 @@ class DataConfig(_Section):
     class_names: dict[int, str] | None = None
     labeled_patients: int | None = Field(default=None, ge=1, description="acdc_h5 only")
     labeled_slices: int | None = Field(default=None, ge=1, description="acdc_h5 only")
-    labeled_count: int | None = Field(default=None, ge=1, description="la_h5 only")
+    labeled_count: int | None = Field(default=None, ge=1,
+                                      description="la_h5 / own data: number of labeled cases")
     val_count: int | None = Field(
         default=None, ge=1, description="la_h5: validation cases carved from the end of train.list"
     )
     patch_size: list[int] = Field(min_length=2, max_length=3)
     spacing: list[float] | None = Field(
         default=None, description="voxel spacing in mm for distances; null = unknown (voxel units)"
+                                  "; for nifti the headers are used unless this is set"
     )
     num_workers: int = Field(default=0, ge=0)
     cache: bool = Field(default=False, description="keep training slices in memory")
+    # --- own data (nifti / images / prepared) -------------------------------------------------
+    split_file: Path | None = Field(default=None, description="a splits.json to reproduce")
+    split_seed: int = Field(default=0, description="seed of the random split (not the run seed)")
+    labeled_fraction: float | None = Field(default=None, gt=0, le=1)
+    labeled_cases: list[str] | None = Field(default=None, description="explicit labeled ids")
+    labeled_domain: str | None = Field(default=None,
+                                       description="draw labeled cases from this domain only")
+    val_fraction: float | None = Field(default=None, gt=0, lt=1)
+    test_count: int | None = Field(default=None, ge=1,
+                                   description="test cases carved from the labeled training "
+                                               "cases when there is no labeled imagesTs")
+    test_fraction: float | None = Field(default=None, gt=0, lt=1)
+    normalization: Normalization | list[Normalization] = Field(
+        default="auto", description="per channel: zscore (MRI), ct (clip to intensity_window, "
+                                    "scale to [0, 1]), scale (divide by the integer type's "
+                                    "maximum, e.g. 255), none; auto: ct for channels named CT, "
+                                    "scale for image files, else zscore")
+    intensity_window: list[float] = Field(default=[-1000.0, 1000.0], min_length=2, max_length=2)
+    mask_values: dict[int, int] | None = Field(
+        default=None, description="mask pixel value -> class, e.g. {0: 0, 255: 1}; "
+                                  "null = values are class indices")
+    slice_axis: int = Field(default=2, ge=0, le=2,
+                            description="2D training on volumes: the axis that is sliced")
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    unlabeled_dir: str = "unlabeled"
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -60,9 +95,43 @@ class DataConfig(_Section):
                 )
             if len(self.patch_size) != 3:
                 raise ValueError("data.patch_size: expected 3 values [X, Y, Z] for la_h5")
+        if self.layout in OWN_LAYOUTS and self.split_file is None:
+            chosen = [n for n in ("labeled_count", "labeled_fraction", "labeled_cases")
+                      if getattr(self, n) is not None]
+            if len(chosen) != 1:
+                raise ValueError("data: give exactly one of labeled_count / labeled_fraction / "
+                                 f"labeled_cases (or data.split_file) for {self.layout}")
+            if self.val_count is None and self.val_fraction is None:
+                raise ValueError(f"data.val_count: give val_count or val_fraction for "
+                                 f"{self.layout} (validation cases carved from labeled cases)")
+        if self.layout == "images" and len(self.patch_size) != 2:
+            raise ValueError("data.patch_size: expected 2 values [H, W] for images")
         if self.spacing is not None and len(self.spacing) not in (2, 3):
             raise ValueError("data.spacing: expected 2 or 3 values in mm")
+        if isinstance(self.normalization, list) and len(self.normalization) != self.in_channels:
+            raise ValueError(f"data.normalization: {len(self.normalization)} values for "
+                             f"data.in_channels = {self.in_channels}")
+        if self.mask_values is not None:
+            bad = sorted(c for c in self.mask_values.values()
+                         if not 0 <= c < self.num_classes)
+            if bad:
+                raise ValueError(f"data.mask_values: class(es) {bad} outside 0.."
+                                 f"{self.num_classes - 1} (data.num_classes = {self.num_classes})")
+        lo, hi = self.intensity_window
+        if hi <= lo:
+            raise ValueError("data.intensity_window: expected [low, high] with low < high")
         return self
+
+    def normalization_for(self, channel: int, channel_name: str | None = None,
+                          from_image_file: bool = False) -> str:
+        """The normalisation of one channel, resolving 'auto'."""
+        norm = self.normalization
+        choice = norm[channel] if isinstance(norm, list) else norm
+        if choice != "auto":
+            return choice
+        if channel_name is not None and channel_name.strip().upper() == "CT":
+            return "ct"
+        return "scale" if from_image_file else "zscore"
 
     @property
     def spatial_dims(self) -> int:

@@ -23,6 +23,7 @@ import torch
 from scipy import ndimage
 
 __all__ = [
+    "flip_tta",
     "largest_connected_component",
     "predict_slicewise",
     "predict_sliding_window",
@@ -44,19 +45,27 @@ def predict_slicewise(predict_fn: PredictFn, volume: np.ndarray, input_size: Seq
                       batch_size: int = 16, device: torch.device | str = "cpu") -> np.ndarray:
     """Label map (D, H, W) of a volume segmented slice by slice by a 2D network.
 
-    ``predict_fn`` maps a (B, 1, h, w) float tensor to (B, C, h, w) logits or probabilities.
+    ``volume`` is (D, H, W), or (D, C, H, W) for multi-channel input. ``predict_fn`` maps a
+    (B, C, h, w) float tensor to (B, K, h, w) logits or probabilities.
     """
-    if volume.ndim != 3:
-        raise ValueError(f"slice-wise inference expects a (D, H, W) volume, got {volume.shape}")
+    if volume.ndim not in (3, 4):
+        raise ValueError("slice-wise inference expects a (D, H, W) or (D, C, H, W) volume, "
+                         f"got {volume.shape}")
     size = tuple(int(s) for s in input_size)
-    out = np.zeros(volume.shape, dtype=np.uint8)
+    channels = volume.ndim == 4
+    out = np.zeros((volume.shape[0], *volume.shape[-2:]), dtype=np.uint8)
     for start in range(0, volume.shape[0], batch_size):
         chunk = volume[start:start + batch_size]
-        resized = np.stack([_zoom_nearest(s, size) for s in chunk]).astype(np.float32)
-        batch = torch.from_numpy(resized).unsqueeze(1).to(device)
+        if channels:
+            resized = np.stack([np.stack([_zoom_nearest(c, size) for c in s])
+                                for s in chunk]).astype(np.float32)
+            batch = torch.from_numpy(resized).to(device)
+        else:
+            resized = np.stack([_zoom_nearest(s, size) for s in chunk]).astype(np.float32)
+            batch = torch.from_numpy(resized).unsqueeze(1).to(device)
         labels = predict_fn(batch).argmax(dim=1).cpu().numpy().astype(np.uint8)
         for i, lab in enumerate(labels):
-            out[start + i] = _zoom_nearest(lab, volume.shape[1:])
+            out[start + i] = _zoom_nearest(lab, volume.shape[-2:])
     return out
 
 
@@ -72,24 +81,32 @@ def predict_sliding_window(
     num_classes: int, device: torch.device | str = "cpu", batch_size: int = 1,
     return_probabilities: bool = False,
 ) -> np.ndarray:
-    """Label map (or class probabilities) of a 3D volume from overlapping patch predictions."""
-    if volume.ndim != len(patch) or len(stride) != len(patch):
+    """Label map (or class probabilities) of a 3D volume from overlapping patch predictions.
+
+    ``volume`` is spatial only, or (C, *spatial) for multi-channel input.
+    """
+    channels = volume.ndim == len(patch) + 1
+    if not channels and volume.ndim != len(patch) or len(stride) != len(patch):
         raise ValueError(f"volume {volume.shape}, patch {tuple(patch)} and stride {tuple(stride)} "
                          "must have the same number of axes")
-    pads = [max(p - s, 0) for p, s in zip(patch, volume.shape, strict=True)]
+    spatial = volume.shape[1:] if channels else volume.shape
+    pads = [max(p - s, 0) for p, s in zip(patch, spatial, strict=True)]
     pad_width = [(p // 2, p - p // 2) for p in pads]
-    image = np.pad(volume.astype(np.float32), pad_width, mode="constant", constant_values=0)
+    lead = [(0, 0)] if channels else []
+    padded = np.pad(volume.astype(np.float32), lead + pad_width, mode="constant",
+                    constant_values=0)
+    image = padded[0] if channels else padded
     score = torch.zeros((num_classes, *image.shape), dtype=torch.float32)
     count = torch.zeros(image.shape, dtype=torch.float32)
     axes = [window_starts(n, p, s) for n, p, s in zip(image.shape, patch, stride, strict=True)]
     corners = [(a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]] if len(patch) == 3 \
         else [(a, b) for a in axes[0] for b in axes[1]]
-    source = torch.from_numpy(image)
+    source = torch.from_numpy(padded if channels else padded[None])
     for start in range(0, len(corners), batch_size):
         group = corners[start:start + batch_size]
         boxes = [tuple(slice(o, o + p) for o, p in zip(corner, patch, strict=True))
                  for corner in group]
-        batch = torch.stack([source[box] for box in boxes]).unsqueeze(1).to(device)
+        batch = torch.stack([source[(slice(None), *box)] for box in boxes]).to(device)
         probs = torch.softmax(predict_fn(batch).float(), dim=1).cpu()
         for box, prob in zip(boxes, probs, strict=True):
             score[(slice(None), *box)] += prob
@@ -100,6 +117,29 @@ def predict_sliding_window(
     if return_probabilities:
         return score.numpy()
     return score.argmax(dim=0).numpy().astype(np.uint8)
+
+
+def flip_tta(predict_fn: PredictFn, spatial_dims: int) -> PredictFn:
+    """Test-time augmentation: softmax averaged over all flips of the spatial axes.
+
+    Returns log-probabilities, so a softmax afterwards (sliding window) gives the average back.
+    """
+    import itertools
+
+    axes = list(range(2, 2 + spatial_dims))
+    combos = [list(c) for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+    def wrapped(batch: torch.Tensor) -> torch.Tensor:
+        total = None
+        for dims in combos:
+            x = torch.flip(batch, dims) if dims else batch
+            prob = torch.softmax(predict_fn(x).float(), dim=1)
+            prob = torch.flip(prob, dims) if dims else prob
+            total = prob if total is None else total + prob
+        assert total is not None
+        return torch.log(total / len(combos) + 1e-8)
+
+    return wrapped
 
 
 def largest_connected_component(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:

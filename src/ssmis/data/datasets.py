@@ -182,3 +182,60 @@ def load_eval_cases(
         image, label = load_h5_case(Path(path), num_classes=num_classes, require_label=True)
         assert label is not None
         yield EvalCase(case=case, image=image, label=label, spacing=spacing_t, domain=domain)
+
+
+class CaseDataset(Dataset):
+    """Training items of own data (``nifti`` / ``images`` / ``prepared``) via a ``CaseReader``.
+
+    ``items`` are ``(case, slice)``: ``slice`` None for a whole case (3D patches, 2D images),
+    an index for a slice of a volume (2D training on volumes; the reader puts the sliced axis
+    first). Images are (C, *spatial); every channel gets the same augmentation (the transform
+    is run per channel with identically seeded generators). Volumes read for slices are always
+    kept in memory (one decode per volume, not per slice); ``cache`` keeps the others too.
+    """
+
+    def __init__(self, reader: Any, items: Sequence[tuple[str, int | None]],
+                 transform: Transform | None, with_label: bool, cache: bool = False) -> None:
+        self.reader = reader
+        self.items = list(items)
+        self.transform = transform
+        self.with_label = with_label
+        self.cache = cache or any(k is not None for _, k in self.items)
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, case: str) -> tuple[np.ndarray, np.ndarray | None]:
+        if case in self._cache:
+            return self._cache[case]
+        arrays = self.reader.load(case, with_label=self.with_label)
+        label = arrays.label.astype(np.uint8) if arrays.label is not None else None
+        if self.cache:
+            self._cache[case] = (arrays.image, label)
+        return arrays.image, label
+
+    def __getitem__(self, index: Index) -> dict[str, Any]:
+        idx, seed = _split_index(index)
+        if not 0 <= idx < len(self):
+            raise IndexError(f"index {idx} out of range for {len(self)} items")
+        case, k = self.items[idx]
+        image, label = self._read(case)
+        if k is not None:
+            image, label = image[:, k], (label[k] if label is not None else None)
+        channels, out_label = [], label
+        for c in range(image.shape[0]):
+            img_c = np.array(image[c], copy=True)
+            lab = label.copy() if label is not None else None
+            if self.transform is not None:
+                img_c, lab = self.transform(img_c, lab, np.random.default_rng(seed))
+            channels.append(img_c)
+            if c == 0:
+                out_label = lab
+        item: dict[str, Any] = {
+            "image": torch.from_numpy(np.ascontiguousarray(np.stack(channels), np.float32)),
+            "case": case,
+        }
+        if self.with_label and out_label is not None:
+            item["label"] = torch.from_numpy(np.ascontiguousarray(out_label, dtype=np.int64))
+        return item

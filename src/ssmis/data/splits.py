@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ssmis.data.h5 import read_list
 from ssmis.errors import SSMISError
 
@@ -184,5 +186,84 @@ def la_split(root: Path, labeled_count: int, val_count: int) -> Split:
     in_train = sorted(set(train) & set(test))
     if in_train:
         raise SSMISError(f"{root / 'test.list'}: id(s) {in_train[:5]} also in train.list")
+    split.check_disjoint()
+    return split
+
+
+# --------------------------------------------------------------------------- own data
+
+
+def _count(n_pool: int, count: int | None, fraction: float | None, field: str) -> int:
+    n = count if count is not None else max(1, round((fraction or 0.0) * n_pool))
+    if n > n_pool:
+        raise SSMISError(f"data.{field}: {n} cases requested, only {n_pool} available")
+    return n
+
+
+def _stratified(ids: list[str], domains: dict[str, str | None],
+                rng: np.random.Generator) -> list[str]:
+    """Ids shuffled within each domain, then interleaved, so any prefix mixes the domains."""
+    groups: dict[str | None, list[str]] = {}
+    for i in sorted(ids):
+        groups.setdefault(domains.get(i), []).append(i)
+    shuffled = [[g[j] for j in rng.permutation(len(g))]
+                for _, g in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+    out: list[str] = []
+    for k in range(max((len(g) for g in shuffled), default=0)):
+        out.extend(g[k] for g in shuffled if k < len(g))
+    return out
+
+
+def ssl_split(
+    labeled_pool: list[str], unlabeled_pool: list[str], given_test: list[str],
+    domains: dict[str, str | None], *, labeled_count: int | None = None,
+    labeled_fraction: float | None = None, labeled_cases: list[str] | None = None,
+    labeled_domain: str | None = None, val_count: int | None = None,
+    val_fraction: float | None = None, test_count: int | None = None,
+    test_fraction: float | None = None, seed: int = 0,
+) -> Split:
+    """A labeled / unlabeled / val / test split of any dataset, by case.
+
+    ``labeled_pool``: training cases with a label; ``unlabeled_pool``: cases without one;
+    ``given_test``: labeled test cases the dataset ships (nnU-Net ``imagesTs``). Test (when
+    ``test_count``/``test_fraction`` is set, in addition to ``given_test``) and validation cases
+    are carved from the labeled pool, stratified by domain; the labeled cases are then an
+    explicit list or drawn by ``seed`` (from ``labeled_domain`` only, if given); every other
+    training case is unlabeled (its label is never read).
+    """
+    rng = np.random.default_rng(seed)
+    pool = sorted(labeled_pool)
+    explicit = list(labeled_cases or [])
+    for case in explicit:
+        if case not in pool:
+            where = "has no label" if case in unlabeled_pool else "is not a training case"
+            raise SSMISError(f"data.labeled_cases: '{case}' {where}")
+    carve = [i for i in pool if i not in set(explicit)]
+    test = list(given_test)
+    if test_count is not None or test_fraction is not None:
+        n = _count(len(carve), test_count, test_fraction, "test_count")
+        chosen = _stratified(carve, domains, rng)[:n]
+        test += sorted(chosen)
+        carve = [i for i in carve if i not in set(chosen)]
+    if not test:
+        raise SSMISError("split: no test cases; add labeled imagesTs/labelsTs or set "
+                         "data.test_count / data.test_fraction")
+    n_val = _count(len(carve), val_count, val_fraction, "val_count")
+    val = sorted(_stratified(carve, domains, rng)[:n_val])
+    carve = [i for i in carve if i not in set(val)]
+    if explicit:
+        labeled = explicit
+    else:
+        candidates = carve
+        if labeled_domain is not None:
+            known = sorted({str(d) for d in domains.values() if d is not None})
+            candidates = [i for i in carve if domains.get(i) == labeled_domain]
+            if not candidates:
+                raise SSMISError(f"data.labeled_domain: no labeled training case in domain "
+                                 f"'{labeled_domain}' (domains: {', '.join(known) or 'none'})")
+        n = _count(len(candidates), labeled_count, labeled_fraction, "labeled_count")
+        labeled = sorted(candidates[j] for j in rng.permutation(len(candidates))[:n])
+    unlabeled = sorted(i for i in carve if i not in set(labeled)) + sorted(unlabeled_pool)
+    split = Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test)
     split.check_disjoint()
     return split

@@ -30,13 +30,29 @@ def predict_case(method: Method, case: EvalCase, cfg: ExperimentConfig,
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             return method.predict(batch).float()
 
+    return segment(predict_fn, case.image, case.label.ndim, cfg, device)
+
+
+def segment(predict_fn, image: np.ndarray, ndim: int, cfg: ExperimentConfig,
+            device: torch.device) -> np.ndarray:
+    """Label map of ``image`` ((*spatial) or (C, *spatial), ``ndim`` spatial axes).
+
+    2D models: a volume is segmented slice by slice along its first axis, a 2D image as one
+    slice; 3D models: the sliding window.
+    """
     patch = tuple(cfg.data.patch_size)
     if cfg.data.spatial_dims == 2:
-        pred = predict_slicewise(predict_fn, case.image, patch,
+        if image.ndim == ndim:  # one channel: the historical (D, H, W) route
+            volume = image if ndim == 3 else image[None]
+        else:
+            volume = np.moveaxis(image, 0, 1) if ndim == 3 else image[None]
+        pred = predict_slicewise(predict_fn, volume, patch,
                                  batch_size=cfg.eval.slice_batch_size, device=device)
+        if ndim == 2:
+            pred = pred[0]
     else:
         stride = tuple(cfg.eval.stride) if cfg.eval.stride else tuple(max(p // 2, 1) for p in patch)
-        pred = predict_sliding_window(predict_fn, case.image, patch, stride,
+        pred = predict_sliding_window(predict_fn, image, patch, stride,
                                       cfg.data.num_classes, device=device)
     if cfg.eval.lcc:
         pred = largest_connected_component(pred, list(range(1, cfg.data.num_classes)))

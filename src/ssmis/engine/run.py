@@ -115,8 +115,12 @@ def _pictures(run_dir: Path, cfg: ExperimentConfig, kept, split: str) -> None:
     axis = 0 if cfg.data.spatial_dims == 2 else 2  # ACDC (Z, H, W); LA (X, Y, Z)
     cases = []
     for case, pred in kept:
-        index = report.pick_slice(case.label, axis)
         image = case.image if case.image.ndim == case.label.ndim else case.image[0]
+        if case.label.ndim == 2:  # a 2D image case: no slice to pick
+            cases.append({"case": case.case, "image": image, "label": case.label,
+                          "pred": pred})
+            continue
+        index = report.pick_slice(case.label, axis)
         cases.append({"case": case.case, "image": image.take(index, axis),
                       "label": case.label.take(index, axis), "pred": pred.take(index, axis)})
     report.plot_overlays(cases, run_dir / f"overlays_{split}.png", cfg.data.names())

@@ -1,0 +1,634 @@
+"""Your own data: NIfTI folders in the nnU-Net layout, 2D image/mask folders, prepared caches.
+
+* ``nifti`` (nnU-Net): ``imagesTr/<case>_0000.nii.gz`` (one file per channel), ``labelsTr/<case>
+  .nii.gz``, optional ``imagesTs/`` (+ ``labelsTs/``), optional ``imagesUnlabeled/`` and a
+  ``dataset.json`` with ``channel_names``, ``labels`` and ``file_ending`` (and, an ssmis
+  extension, ``domains``: case -> domain). A training image without a label is unlabeled.
+  Arrays stay in the file's voxel order; spacing comes from the header, the affine is kept so
+  that predictions are written with the input's geometry.
+* ``images``: ``images/`` + ``masks/`` (same file stem) + optional ``unlabeled/``, either
+  directly under the root or inside one folder per domain (hospital, scanner). Mask pixel values
+  are mapped to classes by ``data.mask_values`` (e.g. ``{0: 0, 255: 1}``).
+* ``prepared``: the output of ``ssmis data prepare``: one compressed ``.npz`` per case (float16
+  normalised image, uint8 label) and a manifest, so training does not decode NIfTI/JPEG.
+
+Every problem a user can fix is an :class:`~ssmis.errors.SSMISError` naming the file. Scanning
+with a ``problems`` list collects them instead (``ssmis data inspect``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssmis.data.h5 import LA_FOLDER, _label_to_int
+from ssmis.errors import SSMISError
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PREPARED_MANIFEST = "ssmis_prepared.json"
+PREPARED_FORMAT = "ssmis-prepared-1"
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+
+
+@dataclass
+class CaseInfo:
+    """One case on disk: its channel files, label file (None = unlabeled), domain, subset."""
+
+    case: str
+    images: list[Path]
+    label: Path | None
+    domain: str | None = None
+    subset: str = "train"  # train | test | unlabeled
+    shape: tuple[int, ...] | None = None  # known without reading (prepared manifest)
+
+
+@dataclass
+class Catalog:
+    layout: str
+    root: Path
+    cases: dict[str, CaseInfo]
+    channel_names: list[str] = field(default_factory=list)
+    label_names: dict[int, str] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, case: str) -> CaseInfo:
+        if case not in self.cases:
+            raise SSMISError(f"case '{case}' is not in {self.root} ({self.layout} layout)")
+        return self.cases[case]
+
+    def ids(self, subset: str, labeled: bool | None = None) -> list[str]:
+        return [c.case for c in self.cases.values() if c.subset == subset
+                and (labeled is None or (c.label is not None) == labeled)]
+
+    def domains(self) -> dict[str, str | None]:
+        return {c.case: c.domain for c in self.cases.values()}
+
+
+@dataclass
+class CaseArrays:
+    """A loaded case: image (C, *spatial) float32, label (*spatial) int64 or None."""
+
+    case: str
+    image: np.ndarray
+    label: np.ndarray | None
+    spacing: tuple[float, ...] | None
+    affine: np.ndarray | None = None
+    domain: str | None = None
+
+
+def _problem(problems: list[str] | None, message: str) -> None:
+    if problems is None:
+        raise SSMISError(message)
+    problems.append(message)
+
+
+def strip_ending(name: str, endings: Sequence[str]) -> str | None:
+    low = name.lower()
+    for ending in endings:
+        if low.endswith(ending):
+            return name[: len(name) - len(ending)]
+    return None
+
+
+# --------------------------------------------------------------------------- layout detection
+
+
+def detect_layout(root: Path, images_dir: str = "images") -> str:
+    root = Path(root)
+    if root.is_file():
+        raise SSMISError(f"{root}: expected a dataset folder, got a file")
+    if not root.is_dir():
+        raise SSMISError(f"{root}: folder not found")
+    if (root / PREPARED_MANIFEST).is_file():
+        return "prepared"
+    if (root / "imagesTr").is_dir():
+        return "nifti"
+    if (root / "train_slices.list").is_file():
+        return "acdc_h5"
+    if (root / LA_FOLDER).is_dir():
+        return "la_h5"
+    if (root / images_dir).is_dir() or any((d / images_dir).is_dir() for d in root.iterdir()
+                                           if d.is_dir()):
+        return "images"
+    raise SSMISError(f"{root}: unknown dataset layout (expected imagesTr/ (nnU-Net NIfTI), "
+                     f"{images_dir}/ + masks/ folders, train_slices.list (ACDC h5), "
+                     f"'{LA_FOLDER}/' (LA h5) or {PREPARED_MANIFEST})")
+
+
+def scan(layout: str, root: Path, data_cfg: Any = None,
+         problems: list[str] | None = None) -> Catalog:
+    """Catalog of the cases under ``root``; ``data_cfg`` supplies folder names (DataConfig)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SSMISError(f"data.root: folder {root} not found")
+    if layout == "nifti":
+        return scan_nifti(root, problems)
+    if layout == "images":
+        kw = {}
+        if data_cfg is not None:
+            kw = {"images_dir": data_cfg.images_dir, "masks_dir": data_cfg.masks_dir,
+                  "unlabeled_dir": data_cfg.unlabeled_dir}
+        return scan_images(root, problems=problems, **kw)
+    if layout == "prepared":
+        return scan_prepared(root)
+    raise SSMISError(f"layout '{layout}' has no case catalog")
+
+
+# --------------------------------------------------------------------------- nnU-Net NIfTI
+
+
+def _read_dataset_json(root: Path) -> dict[str, Any]:
+    path = root / "dataset.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SSMISError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise SSMISError(f"{path}: expected a JSON object")
+    return data
+
+
+def _nifti_folder(folder: Path, ending: str, problems: list[str] | None
+                  ) -> dict[str, dict[int, Path]]:
+    """``<case>_<XXXX><ending>`` files of a folder grouped by case -> {channel: path}."""
+    cases: dict[str, dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        stem = strip_ending(path.name, (ending,))
+        if stem is None or not path.is_file():
+            continue
+        match = _CHANNEL.match(stem)
+        if match is None:
+            _problem(problems, f"{path}: image name must end in _0000{ending} (channel index, "
+                               "nnU-Net naming)")
+            continue
+        cases.setdefault(match["case"], {})[int(match["ch"])] = path
+    return cases
+
+
+def scan_nifti(root: Path, problems: list[str] | None = None) -> Catalog:
+    meta = _read_dataset_json(root)
+    ending = str(meta.get("file_ending", ".nii.gz"))
+    channel_names = [str(v) for _, v in sorted((meta.get("channel_names") or {}).items(),
+                                                key=lambda kv: int(kv[0]))]
+    labels = meta.get("labels") or {}
+    label_names: dict[int, str] = {}
+    for name, value in labels.items():
+        if isinstance(value, int):
+            label_names[value] = str(name)
+    domains = meta.get("domains") or {}
+    if not (root / "imagesTr").is_dir():
+        raise SSMISError(f"{root}: no imagesTr/ folder (nnU-Net layout)")
+    catalog = Catalog("nifti", root, {}, channel_names, label_names, meta)
+    for images_dir, labels_dir, subset in (("imagesTr", "labelsTr", "train"),
+                                           ("imagesTs", "labelsTs", "test"),
+                                           ("imagesUnlabeled", None, "unlabeled")):
+        folder = root / images_dir
+        if not folder.is_dir():
+            continue
+        for case, channels in _nifti_folder(folder, ending, problems).items():
+            expected = len(channel_names) or len(channels)
+            if sorted(channels) != list(range(expected)):
+                got = ", ".join(p.name for _, p in sorted(channels.items()))
+                _problem(problems, f"{folder}: case '{case}' has channel files [{got}], "
+                                   f"expected _0000.._{expected - 1:04d}")
+                continue
+            if case in catalog.cases:
+                _problem(problems, f"{folder}: case '{case}' also in "
+                                   f"{catalog.cases[case].images[0].parent.name}/")
+                continue
+            label = None
+            if labels_dir is not None:
+                candidate = root / labels_dir / f"{case}{ending}"
+                label = candidate if candidate.is_file() else None
+            catalog.cases[case] = CaseInfo(case, [channels[k] for k in sorted(channels)], label,
+                                           domains.get(case), subset)
+        if labels_dir is not None and (root / labels_dir).is_dir():
+            for path in sorted((root / labels_dir).iterdir()):
+                stem = strip_ending(path.name, (ending,))
+                if stem is not None and stem not in catalog.cases:
+                    _problem(problems, f"{path}: label without an image "
+                                       f"({images_dir}/{stem}_0000{ending})")
+    if not catalog.cases:
+        _problem(problems, f"{root / 'imagesTr'}: no images named <case>_0000{ending}")
+    return catalog
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
+                out.setdefault(path.stem, path)
+    return out
+
+
+def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks",
+                unlabeled_dir: str = "unlabeled", problems: list[str] | None = None) -> Catalog:
+    if (root / images_dir).is_dir():
+        groups: list[tuple[str | None, Path]] = [(None, root)]
+    else:
+        groups = [(d.name, d) for d in sorted(root.iterdir())
+                  if d.is_dir() and (d / images_dir).is_dir()]
+    if not groups:
+        raise SSMISError(f"{root}: no {images_dir}/ folder (directly or in one folder per "
+                         "domain)")
+    catalog = Catalog("images", root, {})
+    for domain, folder in groups:
+        masks = _image_files(folder / masks_dir)
+        images = _image_files(folder / images_dir)
+        for stem, path in images.items():
+            case = stem if domain is None else f"{domain}/{stem}"
+            mask = masks.get(stem)
+            if mask is None:
+                _problem(problems, f"{path}: no mask {folder / masks_dir}/{stem}.* (put "
+                                   f"unlabeled images in {unlabeled_dir}/)")
+                continue
+            catalog.cases[case] = CaseInfo(case, [path], mask, domain, "train")
+        for stem, path in masks.items():
+            if stem not in images:
+                _problem(problems, f"{path}: mask without an image in {folder / images_dir}/")
+        for stem, path in _image_files(folder / unlabeled_dir).items():
+            case = stem if domain is None else f"{domain}/{stem}"
+            if case in catalog.cases:
+                _problem(problems, f"{path}: '{stem}' is also a labeled image")
+                continue
+            catalog.cases[case] = CaseInfo(case, [path], None, domain, "unlabeled")
+    if not catalog.cases:
+        _problem(problems, f"{root}: no images ({', '.join(IMAGE_EXTS)}) in {images_dir}/")
+    return catalog
+
+
+# --------------------------------------------------------------------------- prepared
+
+
+def case_file_name(case: str) -> str:
+    return case.replace("/", "__") + ".npz"
+
+
+def scan_prepared(root: Path) -> Catalog:
+    path = root / PREPARED_MANIFEST
+    if not path.is_file():
+        raise SSMISError(f"{path}: not found (create it with `ssmis data prepare`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        assert manifest.get("format") == PREPARED_FORMAT
+        cases = {
+            c["case"]: CaseInfo(c["case"], [root / "cases" / c["file"]],
+                                root / "cases" / c["file"] if c["label"] else None,
+                                c.get("domain"), c["subset"], tuple(c["shape"]))
+            for c in manifest["cases"]
+        }
+    except Exception as exc:
+        raise SSMISError(f"{path}: not a valid prepared-dataset manifest ({exc})") from None
+    return Catalog("prepared", root, cases, manifest.get("channel_names", []),
+                   {int(k): v for k, v in manifest.get("label_names", {}).items()}, manifest)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_nifti(path: Path, header_only: bool = False):
+    """(array or None, spacing, affine, image object) of a NIfTI file; errors name the file."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise SSMISError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+        data = None if header_only else np.asanyarray(img.dataobj)
+    except Exception as exc:  # ImageFileError, EOFError, zlib.error, OSError, ValueError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SSMISError(f"{path}: not a readable NIfTI file ({reason})") from None
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+        data = data[..., 0] if data is not None else None
+    if len(shape) not in (2, 3):
+        raise SSMISError(f"{path}: shape {shape}, expected a 2D or 3D volume (one channel per "
+                         "file, nnU-Net naming _0000, _0001, ...)")
+    spacing = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
+    return data, spacing, np.asarray(img.affine, dtype=np.float64), img
+
+
+def read_picture(path: Path, mode: str | None = None) -> np.ndarray:
+    """Pixels of a PNG/JPG/TIF as (H, W) or (H, W, 3); ``mode`` 'L'/'RGB' converts."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise SSMISError(f"{path}: file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if mode is not None and img.mode != mode:
+                if mode == "L" and img.mode.startswith("I"):
+                    return np.asarray(img)  # 16-bit grey: keep the values
+                img = img.convert(mode)
+            elif img.mode in ("P", "RGBA", "LA", "CMYK", "1"):
+                img = img.convert("RGB" if img.mode in ("RGBA", "CMYK") else "L")
+            return np.asarray(img)
+    except SSMISError:
+        raise
+    except Exception as exc:  # UnidentifiedImageError, truncated files, decoder errors
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SSMISError(f"{path}: not a readable image ({reason})") from None
+
+
+def picture_size(path: Path) -> tuple[tuple[int, int], str]:
+    """((H, W), mode) from the header only."""
+    from PIL import Image
+
+    if not Path(path).is_file():
+        raise SSMISError(f"{path}: file not found")
+    try:
+        with Image.open(path) as img:
+            return (img.size[1], img.size[0]), img.mode
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SSMISError(f"{path}: not a readable image ({reason})") from None
+
+
+def map_mask(path: Path, raw: np.ndarray, mask_values: dict[int, int] | None,
+             num_classes: int | None) -> np.ndarray:
+    """Mask pixel values -> class indices (int64), rejecting values outside the mapping."""
+    if raw.ndim == 3 and raw.shape[-1] in (3, 4):
+        if not (np.array_equal(raw[..., 0], raw[..., 1])
+                and np.array_equal(raw[..., 0], raw[..., 2])):
+            raise SSMISError(f"{path}: colour mask, expected one value per pixel (grey or "
+                             "indexed PNG)")
+        raw = raw[..., 0]
+    if mask_values is None:
+        return _label_to_int(path, raw, num_classes)
+    if raw.dtype.kind == "f" and not np.array_equal(raw, np.round(raw)):
+        raise SSMISError(f"{path}: mask has non-integer values")
+    values = np.unique(raw)
+    unknown = [int(v) for v in values if int(v) not in mask_values]
+    if unknown:
+        raise SSMISError(f"{path}: mask value(s) {unknown[:12]} not in data.mask_values "
+                         f"{sorted(mask_values)}")
+    out = np.zeros(raw.shape, dtype=np.int64)
+    for v in values:
+        out[raw == v] = mask_values[int(v)]
+    return out
+
+
+def normalize(image: np.ndarray, method: str, window: Sequence[float] = (-1000.0, 1000.0),
+              raw_dtype: np.dtype | None = None) -> np.ndarray:
+    """One channel's intensities as float32: zscore, ct (window -> [0, 1]), scale, none."""
+    x = image.astype(np.float32, copy=False)
+    if method == "zscore":
+        std = float(x.std())
+        return (x - float(x.mean())) / (std if std > 1e-8 else 1.0)
+    if method == "ct":
+        lo, hi = float(window[0]), float(window[1])
+        return (np.clip(x, lo, hi) - lo) / (hi - lo)
+    if method == "scale":
+        dtype = np.dtype(raw_dtype if raw_dtype is not None else image.dtype)
+        if dtype.kind in "iu":
+            return x / float(np.iinfo(dtype).max)
+        return x
+    if method == "none":
+        return x
+    raise SSMISError(f"data.normalization: unknown method '{method}'")
+
+
+def _check_finite(path: Path, image: np.ndarray) -> None:
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise SSMISError(f"{path}: image contains {int(np.isnan(image).sum())} NaN and "
+                         f"{int(np.isinf(image).sum())} inf values, expected finite intensities")
+
+
+class CaseReader:
+    """Loads cases of a catalog with the config's channels, normalisation and mask mapping.
+
+    Picklable (plain data only), so DataLoader workers can use it. ``slice_axis`` moves that
+    axis of 3D cases to the front (2D training and slice-wise inference on volumes).
+    """
+
+    def __init__(self, catalog: Catalog, data_cfg: Any, slice_axis: int | None = None) -> None:
+        self.catalog = catalog
+        self.layout = catalog.layout
+        self.in_channels = data_cfg.in_channels
+        self.num_classes = data_cfg.num_classes
+        self.mask_values = data_cfg.mask_values
+        self.window = tuple(data_cfg.intensity_window)
+        self.spacing_override = tuple(data_cfg.spacing) if data_cfg.spacing else None
+        names = catalog.channel_names
+        self.norms = [data_cfg.normalization_for(c, names[c] if c < len(names) else None,
+                                                 from_image_file=catalog.layout == "images")
+                      for c in range(self.in_channels)]
+        self.slice_axis = slice_axis
+        if catalog.layout == "prepared":
+            self._check_prepared(data_cfg)
+
+    def _check_prepared(self, data_cfg: Any) -> None:
+        m = self.catalog.manifest
+        path = self.catalog.root / PREPARED_MANIFEST
+        if m.get("in_channels") != self.in_channels:
+            raise SSMISError(f"{path}: prepared with {m.get('in_channels')} channel(s), but "
+                             f"data.in_channels = {self.in_channels}")
+        norm = data_cfg.normalization
+        wanted = norm if isinstance(norm, list) else [norm] * self.in_channels
+        for w, done in zip(wanted, m.get("normalization", []), strict=False):
+            if w not in ("auto", done):
+                raise SSMISError(f"{path}: prepared with normalization {m.get('normalization')}"
+                                 f", but data.normalization = {norm}; prepare again")
+
+    # -- metadata ---------------------------------------------------------------------------
+    def spatial_shape(self, case: str, with_label: bool = False) -> tuple[int, ...]:
+        """Shape from headers only (no decoding), checking channels and label agree."""
+        info = self.catalog.get(case)
+        if self.layout == "prepared":
+            if not info.images[0].is_file():
+                raise SSMISError(f"{info.images[0]}: file not found")
+            return tuple(info.shape or ())
+        if self.layout == "nifti":
+            if len(info.images) != self.in_channels:
+                raise SSMISError(f"{info.images[0]}: case '{case}' has {len(info.images)} "
+                                 f"channel file(s), data.in_channels = {self.in_channels}")
+            shapes = [tuple(read_nifti(p, header_only=True)[3].shape[:3]) for p in info.images]
+            shape = shapes[0]
+            for p, s in zip(info.images, shapes, strict=True):
+                if s != shape:
+                    raise SSMISError(f"{p}: shape {s} differs from {info.images[0].name} {shape}")
+            if with_label and info.label is not None:
+                ls = tuple(read_nifti(info.label, header_only=True)[3].shape[:3])
+                if ls != shape:
+                    raise SSMISError(f"{info.label}: label shape {ls} differs from image shape "
+                                     f"{shape} ({info.images[0].name})")
+            return shape
+        size, mode = picture_size(info.images[0])
+        if with_label and info.label is not None:
+            msize, _ = picture_size(info.label)
+            if msize != size:
+                raise SSMISError(f"{info.label}: mask size {msize[1]}x{msize[0]} differs from "
+                                 f"image {info.images[0].name} {size[1]}x{size[0]}")
+        return size
+
+    def num_slices(self, case: str) -> int:
+        shape = self.spatial_shape(case)
+        if len(shape) == 2:
+            return 1
+        return int(shape[self.slice_axis if self.slice_axis is not None else 0])
+
+    # -- data -------------------------------------------------------------------------------
+    def load_raw(self, case: str, with_label: bool) -> CaseArrays:
+        """In the file's voxel order, before any slice-axis move."""
+        info = self.catalog.get(case)
+        if with_label and info.label is None:
+            raise SSMISError(f"case '{case}' has no label ({info.images[0]})")
+        if self.layout == "prepared":
+            return self._load_prepared(info, with_label)
+        if self.layout == "nifti":
+            return self._load_nifti(info, with_label)
+        return self._load_picture(info, with_label)
+
+    def load(self, case: str, with_label: bool) -> CaseArrays:
+        arrays = self.load_raw(case, with_label)
+        if self.slice_axis is not None and arrays.image.ndim == 4:
+            arrays = move_slice_axis(arrays, self.slice_axis)
+        return arrays
+
+    def _load_nifti(self, info: CaseInfo, with_label: bool) -> CaseArrays:
+        if len(info.images) != self.in_channels:
+            raise SSMISError(f"{info.images[0]}: case '{info.case}' has {len(info.images)} "
+                             f"channel file(s), data.in_channels = {self.in_channels}")
+        channels, spacing, affine = [], None, None
+        for c, path in enumerate(info.images):
+            data, sp, aff, _ = read_nifti(path)
+            if data.dtype.kind not in "fiub":
+                raise SSMISError(f"{path}: image has dtype {data.dtype}, expected numbers")
+            _check_finite(path, data)
+            if channels and data.shape != channels[0].shape:
+                raise SSMISError(f"{path}: shape {data.shape} differs from "
+                                 f"{info.images[0].name} {channels[0].shape}")
+            channels.append(normalize(data, self.norms[c], self.window, data.dtype))
+            if spacing is None:
+                spacing, affine = sp, aff
+        label = None
+        if with_label:
+            assert info.label is not None
+            raw, _, _, _ = read_nifti(info.label)
+            if raw.shape != channels[0].shape:
+                raise SSMISError(f"{info.label}: label shape {raw.shape} differs from image "
+                                 f"shape {channels[0].shape} ({info.images[0].name})")
+            label = map_mask(info.label, np.asarray(raw), self.mask_values, self.num_classes)
+        if self.spacing_override is not None:
+            spacing = self._override(spacing)
+        return CaseArrays(info.case, np.stack(channels), label, spacing, affine, info.domain)
+
+    def _override(self, spacing: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        n = len(spacing) if spacing else len(self.spacing_override or ())
+        given = self.spacing_override or ()
+        return tuple(given[:n]) if len(given) >= n else spacing
+
+    def _load_picture(self, info: CaseInfo, with_label: bool) -> CaseArrays:
+        mode = {1: "L", 3: "RGB"}.get(self.in_channels)
+        if mode is None:
+            raise SSMISError(f"data.in_channels: {self.in_channels}; image files give 1 (grey) "
+                             "or 3 (RGB) channels")
+        path = info.images[0]
+        raw = read_picture(path, mode)
+        pixels = raw if raw.ndim == 3 else raw[..., None]
+        image = np.stack([normalize(pixels[..., c], self.norms[c], self.window, raw.dtype)
+                          for c in range(pixels.shape[-1])])
+        label = None
+        if with_label:
+            assert info.label is not None
+            mask = read_picture(info.label)
+            if mask.shape[:2] != raw.shape[:2]:
+                raise SSMISError(f"{info.label}: mask size {mask.shape[1]}x{mask.shape[0]} "
+                                 f"differs from image {path.name} {raw.shape[1]}x{raw.shape[0]}")
+            label = map_mask(info.label, mask, self.mask_values, self.num_classes)
+        spacing = tuple(self.spacing_override[-2:]) if self.spacing_override else None
+        return CaseArrays(info.case, image, label, spacing, None, info.domain)
+
+    def _load_prepared(self, info: CaseInfo, with_label: bool) -> CaseArrays:
+        path = info.images[0]
+        if not path.is_file():
+            raise SSMISError(f"{path}: file not found")
+        try:
+            with np.load(path) as z:
+                image = z["image"].astype(np.float32)
+                label = z["label"].astype(np.int64) if with_label else None
+                spacing = tuple(float(s) for s in z["spacing"]) if z["spacing"].size else None
+                affine = z["affine"] if z["affine"].size else None
+        except Exception as exc:
+            raise SSMISError(f"{path}: not a readable prepared case ({exc})") from None
+        if self.spacing_override is not None:
+            spacing = self._override(spacing)
+        return CaseArrays(info.case, image, label, spacing, affine, info.domain)
+
+
+def move_slice_axis(arrays: CaseArrays, axis: int) -> CaseArrays:
+    """Volume (C, X, Y, Z) -> (C, D, H, W) with ``axis`` first; spacing permuted the same way."""
+    image = np.moveaxis(arrays.image, axis + 1, 1)
+    label = np.moveaxis(arrays.label, axis, 0) if arrays.label is not None else None
+    spacing = arrays.spacing
+    if spacing is not None and len(spacing) == 3:
+        order = [axis] + [a for a in range(3) if a != axis]
+        spacing = tuple(spacing[a] for a in order)
+    return CaseArrays(arrays.case, np.ascontiguousarray(image),
+                      np.ascontiguousarray(label) if label is not None else None, spacing,
+                      arrays.affine, arrays.domain)
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def prepare_dataset(catalog: Catalog, data_cfg: Any, out: Path, progress: bool = True) -> Path:
+    """Write every case as ``out/cases/<case>.npz`` (float16 image, uint8 label) + manifest."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise SSMISError(f"{out}: output folder exists and is not empty")
+    if catalog.layout == "prepared":
+        raise SSMISError(f"{catalog.root}: already a prepared dataset")
+    reader = CaseReader(catalog, data_cfg)
+    for case in catalog.cases:  # headers first: cheap errors before any writing
+        reader.spatial_shape(case, with_label=True)
+    (out / "cases").mkdir(parents=True, exist_ok=True)
+    entries = []
+    cases = list(catalog.cases.values())
+    iterator = cases
+    if progress and len(cases) > 1:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc="prepare", unit="case", leave=False)
+    for info in iterator:
+        arrays = reader.load_raw(info.case, with_label=info.label is not None)
+        if np.abs(arrays.image).max(initial=0) > 60000:
+            raise SSMISError(f"{info.images[0]}: intensities beyond float16 range after "
+                             f"normalization {reader.norms}; choose data.normalization")
+        label = arrays.label if arrays.label is not None else np.zeros(0, np.uint8)
+        name = case_file_name(info.case)
+        np.savez_compressed(
+            out / "cases" / name, image=arrays.image.astype(np.float16),
+            label=label.astype(np.uint8),
+            spacing=np.asarray(arrays.spacing or (), dtype=np.float64),
+            affine=np.asarray(arrays.affine if arrays.affine is not None else (), np.float64))
+        entries.append({"case": info.case, "file": name, "label": info.label is not None,
+                        "domain": info.domain, "subset": info.subset,
+                        "shape": list(arrays.image.shape[1:]),
+                        "source": [str(p) for p in info.images]})
+    manifest = {
+        "format": PREPARED_FORMAT, "source": str(catalog.root), "source_layout": catalog.layout,
+        "in_channels": data_cfg.in_channels, "normalization": reader.norms,
+        "intensity_window": list(reader.window), "mask_values": data_cfg.mask_values,
+        "num_classes": data_cfg.num_classes, "channel_names": catalog.channel_names,
+        "label_names": {str(k): v for k, v in catalog.label_names.items()}, "cases": entries,
+    }
+    (out / PREPARED_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return out

@@ -1,0 +1,259 @@
+"""``ssmis data inspect | split | prepare``: look at a dataset, split it, cache it.
+
+``inspect`` never stops at the first problem: it lists every one it finds (missing label, shape
+mismatch, unexpected label value, NaN, unreadable file) with the file name, and returns 1 when
+there is any, 0 when the dataset is clean.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssmis.config import DataConfig
+from ssmis.data.owndata import CaseReader, Catalog, detect_layout, scan
+from ssmis.errors import SSMISError
+
+_PREVIEW = 20
+
+
+def parse_mask_values(text: str | None) -> dict[int, int] | None:
+    """``"0:0,255:1"`` -> {0: 0, 255: 1}."""
+    if not text:
+        return None
+    try:
+        pairs = [p.split(":") for p in text.split(",") if p.strip()]
+        return {int(a): int(b) for a, b in pairs}
+    except ValueError:
+        raise SSMISError(f"--mask-values '{text}': expected VALUE:CLASS pairs, e.g. "
+                         "0:0,255:1") from None
+
+
+def loose_data_config(layout: str, root: Path, **fields: Any) -> DataConfig:
+    """A DataConfig for tools that need no split or patch size (not validated)."""
+    values = {k: v for k, v in fields.items() if v is not None}
+    values.setdefault("num_classes", 256)
+    values.setdefault("patch_size", [1, 1])
+    base = DataConfig.model_construct(layout=layout, root=Path(root), **values)
+    for name, info in DataConfig.model_fields.items():  # defaults model_construct leaves unset
+        if name not in base.__dict__ and not info.is_required():
+            base.__dict__[name] = info.get_default(call_default_factory=True)
+    return base
+
+
+def _channels_of(catalog: Catalog) -> int:
+    if catalog.layout == "nifti":
+        first = next(iter(catalog.cases.values()), None)
+        return len(catalog.channel_names) or (len(first.images) if first else 1)
+    if catalog.layout == "prepared":
+        return int(catalog.manifest.get("in_channels", 1))
+    from ssmis.data.owndata import picture_size
+
+    for info in catalog.cases.values():
+        try:
+            return 3 if picture_size(info.images[0])[1] in ("RGB", "RGBA", "P", "CMYK") else 1
+        except SSMISError:
+            continue
+    return 1
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def _h5_cases(layout: str, root: Path, problems: list[str]) -> Iterator[dict[str, Any]]:
+    from ssmis.data.h5 import (
+        acdc_slice_path,
+        acdc_volume_path,
+        la_volume_path,
+        load_h5_case,
+        read_list,
+    )
+
+    if layout == "acdc_h5":
+        groups = [("train", "train_slices.list", acdc_slice_path),
+                  ("val", "val.list", acdc_volume_path), ("test", "test.list", acdc_volume_path)]
+    else:
+        groups = [("train", "train.list", la_volume_path), ("test", "test.list", la_volume_path)]
+    for subset, list_name, path_of in groups:
+        try:
+            ids = read_list(root / list_name)
+        except SSMISError as err:
+            problems.append(str(err))
+            continue
+        for case in ids:
+            path = path_of(root, case)
+            try:
+                image, label = load_h5_case(path, num_classes=None, require_label=True)
+            except SSMISError as err:
+                problems.append(str(err))
+                continue
+            yield {"case": case, "subset": subset, "domain": None, "image": image[None],
+                   "label": label, "spacing": None}
+
+
+def _own_cases(catalog: Catalog, reader: CaseReader, problems: list[str]
+               ) -> Iterator[dict[str, Any]]:
+    for info in catalog.cases.values():
+        try:
+            reader.spatial_shape(info.case, with_label=info.label is not None)
+            arrays = reader.load_raw(info.case, with_label=info.label is not None)
+        except SSMISError as err:
+            problems.append(str(err))
+            continue
+        if not np.isfinite(arrays.image).all():
+            problems.append(f"{info.images[0]}: image contains NaN/inf values")
+        subset = info.subset if info.label is not None or info.subset != "train" \
+            else "unlabeled"
+        yield {"case": info.case, "subset": subset, "domain": info.domain,
+               "image": arrays.image, "label": arrays.label, "spacing": arrays.spacing}
+
+
+def inspect_dataset(root: Path, *, layout: str | None = None, mask_values: dict | None = None,
+                    num_classes: int | None = None, show_all: bool = False,
+                    out=print) -> int:
+    """Print what is in a dataset and every problem found; 1 when there is any problem."""
+    root = Path(root)
+    layout = layout or detect_layout(root)
+    problems: list[str] = []
+    out(f"dataset {root}")
+    out(f"layout  {layout}")
+    expected: set[int] | None = None
+    if layout in ("acdc_h5", "la_h5"):
+        rows = _h5_cases(layout, root, problems)
+        if num_classes:
+            expected = set(range(num_classes))
+    else:
+        catalog = scan(layout, root, problems=problems)
+        if catalog.channel_names:
+            out(f"channels {catalog.channel_names}")
+        if catalog.label_names:
+            out(f"labels  {dict(sorted(catalog.label_names.items()))}")
+            expected = set(catalog.label_names)
+        if mask_values:
+            expected = set(mask_values.values())
+        elif num_classes:
+            expected = set(range(num_classes))
+        cfg = loose_data_config(layout, root, in_channels=_channels_of(catalog),
+                                normalization="auto" if layout == "prepared" else "none",
+                                mask_values=mask_values,
+                                num_classes=None)
+        cfg.__dict__["num_classes"] = None  # report label values rather than reject them
+        reader = CaseReader(catalog, cfg)
+        rows = _own_cases(catalog, reader, problems)
+    counts: Counter[str] = Counter()
+    domains: Counter[str] = Counter()
+    voxels: Counter[int] = Counter()
+    header = f"{'case':<28} {'subset':<9} {'domain':<10} {'shape':<18} {'spacing':<22} " \
+             f"{'intensity':<22} labels"
+    shown = 0
+    for shown, row in enumerate(rows):  # noqa: B007 (used after the loop)
+        counts[row["subset"]] += 1
+        if row["domain"] is not None:
+            domains[str(row["domain"])] += 1
+        image, label = row["image"], row["label"]
+        values = ""
+        if label is not None:
+            uniq, n = np.unique(label, return_counts=True)
+            voxels.update({int(u): int(c) for u, c in zip(uniq, n, strict=True)})
+            values = " ".join(str(int(u)) for u in uniq)
+            if expected is not None:
+                bad = sorted(int(u) for u in uniq if int(u) not in expected)
+                if bad:
+                    problems.append(f"case '{row['case']}': unexpected label value(s) {bad}, "
+                                    f"expected {sorted(expected)}")
+        if shown == 0:
+            out(header)
+        if show_all or shown < _PREVIEW:
+            spacing = "x".join(f"{s:g}" for s in row["spacing"]) if row["spacing"] else "-"
+            shape = "x".join(str(s) for s in image.shape[1:])
+            if image.shape[0] > 1:
+                shape += f" ({image.shape[0]}ch)"
+            rng = f"[{float(np.nanmin(image)):.4g}, {float(np.nanmax(image)):.4g}]"
+            out(f"{row['case']:<28} {row['subset']:<9} {str(row['domain'] or '-'):<10} "
+                f"{shape:<18} {spacing:<22} {rng:<22} {values}")
+        elif shown == _PREVIEW:
+            out("... (more cases; --all lists every one)")
+    total = sum(counts.values())
+    out(f"cases   {total}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if domains:
+        out("domains " + ", ".join(f"{k} ({v})" for k, v in sorted(domains.items())))
+    if voxels:
+        n = sum(voxels.values())
+        out("classes " + ", ".join(f"{k}: {100.0 * v / n:.2f}%" for k, v in sorted(voxels.items()))
+            + " (voxels of labeled cases)")
+    if problems:
+        out(f"problems ({len(problems)}):")
+        for p in problems:
+            out(f"  {p}")
+        return 1
+    out("problems: none")
+    return 0
+
+
+# --------------------------------------------------------------------------- split / prepare
+
+
+def data_config_for(path: Path, overrides: list[str] | None = None, **fields: Any
+                    ) -> tuple[DataConfig, Any]:
+    """(data config, full config or None) from an experiment YAML or a dataset folder."""
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        from ssmis.config import load_config
+
+        cfg = load_config(path, overrides or [])
+        return cfg.data, cfg
+    layout = detect_layout(path)
+    if layout not in ("nifti", "images", "prepared"):
+        raise SSMISError(f"{path}: {layout} datasets come with their split lists; give an "
+                         "experiment YAML to write their split")
+    catalog = scan(layout, path)
+    fields.setdefault("in_channels", _channels_of(catalog))
+    return loose_data_config(layout, path, **fields), None
+
+
+def write_split(path: Path, out: Path, overwrite: bool = False,
+                overrides: list[str] | None = None, **fields: Any) -> Path:
+    from ssmis.data.splits import ssl_split
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SSMISError(f"{out}: exists (use --overwrite)")
+    data, cfg = data_config_for(path, overrides, **fields)
+    if cfg is not None:
+        from ssmis.engine.data import build_split
+
+        split = build_split(cfg)
+    else:
+        if (data.labeled_count is None) == (data.labeled_fraction is None) \
+                and not data.labeled_cases:
+            raise SSMISError("--labeled: give a count (4) or a fraction (0.1), or "
+                             "--labeled-cases")
+        if data.val_count is None and data.val_fraction is None:
+            raise SSMISError("--val: give a count (2) or a fraction (0.2)")
+        catalog = scan(data.layout, data.root, data)
+        split = ssl_split(
+            catalog.ids("train", labeled=True),
+            catalog.ids("train", labeled=False) + catalog.ids("unlabeled"),
+            catalog.ids("test", labeled=True), catalog.domains(),
+            labeled_count=data.labeled_count, labeled_fraction=data.labeled_fraction,
+            labeled_cases=data.labeled_cases, labeled_domain=data.labeled_domain,
+            val_count=data.val_count, val_fraction=data.val_fraction,
+            test_count=data.test_count, test_fraction=data.test_fraction, seed=data.split_seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    split.save(out)
+    return out
+
+
+def prepare(path: Path, out: Path, overrides: list[str] | None = None, **fields: Any) -> Path:
+    from ssmis.data.owndata import prepare_dataset
+
+    data, _ = data_config_for(path, overrides, **fields)
+    if data.layout not in ("nifti", "images"):
+        raise SSMISError(f"{data.root}: prepare converts nifti or images datasets, "
+                         f"not {data.layout}")
+    catalog = scan(data.layout, data.root, data)
+    return prepare_dataset(catalog, data, Path(out))

@@ -1,0 +1,307 @@
+"""``ssmis predict``: segment new NIfTI volumes or image files with a trained run.
+
+NIfTI in -> NIfTI out (uint8 class indices, the input's affine and header geometry, voxel
+order unchanged); images in -> PNG masks of class indices (optionally a colour overlay PNG).
+Inputs are never overwritten and existing outputs only with ``overwrite``; every output path is
+checked before the first prediction.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssmis.config import ExperimentConfig, read_yaml, validate_config
+from ssmis.data.owndata import (
+    IMAGE_EXTS,
+    NIFTI_ENDINGS,
+    PREPARED_MANIFEST,
+    read_nifti,
+    read_picture,
+    strip_ending,
+)
+from ssmis.errors import SSMISError
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+
+
+@dataclass
+class Job:
+    name: str  # output stem
+    kind: str  # nifti | image
+    inputs: list[Path]  # one per channel (nifti) or one image
+
+
+def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint file) from a run folder or a .safetensors inside one."""
+    from ssmis.engine.trainer import CKPT_DIR, CONFIG_FILE
+
+    path = Path(path)
+    if path.is_dir():
+        run_dir = path
+        ckpts = run_dir / CKPT_DIR
+        candidates = sorted(ckpts.glob("best*.safetensors")) if ckpts.is_dir() else []
+        # several phases: the last phase's best (best_<last phase>); one phase: best
+        plain = ckpts / "best.safetensors"
+        ckpt = plain if plain.is_file() else (candidates[-1] if candidates else
+                                              ckpts / "last.safetensors")
+    elif path.is_file() and path.suffix == ".safetensors":
+        ckpt = path
+        run_dir = path.parent.parent if path.parent.name == CKPT_DIR else path.parent
+    else:
+        raise SSMISError(f"{path}: expected a run folder or a .safetensors checkpoint")
+    if not ckpt.is_file():
+        raise SSMISError(f"{ckpt}: checkpoint not found")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise SSMISError(f"{run_dir / CONFIG_FILE}: run config not found beside the checkpoint")
+    return run_dir, ckpt
+
+
+def _best_of_last_phase(run_dir: Path, cfg: ExperimentConfig, method) -> Path | None:
+    from ssmis.engine.trainer import CKPT_DIR, best_name
+
+    phases = method.phases()
+    path = run_dir / CKPT_DIR / f"{best_name(phases, phases[-1])}.safetensors"
+    return path if path.is_file() else None
+
+
+def collect_jobs(inputs: list[Path], in_channels: int) -> list[Job]:
+    files: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = [p for p in sorted(item.iterdir()) if p.is_file() and _kind(p)]
+            if not found:
+                raise SSMISError(f"{item}: no NIfTI or image files in this folder")
+            files.extend(found)
+        elif item.is_file():
+            if not _kind(item):
+                raise SSMISError(f"{item}: not a NIfTI (.nii, .nii.gz) or image "
+                                 f"({', '.join(IMAGE_EXTS)}) file")
+            files.append(item)
+        else:
+            raise SSMISError(f"{item}: input not found")
+    jobs: dict[str, Job] = {}
+    for path in files:
+        kind = _kind(path)
+        stem = strip_ending(path.name, NIFTI_ENDINGS) if kind == "nifti" else path.stem
+        assert stem is not None
+        match = _CHANNEL.match(stem)
+        name = match["case"] if match else stem
+        if kind == "nifti" and in_channels > 1:
+            if match is None:
+                raise SSMISError(f"{path}: the model takes {in_channels} channels; name files "
+                                 "<case>_0000.nii.gz, <case>_0001.nii.gz, ...")
+            job = jobs.setdefault(name, Job(name, kind, []))
+            job.inputs.append(path)
+            continue
+        if name in jobs:
+            raise SSMISError(f"{path}: a second input named '{name}' ({jobs[name].inputs[0]})")
+        jobs[name] = Job(name, kind, [path])
+    for job in jobs.values():
+        job.inputs.sort()
+        if job.kind == "nifti" and len(job.inputs) != in_channels:
+            raise SSMISError(f"{job.inputs[0]}: case '{job.name}' has {len(job.inputs)} channel "
+                             f"file(s), the model takes {in_channels}")
+    return list(jobs.values())
+
+
+def _kind(path: Path) -> str | None:
+    if strip_ending(path.name, NIFTI_ENDINGS) is not None:
+        return "nifti"
+    if path.suffix.lower() in IMAGE_EXTS:
+        return "image"
+    return None
+
+
+def _outputs(job: Job, out: Path, overlay: bool) -> list[Path]:
+    if job.kind == "nifti":
+        return [out / f"{job.name}.nii.gz"]
+    paths = [out / f"{job.name}.png"]
+    if overlay:
+        paths.append(out / f"{job.name}_overlay.png")
+    return paths
+
+
+def _reader_settings(cfg: ExperimentConfig):
+    """The run's normalisation, for data read outside the training catalog."""
+    from ssmis.data.owndata import CaseReader, Catalog
+
+    d = cfg.data
+    manifest = {}
+    if d.layout == "prepared":
+        import json
+
+        path = d.root / PREPARED_MANIFEST
+        if not path.is_file():
+            raise SSMISError(f"{path}: needed to know the run's normalisation (the run trained "
+                             "on a prepared dataset)")
+        manifest = json.loads(path.read_text())
+    names = manifest.get("channel_names", [])
+    if d.layout == "nifti" and (d.root / "dataset.json").is_file():
+        from ssmis.data.owndata import _read_dataset_json
+
+        meta = _read_dataset_json(d.root)
+        names = [str(v) for _, v in sorted((meta.get("channel_names") or {}).items(),
+                                           key=lambda kv: int(kv[0]))]
+    reader = CaseReader.__new__(CaseReader)
+    reader.catalog = Catalog(d.layout, d.root, {}, names)
+    reader.window = tuple(manifest.get("intensity_window", d.intensity_window))
+    if manifest:
+        reader.norms = list(manifest["normalization"])
+    else:
+        src = d.layout == "images"
+        reader.norms = [d.normalization_for(c, names[c] if c < len(names) else None,
+                                            from_image_file=src)
+                        for c in range(d.in_channels)]
+    return reader
+
+
+def _load_job(job: Job, cfg: ExperimentConfig, reader) -> tuple[np.ndarray, object]:
+    from ssmis.data.owndata import normalize
+
+    d = cfg.data
+    norms = reader.norms
+    if job.kind == "nifti":
+        channels, ref = [], None
+        for c, path in enumerate(job.inputs):
+            data, _, _, img = read_nifti(path)
+            if not np.isfinite(data).all():
+                raise SSMISError(f"{path}: image contains NaN/inf values")
+            if ref is not None and data.shape != channels[0].shape:
+                raise SSMISError(f"{path}: shape {data.shape} differs from "
+                                 f"{job.inputs[0].name} {channels[0].shape}")
+            norm = norms[c] if d.layout != "images" else "zscore"
+            channels.append(normalize(data, norm, reader.window, data.dtype))
+            ref = ref or img
+        return np.stack(channels), ref
+    mode = {1: "L", 3: "RGB"}.get(d.in_channels)
+    if mode is None:
+        raise SSMISError(f"{job.inputs[0]}: the model takes {d.in_channels} channels; image "
+                         "files give 1 or 3")
+    raw = read_picture(job.inputs[0], mode)
+    pixels = raw if raw.ndim == 3 else raw[..., None]
+    norms_img = norms if d.layout in ("images", "prepared") else ["scale"] * d.in_channels
+    image = np.stack([normalize(pixels[..., c], norms_img[c], reader.window, raw.dtype)
+                      for c in range(pixels.shape[-1])])
+    return image, raw
+
+
+def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite: bool = False,
+                  overlay: bool = False, device: str = "auto", tta: bool = False,
+                  progress: bool = True) -> list[Path]:
+    from ssmis.engine.checkpoint import load_weights
+    from ssmis.engine.evaluate import segment
+    from ssmis.engine.trainer import CONFIG_FILE, resolve_device
+    from ssmis.inference import flip_tta
+    from ssmis.methods import build_method
+
+    run_dir, ckpt = resolve_checkpoint(checkpoint)
+    cfg = validate_config(read_yaml(run_dir / CONFIG_FILE), source=str(run_dir / CONFIG_FILE))
+    d = cfg.data
+    jobs = collect_jobs(inputs, d.in_channels)
+    for job in jobs:
+        if job.kind == "image" and d.spatial_dims == 3:
+            raise SSMISError(f"{job.inputs[0]}: a 3D model ({cfg.model.name}) cannot segment "
+                             "2D images")
+    out = Path(out)
+    sources = {p.resolve() for job in jobs for p in job.inputs}
+    planned: dict[Path, Path] = {}
+    for job in jobs:
+        for target in _outputs(job, out, overlay):
+            if target.resolve() in sources:
+                raise SSMISError(f"{target}: would overwrite an input; choose another --out")
+            if target.exists() and not overwrite:
+                raise SSMISError(f"{target}: exists (use --overwrite to replace it)")
+            if target in planned:
+                raise SSMISError(f"{target}: two inputs give the same output "
+                                 f"({planned[target]}, {job.inputs[0]})")
+            planned[target] = job.inputs[0]
+    reader = _reader_settings(cfg)
+    dev = resolve_device(device)
+    method = build_method(cfg)
+    if checkpoint.is_dir():
+        ckpt = _best_of_last_phase(run_dir, cfg, method) or ckpt
+    method.load_state_dict(load_weights(ckpt))
+    method.to(dev).eval()
+
+    def predict_fn(batch: torch.Tensor) -> torch.Tensor:
+        return method.predict(batch).float()
+
+    fn = flip_tta(predict_fn, d.spatial_dims) if tta else predict_fn
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    iterator = jobs
+    if progress and len(jobs) > 1:
+        from tqdm import tqdm
+
+        iterator = tqdm(jobs, desc="predict", unit="file", file=sys.stderr)
+    with torch.no_grad():
+        for job in iterator:
+            image, ref = _load_job(job, cfg, reader)
+            targets = _outputs(job, out, overlay)
+            if job.kind == "nifti":
+                pred = _predict_volume(fn, image, cfg, dev)
+                written.append(_write_nifti(targets[0], pred, ref))
+            else:
+                x = image[0] if image.shape[0] == 1 else image
+                pred = segment(fn, x, 2, cfg, dev)
+                written.extend(_write_png(targets, pred, ref))
+    return written
+
+
+def _predict_volume(fn, image: np.ndarray, cfg: ExperimentConfig, dev) -> np.ndarray:
+    """(C, *spatial) in file voxel order -> label map in the same order."""
+    from ssmis.engine.evaluate import segment
+
+    ndim = image.ndim - 1
+    if cfg.data.spatial_dims == 2 and ndim == 3:
+        axis = cfg.data.slice_axis
+        moved = np.moveaxis(image, axis + 1, 1)
+        x = moved[0] if moved.shape[0] == 1 else moved
+        return np.moveaxis(segment(fn, x, 3, cfg, dev), 0, axis)
+    if cfg.data.spatial_dims == 3 and ndim != 3:
+        raise SSMISError(f"a 3D model needs 3D volumes, got shape {image.shape[1:]}")
+    x = image[0] if image.shape[0] == 1 else image
+    return segment(fn, x, ndim, cfg, dev)
+
+
+def _write_nifti(path: Path, pred: np.ndarray, ref) -> Path:
+    import nibabel as nib
+
+    header = ref.header.copy()
+    header.set_data_dtype(np.uint8)
+    data = pred.astype(np.uint8)
+    if len(ref.shape) == 4:
+        data = data[..., None]
+    img = nib.Nifti1Image(data, ref.affine, header=header)
+    img.header.set_slope_inter(1, 0)
+    nib.save(img, str(path))
+    return path
+
+
+def _write_png(targets: list[Path], pred: np.ndarray, raw: np.ndarray) -> list[Path]:
+    from PIL import Image
+
+    Image.fromarray(pred.astype(np.uint8)).save(targets[0])
+    if len(targets) > 1:
+        from ssmis.report import class_color
+
+        base = raw.astype(np.float32)
+        if base.ndim == 2:
+            base = np.repeat(base[..., None], 3, axis=-1)
+        if base.max() > 255:
+            base = base / base.max() * 255.0
+        for k in np.unique(pred):
+            if k == 0:
+                continue
+            color = np.asarray(class_color(int(k))) * 255.0
+            mask = pred == k
+            base[mask] = 0.5 * base[mask] + 0.5 * color
+        Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(targets[1])
+    return targets

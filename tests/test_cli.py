@@ -36,7 +36,10 @@ def test_unknown_method_lists_valid_names(
 ) -> None:
     code = main(["train", str(_config(tmp_path, phantom_root)), "method.name=nope"])
     assert code == 2
-    assert "unknown method 'nope'; expected one of: supervised" in _error_line(capsys)
+    from ssmis.methods import METHODS
+
+    line = _error_line(capsys)
+    assert f"unknown method 'nope'; expected one of: {', '.join(sorted(METHODS))}" in line
     assert not (tmp_path / "runs").exists()
 
 

@@ -20,17 +20,22 @@ def dice_loss(
     include_background: bool = True,
     mask: torch.Tensor | None = None,
     smooth: float = DICE_SMOOTH,
+    mask_background: bool = True,
 ) -> torch.Tensor:
     """SSL4MIS Dice loss over classes: 1 - (2 sum(p*t) + s) / (sum(p^2) + sum(t^2) + s).
 
     ``probs``: B x C x ... probabilities; ``target``: B x ... integer labels; ``mask``: B x ...
     weights (1 = counted). The loss is averaged over the classes (1..C-1 when
-    ``include_background`` is false).
+    ``include_background`` is false). ``mask_background=False`` reproduces the SSL4MIS/BCP
+    ``DiceLoss`` mask encoder, which turns the mask of class 0 into all ones (the background
+    Dice then ignores the region mask while the other classes respect it).
     """
     num_classes = probs.shape[1]
     onehot = F.one_hot(target.long(), num_classes).movedim(-1, 1).to(probs.dtype)
     if mask is not None:
-        weight = mask.unsqueeze(1).to(probs.dtype)
+        weight = mask.unsqueeze(1).to(probs.dtype).expand_as(probs)
+        if not mask_background:
+            weight = torch.cat([torch.ones_like(weight[:, :1]), weight[:, 1:]], dim=1)
         probs_w, onehot_w = probs * weight, onehot * weight
     else:
         probs_w, onehot_w = probs, onehot
@@ -52,3 +57,71 @@ def cross_entropy(
     per_pixel = F.cross_entropy(logits, target.long(), reduction="none")
     weight = mask.to(per_pixel.dtype)
     return (per_pixel * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def linear_dice_loss(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    smooth: float = DICE_SMOOTH,
+) -> torch.Tensor:
+    """BCP/CVBM 3D ``mask_DiceLoss`` on probabilities: per sample and class,
+    ``(2 sum(m p g) + s) / (sum(m (p + g)) + s)`` (linear denominator); loss = 1 - mean over
+    batch x classes (background included). ``target``: B x ... labels; ``mask``: B x ... weights.
+    """
+    num_classes = probs.shape[1]
+    onehot = F.one_hot(target.long(), num_classes).movedim(-1, 1).to(probs.dtype)
+    b = probs.shape[0]
+    p, g = probs.reshape(b, num_classes, -1), onehot.reshape(b, num_classes, -1)
+    inter, union = p * g, p + g
+    if mask is not None:
+        m = mask.reshape(b, 1, -1).to(probs.dtype)
+        inter, union = inter * m, union * m
+    dice = (2 * inter.sum(2) + smooth) / (union.sum(2) + smooth)
+    return 1.0 - dice.mean()
+
+
+def soft_dice_loss(
+    probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, smooth: float = 1e-10
+) -> torch.Tensor:
+    """CVBM ``DiceLoss2d``: Dice against a C-channel *map* target with a C-channel mask, per
+    channel over the whole batch, squared denominators, averaged over the channels."""
+    dims = [0] + list(range(2, probs.ndim))
+    t, m = target.to(probs.dtype), mask.to(probs.dtype)
+    inter = (probs * t * m).sum(dims)
+    denom = (probs * probs * m).sum(dims) + (t * t * m).sum(dims)
+    return (1.0 - (2 * inter + smooth) / (denom + smooth)).mean()
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """CVBM's custom ``CrossEntropyLoss``: ``(1/C) sum_c sum_v -t_c log softmax(x)_c m_c /
+    (sum_v m_c + 1e-16)`` for a C-channel target map and mask. CVBM passes probabilities as
+    ``logits`` (softmax applied twice); pass the logits for the plain version."""
+    logq = torch.log_softmax(logits, dim=1)
+    t, m = target.to(logq.dtype), mask.to(logq.dtype)
+    dims = [0] + list(range(2, logq.ndim))
+    per_class = (-t * logq * m).sum(dims) / (m.sum(dims) + 1e-16)
+    return per_class.mean()
+
+
+def softmax_mse(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Element-wise (softmax(a) - softmax(b))^2 (SSL4MIS ``softmax_mse_loss``, no reduction)."""
+    return (torch.softmax(logits, dim=1) - torch.softmax(target_logits, dim=1)) ** 2
+
+
+def region_weighted_loss(
+    loss_fn,
+    target_out: torch.Tensor,
+    target_in: torch.Tensor,
+    mask: torch.Tensor,
+    weight_out: float,
+    weight_in: float,
+) -> torch.Tensor:
+    """BCP's ``mix_loss`` pattern: ``w_out * f(target_out, M) + w_in * f(target_in, 1 - M)``.
+
+    ``mask`` is 1 outside the pasted box (the region whose target is ``target_out``) and 0 inside;
+    ``loss_fn(target, region_mask)`` is one loss term (Dice or CE) restricted to a region.
+    """
+    return weight_out * loss_fn(target_out, mask) + weight_in * loss_fn(target_in, 1 - mask)

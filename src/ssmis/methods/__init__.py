@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from ssmis.errors import SSMISError
 from ssmis.methods.base import Batch, Method, MethodParams, Phase
+from ssmis.methods.bcp import BCP
+from ssmis.methods.cvbm import CVBM
+from ssmis.methods.mean_teacher import MeanTeacher
 from ssmis.methods.supervised import Supervised
+from ssmis.methods.uamt import UAMT
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -17,7 +21,7 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-_BUILTIN: tuple[type[Method], ...] = (Supervised,)
+_BUILTIN: tuple[type[Method], ...] = (Supervised, MeanTeacher, UAMT, BCP, CVBM)
 for _cls in _BUILTIN:
     register(_cls)
 

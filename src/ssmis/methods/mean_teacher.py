@@ -1,0 +1,116 @@
+"""Mean Teacher (Tarvainen & Valpola 2017) as SSL4MIS ``train_mean_teacher_2D`` / UA-MT run it.
+
+One student forward on the labeled + unlabeled batch (concatenated, so BatchNorm sees both);
+supervised loss ``ce_weight * CE + dice_weight * Dice`` on the labeled part; the teacher (EMA of
+the student, never put in eval mode by the originals) sees the unlabeled images plus
+``clamp(randn * noise_std, -noise_clip, noise_clip)``; consistency = mean squared difference of
+the softmax maps, weighted by ``consistency * sigmoid_rampup(step // rampup_iters_per_epoch,
+consistency_rampup)``. SSL4MIS 2D additionally sets the consistency to 0 for the first 1,000
+iterations (``consistency_start``). EMA after every step with
+``alpha = min(1 - 1/(step + 1), ema_decay)``, over parameters only.
+
+Forward passes per iteration: 2 (student on L+U, teacher on noisy U); 1 while the consistency is
+off (``step < consistency_start``), because then the teacher output would be unused.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from ssmis.losses import cross_entropy, dice_loss
+from ssmis.methods.base import Batch, Method
+from ssmis.methods.teacher import (
+    EMAParams,
+    ema_update,
+    gaussian_noise,
+    make_teacher,
+    teacher_mode,
+)
+from ssmis.ramps import ramped_weight
+
+
+class MeanTeacherParams(EMAParams):
+    consistency: float = Field(default=0.1, ge=0, description="maximum consistency weight")
+    consistency_rampup: float = Field(
+        default=200.0, ge=0, description="ramp length in 'epochs' of rampup_iters_per_epoch "
+        "iterations (SSL4MIS ACDC 200, UA-MT LA 40)")
+    rampup_iters_per_epoch: int = Field(
+        default=150, ge=1, description="SSL4MIS feeds iter_num // 150 to the ramp")
+    consistency_start: int = Field(
+        default=0, ge=0, description="iterations with the consistency switched off "
+        "(SSL4MIS train_mean_teacher_2D: 1000)")
+    noise_std: float = Field(default=0.1, ge=0, description="teacher input noise std")
+    noise_clip: float = Field(default=0.2, ge=0, description="teacher input noise clamp")
+    ce_weight: float = Field(default=0.5, ge=0)
+    dice_weight: float = Field(default=0.5, ge=0)
+    dice_include_background: bool = Field(
+        default=True,
+        description="SSL4MIS 2D averages Dice over all classes; UA-MT 3D uses the foreground only",
+    )
+
+
+class MeanTeacher(Method):
+    name = "mean_teacher"
+    Params = MeanTeacherParams
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.student = self.build_network()
+        self.teacher = make_teacher(self.student)
+
+    # -- shared with UA-MT ------------------------------------------------------------------
+    def supervised(self, logits: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+        p: MeanTeacherParams = self.params  # type: ignore[assignment]
+        ce = cross_entropy(logits, label)
+        dice = dice_loss(torch.softmax(logits, dim=1), label,
+                         include_background=p.dice_include_background)
+        return {"loss_sup": p.ce_weight * ce + p.dice_weight * dice, "loss_ce": ce,
+                "loss_dice": dice}
+
+    def consistency_weight(self, step: int) -> float:
+        p: MeanTeacherParams = self.params  # type: ignore[assignment]
+        return ramped_weight(step, p.consistency, p.consistency_rampup, p.rampup_iters_per_epoch)
+
+    def consistency_active(self, step: int) -> bool:
+        p: MeanTeacherParams = self.params  # type: ignore[assignment]
+        return step >= p.consistency_start and p.consistency > 0
+
+    @torch.no_grad()
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        p: MeanTeacherParams = self.params  # type: ignore[assignment]
+        with teacher_mode(self.teacher, p.teacher_train_mode):
+            return self.teacher(gaussian_noise(images, p.noise_std, p.noise_clip))
+
+    def consistency_loss(
+        self, student_u: torch.Tensor, unlabeled: torch.Tensor, step: int
+    ) -> torch.Tensor:
+        t = self.teacher_logits(unlabeled)
+        return torch.mean((torch.softmax(student_u, 1) - torch.softmax(t, 1)) ** 2)
+
+    # -- the interface ----------------------------------------------------------------------
+    def training_step(
+        self, labeled: Batch, unlabeled: Batch | None, step: int
+    ) -> dict[str, torch.Tensor]:
+        if unlabeled is None:
+            raise ValueError(f"{self.name} needs an unlabeled batch")
+        n = labeled["image"].shape[0]
+        logits = self.student(torch.cat([labeled["image"], unlabeled["image"]], dim=0))
+        out = self.supervised(logits[:n], labeled["label"])
+        weight = self.consistency_weight(step)
+        if self.consistency_active(step):
+            cons = self.consistency_loss(logits[n:], unlabeled["image"], step)
+        else:
+            cons = logits.new_zeros(())
+        loss = out["loss_sup"] + weight * cons
+        logged = {k: v.detach() for k, v in out.items()}
+        return {"loss": loss, **logged, "loss_consistency": cons.detach(),
+                "consistency_weight": torch.tensor(weight)}
+
+    def on_step_end(self, step: int) -> None:
+        p: MeanTeacherParams = self.params  # type: ignore[assignment]
+        ema_update(self.teacher, self.student, p.ema_decay,
+                   step=step if p.ema_warmup else None, buffers=p.ema_buffers)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.student(images)

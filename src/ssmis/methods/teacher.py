@@ -1,0 +1,128 @@
+"""Mean-teacher machinery shared by every method with an EMA teacher (MT, UA-MT, BCP, CVBM, ...).
+
+* :func:`make_teacher`: a frozen copy of the student, registered by the caller as a submodule so
+  it is checkpointed with the method;
+* :func:`ema_update`: the teacher update, in the variants the reference codes use;
+* :func:`teacher_mode`: run the teacher in train mode (the originals never call ``.eval()``:
+  dropout on, BatchNorm on batch statistics) or in eval mode;
+* :func:`gaussian_noise`: SSL4MIS's input perturbation ``clamp(randn * 0.1, -0.2, 0.2)``;
+* :func:`largest_component` / :func:`largest_component_per_class`: the LCC filter that BCP and
+  CVBM apply to every pseudo-label (scipy, per sample, full connectivity as skimage's default).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from ssmis.inference import largest_connected_component
+from ssmis.methods.base import MethodParams
+
+BufferPolicy = Literal["own", "ema"]
+
+
+class EMAParams(MethodParams):
+    """Teacher options shared by the teacher-student methods."""
+
+    ema_decay: float = Field(default=0.99, ge=0, le=1, description="EMA decay alpha")
+    ema_warmup: bool = Field(
+        default=True,
+        description="SSL4MIS/UA-MT: alpha = min(1 - 1/(step + 1), ema_decay) (true average "
+        "early on); false = constant alpha (BCP/CVBM)",
+    )
+    ema_buffers: BufferPolicy = Field(
+        default="own",
+        description="'own': EMA over parameters only, the teacher's BatchNorm statistics come "
+        "from its own train-mode forwards (SSL4MIS, UA-MT, BCP/CVBM LA); 'ema': EMA over the "
+        "whole state_dict incl. BN running stats (BCP/CVBM ACDC)",
+    )
+    teacher_train_mode: bool = Field(
+        default=True,
+        description="faithful: the teacher is never put in eval mode (dropout active, BN on "
+        "batch statistics); false = eval mode for teacher predictions",
+    )
+
+
+def make_teacher(student: nn.Module) -> nn.Module:
+    """A deep copy of ``student`` whose parameters do not require gradients."""
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def ema_alpha(decay: float, step: int | None = None) -> float:
+    """``min(1 - 1/(step + 1), decay)`` with a step (SSL4MIS warm-up), else ``decay``."""
+    if step is None:
+        return float(decay)
+    return float(min(1.0 - 1.0 / (step + 1), decay))
+
+
+@torch.no_grad()
+def copy_weights(teacher: nn.Module, student: nn.Module) -> None:
+    """teacher <- student (parameters and buffers)."""
+    teacher.load_state_dict(student.state_dict())
+
+
+@torch.no_grad()
+def ema_update(
+    teacher: nn.Module,
+    student: nn.Module,
+    decay: float,
+    *,
+    step: int | None = None,
+    buffers: BufferPolicy = "own",
+) -> float:
+    """theta_t <- a theta_t + (1 - a) theta_s; returns the alpha used.
+
+    ``step`` given: SSL4MIS warm-up ``a = min(1 - 1/(step + 1), decay)`` (step 0 copies the
+    student). ``buffers='ema'`` also averages floating-point buffers (BN running mean/var) and
+    copies integer ones (``num_batches_tracked``), like BCP's state_dict EMA.
+    """
+    alpha = ema_alpha(decay, step)
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
+    if buffers == "ema":
+        for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+            if t.is_floating_point():
+                t.mul_(alpha).add_(s, alpha=1.0 - alpha)
+            else:
+                t.copy_(s)
+    return alpha
+
+
+@contextmanager
+def teacher_mode(teacher: nn.Module, train: bool) -> Iterator[nn.Module]:
+    """Run the teacher in train or eval mode inside the block, restoring its mode after."""
+    was_training = teacher.training
+    teacher.train(train)
+    try:
+        yield teacher
+    finally:
+        teacher.train(was_training)
+
+
+def gaussian_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch.Tensor:
+    """``x + clamp(randn_like(x) * std, -clip, clip)`` (SSL4MIS / UA-MT teacher input)."""
+    return x + torch.clamp(torch.randn_like(x) * std, -clip, clip)
+
+
+def largest_component_per_class(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """Per sample of a B x spatial label batch, keep only the largest connected component of
+    each class in ``classes``; other pixels of those classes become 0 (BCP ``get_ACDC_masks``,
+    ``LargestCC_pancreas``). Runs on the CPU (scipy), as the originals (skimage) do."""
+    arr = labels.detach().to("cpu", torch.long).numpy()
+    out = np.stack([largest_connected_component(a, classes) for a in arr])
+    return torch.from_numpy(out).to(labels.device)
+
+
+def largest_component(mask: torch.Tensor) -> torch.Tensor:
+    """Largest connected component of each binary mask in a B x spatial batch (0/1 long)."""
+    return largest_component_per_class(mask.long(), [1])

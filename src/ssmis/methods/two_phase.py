@@ -1,0 +1,142 @@
+"""Supervised pre-training then teacher-student self-training (BCP, CVBM), as one schedule.
+
+``train.iterations`` is the *total*; ``method.params.pretrain_iterations`` of them are the first
+phase. The self-training phase starts from the best pre-trained weights (``init_from_best``),
+where :meth:`TwoPhaseMethod.on_phase_start` copies the student into the teacher. The ramps of the
+second phase count from its own start (the originals restart ``iter_num`` at 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from ssmis.errors import SSMISError
+from ssmis.methods.base import Batch, Method, Phase
+from ssmis.methods.teacher import (
+    BufferPolicy,
+    EMAParams,
+    copy_weights,
+    ema_update,
+    make_teacher,
+)
+
+PRETRAIN = "pretrain"
+SELF_TRAIN = "self_train"
+
+
+class TwoPhaseParams(EMAParams):
+    recipe: Literal["auto", "acdc", "la"] = Field(
+        default="auto",
+        description="which of the authors' scripts to follow: 'acdc' (2D losses, batch "
+        "layout, no 1/2 factors), 'la' (3D); auto = by the model's dimensionality",
+    )
+    ema_warmup: bool = Field(default=False, description="BCP/CVBM use a constant alpha")
+    ema_buffers: BufferPolicy | None = Field(
+        default=None,
+        description="null = as the authors: 'ema' (state_dict EMA) for the acdc recipe, "
+        "'own' (parameters only) for la",
+    )
+    pretrain_iterations: int = Field(
+        default=0, ge=0, description="first phase length, carved from train.iterations"
+    )
+    reset_optimizer: bool | None = Field(
+        default=None,
+        description="fresh SGD state for self-training; null = as the authors: ACDC (2D) keeps "
+        "the optimizer state (approximated by the state at the end of pre-training, not the one "
+        "saved with the best checkpoint), LA (3D) starts a fresh optimizer",
+    )
+
+
+def two_phases(total: int, pretrain: int, reset_optimizer: bool) -> list[Phase]:
+    if pretrain >= total:
+        raise SSMISError(
+            f"method.params.pretrain_iterations: {pretrain} leaves no self-training within "
+            f"train.iterations = {total}"
+        )
+    phases = []
+    if pretrain > 0:
+        phases.append(Phase(PRETRAIN, pretrain))
+    phases.append(Phase(SELF_TRAIN, total - pretrain, reset_optimizer=reset_optimizer and
+                        pretrain > 0, init_from_best=pretrain > 0))
+    return phases
+
+
+def local_step(step: int, pretrain: int) -> tuple[bool, int]:
+    """(in pre-training?, iteration counted from the start of the current phase)."""
+    if step < pretrain:
+        return True, step
+    return False, step - pretrain
+
+
+class TwoPhaseMethod(Method):
+    """Base of BCP and CVBM: a student, its EMA teacher and the two-phase schedule.
+
+    Subclasses build ``self.student`` (then call :meth:`_init_teacher`) and implement
+    :meth:`pretrain_step` and :meth:`self_train_step` with the *local* iteration.
+    """
+
+    Params = TwoPhaseParams
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        p: TwoPhaseParams = self.params  # type: ignore[assignment]
+        recipe = p.recipe
+        if recipe == "auto":
+            recipe = "acdc" if cfg.data.spatial_dims == 2 else "la"
+        self.recipe = recipe
+        self.ema_buffers: BufferPolicy = p.ema_buffers or ("ema" if recipe == "acdc" else "own")
+        self.reset_opt = p.reset_optimizer if p.reset_optimizer is not None else recipe == "la"
+
+    def _init_teacher(self) -> None:
+        self.teacher = make_teacher(self.student)
+
+    def phases(self) -> list[Phase]:
+        p: TwoPhaseParams = self.params  # type: ignore[assignment]
+        return two_phases(self.cfg.train.iterations, p.pretrain_iterations, self.reset_opt)
+
+    def on_phase_start(self, phase: Phase) -> None:
+        if phase.name == SELF_TRAIN:
+            copy_weights(self.teacher, self.student)
+
+    def on_step_end(self, step: int) -> None:
+        p: TwoPhaseParams = self.params  # type: ignore[assignment]
+        pre, local = local_step(step, p.pretrain_iterations)
+        if not pre:
+            ema_update(self.teacher, self.student, p.ema_decay,
+                       step=local if p.ema_warmup else None, buffers=self.ema_buffers)
+
+    def training_step(
+        self, labeled: Batch, unlabeled: Batch | None, step: int
+    ) -> dict[str, torch.Tensor]:
+        p: TwoPhaseParams = self.params  # type: ignore[assignment]
+        pre, local = local_step(step, p.pretrain_iterations)
+        if pre:
+            return self.pretrain_step(labeled, local)
+        if unlabeled is None:
+            raise SSMISError(f"method {self.name}: self-training needs an unlabeled batch")
+        return self.self_train_step(labeled, unlabeled, local)
+
+    def pretrain_step(self, labeled: Batch, step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def self_train_step(
+        self, labeled: Batch, unlabeled: Batch, step: int
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def halves(batch: Batch) -> tuple[Any, Any, Any, Any]:
+    """(image_a, image_b, label_a, label_b): the two halves of a batch (BCP's sub-batches).
+
+    Labels are None when the batch has none (unlabeled batches from the engine)."""
+    image, label = batch["image"], batch.get("label")
+    n = image.shape[0]
+    if n < 2:
+        raise SSMISError(f"copy-paste methods need at least 2 samples per half-batch, got {n}")
+    h = n // 2
+    if label is None:
+        return image[:h], image[h:2 * h], None, None
+    return image[:h], image[h:2 * h], label[:h], label[h:2 * h]

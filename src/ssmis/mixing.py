@@ -1,0 +1,63 @@
+"""Copy-paste / CutMix masks and mixing of image batches (BCP, CVBM; reusable by CPS/CML/...).
+
+Convention (BCP's ``context_mask`` / ``generate_mask``): a mask ``M`` is 1 where the *first*
+image is kept and 0 inside the pasted box, so ``mix(a, b, M) = M * a + (1 - M) * b`` shows ``b``
+inside the box. One mask is drawn per iteration and shared by the whole half-batch, as in BCP.
+
+Random numbers come from ``torch`` (seeded and checkpointed by the engine), so a resumed run draws
+the same boxes; the originals use ``np.random.randint`` with the same (exclusive) bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def box_size(spatial: Sequence[int], ratio: float) -> tuple[int, ...]:
+    """Side of the box along each axis: ``int(dim * ratio)`` (BCP: ratio 2/3)."""
+    return tuple(int(s * ratio) for s in spatial)
+
+
+def box_mask(
+    spatial: Sequence[int],
+    ratio: float = 2.0 / 3.0,
+    *,
+    origin_extent: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """A float mask of shape ``spatial``: 1 outside one axis-aligned box, 0 inside it.
+
+    The box has sides ``int(dim * ratio)``; its origin along each axis is drawn uniformly from
+    ``[0, extent - side)`` (upper bound exclusive, as ``np.random.randint``; 0 when that range is
+    empty), with ``extent`` = the patch size. ``origin_extent`` replaces the extent used for the
+    origin only: BCP/CVBM's Pancreas script uses the LA constants (112, 112, 80) on 96^3 patches,
+    which lets the box run past the border (where it is clipped); pass those to reproduce it.
+    """
+    spatial = tuple(int(s) for s in spatial)
+    sides = box_size(spatial, ratio)
+    extents = tuple(int(e) for e in origin_extent) if origin_extent is not None else spatial
+    if len(extents) != len(spatial):
+        raise ValueError(f"origin_extent {extents} does not match the patch dimensions {spatial}")
+    mask = torch.ones(spatial, device=device)
+    index = []
+    for side, extent in zip(sides, extents, strict=True):
+        high = extent - side
+        start = int(torch.randint(0, high, (1,), generator=generator).item()) if high > 0 else 0
+        index.append(slice(start, start + side))
+    mask[tuple(index)] = 0.0
+    return mask
+
+
+def mix(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mask * a + (1 - mask) * b`` with ``mask`` broadcast over batch (and channel) axes.
+
+    Works for images (B x C x spatial, mask of shape spatial) and for integer label maps
+    (B x spatial), for which the result keeps the label dtype.
+    """
+    m = mask.to(a.dtype) if a.is_floating_point() else mask.to(torch.long)
+    while m.dim() < a.dim():
+        m = m.unsqueeze(0)
+    return a * m + b * (1 - m)

@@ -1,0 +1,124 @@
+"""Training throughput, peak memory and network passes per step of each method.
+
+Builds each method from its published config (``configs/<dataset>/<method>.yaml``), feeds
+random tensors of the published batch and patch, and times full training steps (method losses,
+backward, SGD step, EMA hook). Two-phase methods are timed in their self-training phase. A pass
+is one call of a backbone's encoder; decoder calls are counted separately.
+
+    python benchmarks/method_throughput.py --dataset acdc --methods supervised bcp cvbm
+    python benchmarks/method_throughput.py --dataset la --amp both        # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ssmis.config import read_yaml, validate_config
+from ssmis.methods import METHODS, build_method
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _count_calls(method: nn.Module) -> dict[str, int]:
+    counts = {"encoder": 0, "decoder": 0}
+
+    def hook(kind: str):
+        def _inc(*_: object) -> None:
+            counts[kind] += 1
+        return _inc
+
+    for module in method.modules():
+        name = type(module).__name__
+        if name.endswith("Encoder"):
+            module.register_forward_hook(hook("encoder"))
+        elif name.endswith("Decoder"):
+            module.register_forward_hook(hook("decoder"))
+    return counts
+
+
+def measure(dataset: str, name: str, device: torch.device, amp: bool, steps: int,
+            warmup: int) -> dict[str, float] | None:
+    path = REPO / "configs" / dataset / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    cfg = validate_config(read_yaml(path), source=str(path))
+    torch.manual_seed(0)
+    method = build_method(cfg).to(device).train()
+    opt = torch.optim.SGD(list(method.trainable_parameters()), lr=1e-3, momentum=0.9)
+    phases = method.phases()
+    step = cfg.train.iterations // 2
+    if len(phases) > 1:
+        method.on_phase_start(phases[-1])
+        step = max(step, phases[0].iterations + 1)
+    size = tuple(cfg.data.patch_size)
+    lb, ub = cfg.train.batch_size, cfg.train.unlabeled_batch_size
+    c = cfg.data.num_classes
+
+    def batch(n: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.randn(n, cfg.data.in_channels, *size, device=device),
+                "label": torch.randint(0, c, (n, *size), device=device)}
+
+    labeled = batch(lb)
+    unlabeled = batch(ub) if method.uses_unlabeled and ub else None
+    counts = _count_calls(method)
+
+    def one() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            losses = method.training_step(labeled, unlabeled, step)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        method.on_step_end(step)
+
+    for _ in range(warmup):
+        one()
+    counts.update(encoder=0, decoder=0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return {"it_s": steps / elapsed, "peak_gib": peak, "encoder": counts["encoder"] / steps,
+            "decoder": counts["decoder"] / steps, "batch": f"{lb}+{ub if unlabeled else 0}",
+            "patch": "x".join(map(str, size))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["acdc", "la"], default="acdc")
+    parser.add_argument("--methods", nargs="+", default=sorted(METHODS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", choices=["off", "on", "both"], default="off")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.amp]
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"device {name}, torch {torch.__version__}, dataset {args.dataset}")
+    print("| method | batch | patch | AMP (bf16) | it/s | peak GiB | encoder passes | "
+          "decoder passes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m in args.methods:
+        for amp in modes:
+            r = measure(args.dataset, m, device, amp, args.steps, args.warmup)
+            if r is None:
+                continue
+            print(f"| {m} | {r['batch']} | {r['patch']} | {'on' if amp else 'off'} | "
+                  f"{r['it_s']:.2f} | {r['peak_gib']:.1f} | {r['encoder']:.0f} | "
+                  f"{r['decoder']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

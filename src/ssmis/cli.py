@@ -6,6 +6,7 @@ Every user error ends with one line on stderr and exit status 2, never a traceba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -234,10 +235,18 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
     width = max(len(n) for n in METHODS)
     for name in sorted(METHODS):
-        lines = (METHODS[name].__doc__ or "").strip().splitlines()
-        doc = lines[0] if lines else ""
+        doc = method_summary(METHODS[name])
         print(f"{name:<{width}}  {doc}")
     return 0
+
+
+def method_summary(cls: type) -> str:
+    """The method's ``summary``, else the first sentence of its (or its module's) docstring."""
+    if getattr(cls, "summary", ""):
+        return cls.summary
+    doc = cls.__dict__.get("__doc__") or sys.modules[cls.__module__].__doc__ or ""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    return paragraph.split(". ")[0].rstrip(".")
 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
@@ -259,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         print("ssmis: interrupted; a run can be continued with `ssmis train --resume RUN_DIR`",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ssmis methods | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's flush quiet
+        return 0
     except Exception as err:  # a data-loader worker wraps our errors in its own exception type
         original = _wrapped_user_error(err)
         if original is None:

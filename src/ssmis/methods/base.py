@@ -44,6 +44,8 @@ class Method(nn.Module):
     """Base class: subclasses set ``name`` and ``Params`` and implement ``training_step``."""
 
     name: ClassVar[str] = ""
+    #: one line for ``ssmis methods`` (falls back to the first sentence of the docstring)
+    summary: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
     uses_unlabeled: ClassVar[bool] = True
 
@@ -88,6 +90,19 @@ class Method(nn.Module):
 
     def phases(self) -> list[Phase]:
         return [Phase("train", self.cfg.train.iterations)]
+
+    def predictor_candidates(self) -> tuple[str, ...]:
+        """Names of alternative predictors the engine should score at each validation.
+
+        Empty (the default): validation scores :meth:`predict` as it is. Otherwise the engine
+        calls :meth:`set_predictor` with each name, scores it, and finally sets the best one
+        (ties: the first), so that the choice is saved with the weights (e.g. ALHVR picks the
+        better of its two networks by validation Dice instead of by hand)."""
+        return ()
+
+    def set_predictor(self, name: str) -> None:
+        """Make :meth:`predict` use the candidate ``name`` (see :meth:`predictor_candidates`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no predictor candidates")
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the optimizer updates; methods with EMA teachers exclude them."""

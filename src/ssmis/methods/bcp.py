@@ -58,6 +58,8 @@ class CopyPasteParams(TwoPhaseParams):
 
 class BCP(TwoPhaseMethod):
     name = "bcp"
+    summary = ("BCP: bidirectional copy-paste of labeled/unlabeled boxes with an EMA teacher "
+               "(Bai et al. 2023)")
     Params = CopyPasteParams
 
     def __init__(self, cfg) -> None:

@@ -122,6 +122,8 @@ def bidirectional_consistency(
 
 class CVBM(TwoPhaseMethod):
     name = "cvbm"
+    summary = ("CVBM: BCP plus a background decoder, mixing layer and bidirectional consistency "
+               "(Cao et al. 2025)")
     Params = CVBMParams
 
     def __init__(self, cfg) -> None:

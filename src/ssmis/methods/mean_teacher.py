@@ -52,6 +52,8 @@ class MeanTeacherParams(EMAParams):
 
 class MeanTeacher(Method):
     name = "mean_teacher"
+    summary = ("Mean Teacher: EMA teacher, MSE of softmax outputs with a sigmoid ramp "
+               "(Tarvainen & Valpola 2017)")
     Params = MeanTeacherParams
 
     def __init__(self, cfg) -> None:

@@ -47,6 +47,8 @@ class UAMTParams(MeanTeacherParams):
 
 class UAMT(MeanTeacher):
     name = "uamt"
+    summary = ("UA-MT: mean teacher whose consistency is masked by MC-dropout uncertainty "
+               "(Yu et al. 2019)")
     Params = UAMTParams
 
     @torch.no_grad()

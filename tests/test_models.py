@@ -176,8 +176,9 @@ def test_backward_through_two_decodes(kind: str) -> None:
 
 
 def test_factory() -> None:
-    assert MODEL_NAMES == ("unet2d", "vnet3d")
+    assert MODEL_NAMES == ("unet2d", "vnet3d", "sam_lora")
     assert spatial_dims("unet2d") == 2 and spatial_dims("vnet3d") == 3
+    assert spatial_dims("sam_lora") == 2
     net = build_model("vnet3d", 1, 2, normalization="instancenorm", up_types=["nearest"])
     assert isinstance(net, VNet3D) and net.up_types == ("nearest",)
     assert isinstance(build_model("unet2d", 1, 4), UNet2D)

@@ -28,8 +28,9 @@ OWN_LAYOUTS = ("nifti", "images", "prepared")
 class DataConfig(_Section):
     """Where the data is and how it is split into labeled / unlabeled / val / test."""
 
-    layout: Literal["acdc_h5", "la_h5", "nifti", "images", "prepared"] = Field(
-        description="acdc_h5: SSL4MIS 2D slices + volumes; la_h5: UA-MT 3D volumes; nifti: "
+    layout: Literal["acdc_h5", "la_h5", "brats_h5", "nifti", "images", "prepared"] = Field(
+        description="acdc_h5: SSL4MIS 2D slices + volumes; la_h5: UA-MT 3D volumes; brats_h5: "
+                    "SSL4MIS BraTS2019 (data/<id>.h5, train/val/test.txt); nifti: "
                     "nnU-Net folder (imagesTr/labelsTr/...); images: PNG/JPG/TIF image + mask "
                     "folders (optionally one folder per domain); prepared: `ssmis data prepare` "
                     "output"
@@ -41,7 +42,8 @@ class DataConfig(_Section):
     labeled_patients: int | None = Field(default=None, ge=1, description="acdc_h5 only")
     labeled_slices: int | None = Field(default=None, ge=1, description="acdc_h5 only")
     labeled_count: int | None = Field(default=None, ge=1,
-                                      description="la_h5 / own data: number of labeled cases")
+                                      description="la_h5 / brats_h5 / own data: number of "
+                                                  "labeled cases")
     val_count: int | None = Field(
         default=None, ge=1, description="la_h5: validation cases carved from the end of train.list"
     )
@@ -78,6 +80,15 @@ class DataConfig(_Section):
     images_dir: str = "images"
     masks_dir: str = "masks"
     unlabeled_dir: str = "unlabeled"
+    test_images_dir: str | None = Field(
+        default=None, description="images layout: labeled test images shipped with the data "
+                                  "(e.g. 'test/image'), per domain folder; ids '<domain>/test/"
+                                  "<name>'")
+    test_masks_dir: str | None = Field(default=None, description="masks of test_images_dir")
+    mask_rgb_classes: list[int] | None = Field(
+        default=None, min_length=3, max_length=3,
+        description="colour masks (M&Ms): class of a pixel whose R, G, B channel is set (> 127), "
+                    "later channels win, e.g. [1, 2, 3]; other pixels are 0")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -95,6 +106,12 @@ class DataConfig(_Section):
                 )
             if len(self.patch_size) != 3:
                 raise ValueError("data.patch_size: expected 3 values [X, Y, Z] for la_h5")
+        if self.layout == "brats_h5":
+            if self.labeled_count is None and self.split_file is None:
+                raise ValueError("data.labeled_count: required for brats_h5 (the first ids of "
+                                 "train.txt; SSL4MIS uses 25)")
+            if len(self.patch_size) != 3:
+                raise ValueError("data.patch_size: expected 3 values [X, Y, Z] for brats_h5")
         if self.layout in OWN_LAYOUTS and self.split_file is None:
             chosen = [n for n in ("labeled_count", "labeled_fraction", "labeled_cases")
                       if getattr(self, n) is not None]
@@ -111,6 +128,15 @@ class DataConfig(_Section):
         if isinstance(self.normalization, list) and len(self.normalization) != self.in_channels:
             raise ValueError(f"data.normalization: {len(self.normalization)} values for "
                              f"data.in_channels = {self.in_channels}")
+        if (self.test_images_dir is None) != (self.test_masks_dir is None):
+            raise ValueError("data.test_masks_dir: give both test_images_dir and test_masks_dir")
+        if self.mask_rgb_classes is not None:
+            if self.mask_values is not None:
+                raise ValueError("data.mask_rgb_classes: not together with data.mask_values")
+            bad = sorted(c for c in self.mask_rgb_classes if not 0 <= c < self.num_classes)
+            if bad:
+                raise ValueError(f"data.mask_rgb_classes: class(es) {bad} outside 0.."
+                                 f"{self.num_classes - 1}")
         if self.mask_values is not None:
             bad = sorted(c for c in self.mask_values.values()
                          if not 0 <= c < self.num_classes)

@@ -68,6 +68,7 @@ def _h5_cases(layout: str, root: Path, problems: list[str]) -> Iterator[dict[str
     from ssmis.data.h5 import (
         acdc_slice_path,
         acdc_volume_path,
+        brats_volume_path,
         la_volume_path,
         load_h5_case,
         read_list,
@@ -76,6 +77,8 @@ def _h5_cases(layout: str, root: Path, problems: list[str]) -> Iterator[dict[str
     if layout == "acdc_h5":
         groups = [("train", "train_slices.list", acdc_slice_path),
                   ("val", "val.list", acdc_volume_path), ("test", "test.list", acdc_volume_path)]
+    elif layout == "brats_h5":
+        groups = [(name, f"{name}.txt", brats_volume_path) for name in ("train", "val", "test")]
     else:
         groups = [("train", "train.list", la_volume_path), ("test", "test.list", la_volume_path)]
     for subset, list_name, path_of in groups:
@@ -122,7 +125,7 @@ def inspect_dataset(root: Path, *, layout: str | None = None, mask_values: dict 
     out(f"dataset {root}")
     out(f"layout  {layout}")
     expected: set[int] | None = None
-    if layout in ("acdc_h5", "la_h5"):
+    if layout in ("acdc_h5", "la_h5", "brats_h5"):
         rows = _h5_cases(layout, root, problems)
         if num_classes:
             expected = set(range(num_classes))

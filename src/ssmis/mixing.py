@@ -61,3 +61,31 @@ def mix(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     while m.dim() < a.dim():
         m = m.unsqueeze(0)
     return a * m + b * (1 - m)
+
+
+def cutmix_box(
+    size: int,
+    area: Sequence[float] = (0.02, 0.4),
+    ratio: Sequence[float] = (0.3, 1 / 0.3),
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """UniMatch/SynFoC ``obtain_cutmix_box`` (p = 1): a ``size x size`` float mask, 1 inside one
+    random box of area ``U(area) x size^2`` and aspect ``U(ratio)``, 0 elsewhere (note: 1 marks
+    the *pasted* region, the opposite of :func:`box_mask`).
+
+    ``w = int(sqrt(a / r))``, ``h = int(sqrt(a r))``, origin ``x0, y0 ~ randint[0, size)``,
+    the area is drawn once, the aspect and origin are redrawn until the box fits.
+    """
+    mask = torch.zeros(size, size, device=device)
+    u = float(torch.rand(1, generator=generator))
+    a = (area[0] + (area[1] - area[0]) * u) * size * size
+    while True:
+        r = ratio[0] + (ratio[1] - ratio[0]) * float(torch.rand(1, generator=generator))
+        w, h = int((a / r) ** 0.5), int((a * r) ** 0.5)
+        x0, y0 = (int(v) for v in torch.randint(0, size, (2,), generator=generator))
+        if x0 + w <= size and y0 + h <= size:
+            break
+    mask[y0:y0 + h, x0:x0 + w] = 1.0
+    return mask

@@ -50,6 +50,14 @@ def la_volume_path(root: Path, case_id: str) -> Path:
     return Path(root) / LA_FOLDER / case_id / LA_FILE
 
 
+def brats_volume_path(root: Path, case_id: str) -> Path:
+    """SSL4MIS BraTS2019 volume ``root/data/<id>.h5`` (``image`` = FLAIR, ``label`` = whole
+    tumour 0/1); ``root/<id>.h5`` when there is no ``data/`` folder (ALHVR's copy)."""
+    root = Path(root)
+    folder = root / "data"
+    return (folder if folder.is_dir() else root) / f"{case_id}.h5"
+
+
 def _open(path: Path) -> h5py.File:
     """Open read-only, turning the many h5py/OS failure modes into one-line user errors."""
     if not path.exists():

@@ -114,12 +114,15 @@ def detect_layout(root: Path, images_dir: str = "images") -> str:
         return "acdc_h5"
     if (root / LA_FOLDER).is_dir():
         return "la_h5"
+    if (root / "train.txt").is_file() and (root / "test.txt").is_file():
+        return "brats_h5"
     if (root / images_dir).is_dir() or any((d / images_dir).is_dir() for d in root.iterdir()
                                            if d.is_dir()):
         return "images"
     raise SSMISError(f"{root}: unknown dataset layout (expected imagesTr/ (nnU-Net NIfTI), "
                      f"{images_dir}/ + masks/ folders, train_slices.list (ACDC h5), "
-                     f"'{LA_FOLDER}/' (LA h5) or {PREPARED_MANIFEST})")
+                     f"'{LA_FOLDER}/' (LA h5), train.txt + test.txt (BraTS h5) or "
+                     f"{PREPARED_MANIFEST})")
 
 
 def scan(layout: str, root: Path, data_cfg: Any = None,
@@ -134,7 +137,9 @@ def scan(layout: str, root: Path, data_cfg: Any = None,
         kw = {}
         if data_cfg is not None:
             kw = {"images_dir": data_cfg.images_dir, "masks_dir": data_cfg.masks_dir,
-                  "unlabeled_dir": data_cfg.unlabeled_dir}
+                  "unlabeled_dir": data_cfg.unlabeled_dir,
+                  "test_images_dir": getattr(data_cfg, "test_images_dir", None),
+                  "test_masks_dir": getattr(data_cfg, "test_masks_dir", None)}
         return scan_images(root, problems=problems, **kw)
     if layout == "prepared":
         return scan_prepared(root)
@@ -235,7 +240,9 @@ def _image_files(folder: Path) -> dict[str, Path]:
 
 
 def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks",
-                unlabeled_dir: str = "unlabeled", problems: list[str] | None = None) -> Catalog:
+                unlabeled_dir: str = "unlabeled", problems: list[str] | None = None,
+                test_images_dir: str | None = None, test_masks_dir: str | None = None
+                ) -> Catalog:
     if (root / images_dir).is_dir():
         groups: list[tuple[str | None, Path]] = [(None, root)]
     else:
@@ -265,9 +272,25 @@ def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks"
                 _problem(problems, f"{path}: '{stem}' is also a labeled image")
                 continue
             catalog.cases[case] = CaseInfo(case, [path], None, domain, "unlabeled")
+        if test_images_dir is not None and test_masks_dir is not None:
+            _scan_test_images(catalog, domain, folder / test_images_dir,
+                              folder / test_masks_dir, problems)
     if not catalog.cases:
         _problem(problems, f"{root}: no images ({', '.join(IMAGE_EXTS)}) in {images_dir}/")
     return catalog
+
+
+def _scan_test_images(catalog: Catalog, domain: str | None, images: Path, masks: Path,
+                      problems: list[str] | None) -> None:
+    """Labeled test images shipped in their own folders (SynFoC layouts: ``test/image``)."""
+    mask_files = _image_files(masks)
+    for stem, path in _image_files(images).items():
+        case = f"test/{stem}" if domain is None else f"{domain}/test/{stem}"
+        mask = mask_files.get(stem)
+        if mask is None:
+            _problem(problems, f"{path}: no test mask {masks}/{stem}.*")
+            continue
+        catalog.cases[case] = CaseInfo(case, [path], mask, domain, "test")
 
 
 # --------------------------------------------------------------------------- prepared
@@ -385,6 +408,15 @@ def map_mask(path: Path, raw: np.ndarray, mask_values: dict[int, int] | None,
     return out
 
 
+def map_rgb_mask(raw: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Colour mask (H, W, 3) -> classes: channel k set (> 127) gives ``classes[k]``, later
+    channels overwriting earlier ones (M&Ms: R = LV, G = MYO, B = RV); elsewhere 0."""
+    out = np.zeros(raw.shape[:2], dtype=np.int64)
+    for k, cls in enumerate(classes):
+        out[raw[..., k] > 127] = int(cls)
+    return out
+
+
 def normalize(image: np.ndarray, method: str, window: Sequence[float] = (-1000.0, 1000.0),
               raw_dtype: np.dtype | None = None) -> np.ndarray:
     """One channel's intensities as float32: zscore, ct (window -> [0, 1]), scale, none."""
@@ -424,6 +456,7 @@ class CaseReader:
         self.in_channels = data_cfg.in_channels
         self.num_classes = data_cfg.num_classes
         self.mask_values = data_cfg.mask_values
+        self.mask_rgb_classes = getattr(data_cfg, "mask_rgb_classes", None)
         self.window = tuple(data_cfg.intensity_window)
         self.spacing_override = tuple(data_cfg.spacing) if data_cfg.spacing else None
         names = catalog.channel_names
@@ -548,11 +581,15 @@ class CaseReader:
         label = None
         if with_label:
             assert info.label is not None
-            mask = read_picture(info.label)
+            rgb = self.mask_rgb_classes is not None
+            mask = read_picture(info.label, "RGB" if rgb else None)
             if mask.shape[:2] != raw.shape[:2]:
                 raise SSMISError(f"{info.label}: mask size {mask.shape[1]}x{mask.shape[0]} "
                                  f"differs from image {path.name} {raw.shape[1]}x{raw.shape[0]}")
-            label = map_mask(info.label, mask, self.mask_values, self.num_classes)
+            if rgb:
+                label = map_rgb_mask(mask, self.mask_rgb_classes)
+            else:
+                label = map_mask(info.label, mask, self.mask_values, self.num_classes)
         spacing = tuple(self.spacing_override[-2:]) if self.spacing_override else None
         return CaseArrays(info.case, image, label, spacing, None, info.domain)
 

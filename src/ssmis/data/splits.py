@@ -190,6 +190,22 @@ def la_split(root: Path, labeled_count: int, val_count: int) -> Split:
     return split
 
 
+def brats_split(root: Path, labeled_count: int) -> Split:
+    """SSL4MIS BraTS2019 split: the first ``labeled_count`` ids of ``train.txt`` are labeled,
+    the rest of it unlabeled (SSL4MIS: 25 of 250); ``val.txt`` and ``test.txt`` as given."""
+    root = _check_root(root)
+    train = _read_nonempty(root / "train.txt", "train")
+    val = _read_nonempty(root / "val.txt", "val")
+    test = _read_nonempty(root / "test.txt", "test")
+    if not 1 <= labeled_count < len(train):
+        raise SSMISError(f"data.labeled_count: {labeled_count} is out of range, expected 1.."
+                         f"{len(train) - 1} ({len(train)} ids in {root / 'train.txt'})")
+    split = Split(labeled=train[:labeled_count], unlabeled=train[labeled_count:], val=val,
+                  test=test)
+    split.check_disjoint()
+    return split
+
+
 # --------------------------------------------------------------------------- own data
 
 

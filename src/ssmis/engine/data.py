@@ -21,13 +21,14 @@ from ssmis.data.datasets import (
 from ssmis.data.h5 import (
     acdc_slice_path,
     acdc_volume_path,
+    brats_volume_path,
     check_h5_files,
     check_h5_values,
     la_volume_path,
 )
 from ssmis.data.owndata import CaseReader, Catalog, scan
 from ssmis.data.sampler import TwoStreamBatchSampler
-from ssmis.data.splits import Split, acdc_split, la_split, ssl_split
+from ssmis.data.splits import Split, acdc_split, brats_split, la_split, ssl_split
 from ssmis.data.transforms import Compose, RandomCrop3D, RandomGenerator2D, RandomRotFlip3D
 from ssmis.errors import SSMISError
 
@@ -83,6 +84,8 @@ def build_split(cfg: ExperimentConfig) -> Split:
     if d.layout == "acdc_h5":
         return acdc_split(d.root, labeled_patients=d.labeled_patients,
                           labeled_slices=d.labeled_slices)
+    if d.layout == "brats_h5":
+        return brats_split(d.root, labeled_count=d.labeled_count or 0)
     return la_split(d.root, labeled_count=d.labeled_count or 0, val_count=d.val_count or 0)
 
 
@@ -90,6 +93,8 @@ def train_paths(cfg: ExperimentConfig, ids: list[str]) -> list[Path]:
     root = cfg.data.root
     if cfg.data.layout == "acdc_h5":
         return [acdc_slice_path(root, i) for i in ids]
+    if cfg.data.layout == "brats_h5":
+        return [brats_volume_path(root, i) for i in ids]
     return [la_volume_path(root, i) for i in ids]
 
 
@@ -97,6 +102,8 @@ def eval_paths(cfg: ExperimentConfig, ids: list[str]) -> list[Path]:
     root = cfg.data.root
     if cfg.data.layout == "acdc_h5":
         return [acdc_volume_path(root, i) for i in ids]
+    if cfg.data.layout == "brats_h5":
+        return [brats_volume_path(root, i) for i in ids]
     return [la_volume_path(root, i) for i in ids]
 
 

@@ -114,6 +114,9 @@ class Trainer:
     # -- set-up -----------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train
+        own = self.method.make_optimizer(t)
+        if own is not None:
+            return own
         return torch.optim.SGD(list(self.method.trainable_parameters()), lr=t.lr,
                                momentum=t.momentum, weight_decay=t.weight_decay,
                                nesterov=t.nesterov)
@@ -194,7 +197,7 @@ class Trainer:
                     self._start_phase(phase)
                 lr = learning_rate(cfg.train.lr, local, phase.iterations, cfg.train.schedule)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 labeled, unlabeled = next(batches)
                 labeled = _to_device(labeled, self.device)
                 unlabeled = _to_device(unlabeled, self.device) if unlabeled else None
@@ -248,7 +251,20 @@ class Trainer:
         ids = self.split.val[: cfg.eval.val_max_cases] if cfg.eval.val_max_cases else self.split.val
         t0 = time.perf_counter()
         amp = cfg.train.amp and self.device.type == "cuda"
-        score = validation_dice(self.method, eval_cases(cfg, ids), cfg, self.device, amp)
+        extra: dict[str, Any] = {}
+        candidates = self.method.predictor_candidates()
+        if candidates:  # score every candidate predictor, keep the best (saved with the weights)
+            scores = {}
+            for name in candidates:
+                self.method.set_predictor(name)
+                scores[name] = validation_dice(self.method, eval_cases(cfg, ids), cfg,
+                                               self.device, amp)
+            choice = max(candidates, key=lambda n: scores[n])
+            self.method.set_predictor(choice)
+            score = scores[choice]
+            extra = {"predictor": choice, **{f"val_dice_{n}": v for n, v in scores.items()}}
+        else:
+            score = validation_dice(self.method, eval_cases(cfg, ids), cfg, self.device, amp)
         key = best_name(self.phases, phase)
         improved = score > self.best.get(key, float("-inf"))
         if improved:
@@ -257,10 +273,11 @@ class Trainer:
             save_weights(self.ckpt_dir / f"{key}.safetensors", self.method.state_dict(),
                          self._metadata())
         val_log.write({"iter": self.step, "phase": phase.name, "val_dice": score,
-                       "best": improved})
+                       "best": improved, **extra})
         tboard.write(self.step, {"val_dice": score})
         self.log.info(f"iter {self.step}: val Dice {score:.4f} "
                       f"(best {self.best[key]:.4f} at {self.best_iter[key]}) "
+                      f"{'[' + extra['predictor'] + '] ' if extra else ''}"
                       f"[{time.perf_counter() - t0:.1f} s]")
 
     def summary(self) -> dict[str, Any]:

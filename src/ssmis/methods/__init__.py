@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from ssmis.errors import SSMISError
+from ssmis.methods.alhvr import ALHVR
 from ssmis.methods.base import Batch, Method, MethodParams, Phase
 from ssmis.methods.bcp import BCP
+from ssmis.methods.cml import CML
+from ssmis.methods.cps import CPS
 from ssmis.methods.cvbm import CVBM
 from ssmis.methods.mean_teacher import MeanTeacher
 from ssmis.methods.supervised import Supervised
+from ssmis.methods.synfoc import SynFoC
 from ssmis.methods.uamt import UAMT
 
 METHODS: dict[str, type[Method]] = {}
@@ -21,7 +25,8 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-_BUILTIN: tuple[type[Method], ...] = (Supervised, MeanTeacher, UAMT, BCP, CVBM)
+_BUILTIN: tuple[type[Method], ...] = (Supervised, MeanTeacher, UAMT, BCP, CVBM, CPS, CML,
+                                      ALHVR, SynFoC)
 for _cls in _BUILTIN:
     register(_cls)
 

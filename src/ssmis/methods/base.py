@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from ssmis.config import ExperimentConfig, format_validation_error
+from ssmis.config import ExperimentConfig, TrainConfig, format_validation_error
 from ssmis.errors import SSMISError
 from ssmis.models import build_model
 
@@ -48,11 +48,18 @@ class Method(nn.Module):
     summary: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
     uses_unlabeled: ClassVar[bool] = True
+    #: spatial dimensionalities the method supports (2D-only methods set ``(2,)``)
+    spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.params = self.parse_params(cfg.method.params)
+        if cfg.data.spatial_dims not in self.spatial_dims:
+            dims = " or ".join(f"{d}D" for d in self.spatial_dims)
+            raise SSMISError(f"method.name: {self.name} supports {dims} data only; "
+                             f"data.patch_size {cfg.data.patch_size} is "
+                             f"{cfg.data.spatial_dims}D")
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any]) -> MethodParams:
@@ -103,6 +110,13 @@ class Method(nn.Module):
     def set_predictor(self, name: str) -> None:
         """Make :meth:`predict` use the candidate ``name`` (see :meth:`predictor_candidates`)."""
         raise NotImplementedError(f"{type(self).__name__} has no predictor candidates")
+
+    def make_optimizer(self, train: TrainConfig) -> Any:
+        """An optimizer of the method's own (e.g. a :class:`ssmis.optim.CombinedOptimizer`),
+        or None (the default): the engine's SGD over :meth:`trainable_parameters`. Parameter
+        groups may carry ``lr_scale``: the engine sets their lr to ``scale x`` the scheduled
+        ``train.lr``."""
+        return None
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the optimizer updates; methods with EMA teachers exclude them."""

@@ -13,14 +13,17 @@ from typing import Any
 from torch import nn
 
 from ssmis.errors import SSMISError
+from ssmis.models.sam_lora import SamLoRA
 from ssmis.models.unet2d import UNet2D, UNetDecoder, UNetEncoder
 from ssmis.models.vnet3d import VNet3D, VNetDecoder, VNetEncoder
 
-_REGISTRY: dict[str, type[nn.Module]] = {"unet2d": UNet2D, "vnet3d": VNet3D}
+# sam_lora imports the optional ``segment-anything`` package only when it is built
+_REGISTRY: dict[str, type[nn.Module]] = {"unet2d": UNet2D, "vnet3d": VNet3D, "sam_lora": SamLoRA}
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 __all__ = [
     "MODEL_NAMES",
+    "SamLoRA",
     "UNet2D",
     "UNetDecoder",
     "UNetEncoder",

@@ -1,0 +1,112 @@
+"""The SynFoC datasets (spec ``/work/shared/specs/synfoc.md`` section 4.1) on the image-folder
+layout (``data.layout: images``, one folder per domain).
+
+Three of the four read as they are, by configuration alone (``configs/<dataset>/synfoc.yaml``):
+
+=========  ==============================================  ===================================
+dataset    folders (``data.root`` = the dataset folder)    labels
+=========  ==============================================  ===================================
+Prostate   ``<site>/{train,test}/{image,mask}/*.png``      ``mask_values {0: 1, 255: 0}``
+Fundus     ``Domain<k>/{train,test}/ROIs/{image,mask}``    ``{0: 1, 128: 2, 255: 0}`` (1 = cup,
+                                                           2 = rim; disc = {1, 2})
+M&Ms       ``vendor<X>/{train,test}/{image,mask}/*.png``   ``mask_rgb_classes [1, 2, 3]``
+=========  ==============================================  ===================================
+
+(``images_dir: train/image``, ``masks_dir: train/mask``, ``test_images_dir: test/image``,
+``test_masks_dir: test/mask``.) BUSI keeps images and masks side by side with several masks per
+image, so :func:`convert_busi` rewrites it once:
+
+    python -m ssmis.data.synfoc_formats busi Dataset_BUSI_with_GT data/busi
+
+It keeps ``benign`` and ``malignant`` (``normal`` is not used), merges ``<name>_mask.png`` and
+``<name>_mask_<k>.png`` by maximum, converts images to grey, names cases ``<class>_<n:03d>``
+and puts the last ``floor(0.2 n)`` files of each class in sorted file order into ``test/`` (the
+authors' split), the rest into ``train/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ssmis.errors import SSMISError
+
+BUSI_CLASSES = ("benign", "malignant")
+_BUSI_IMAGE = re.compile(r"^(?P<cls>[a-z]+) \((?P<n>\d+)\)\.png$")
+
+
+def convert_busi(src: Path, dst: Path, classes: tuple[str, ...] = BUSI_CLASSES,
+                 test_fraction: float = 0.2) -> dict[str, dict[str, int]]:
+    """Rewrite ``Dataset_BUSI_with_GT`` as ``dst/<class>/{train,test}/{images,masks}``;
+    returns the number of cases per class and subset."""
+    from PIL import Image
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise SSMISError(f"{dst}: output folder exists and is not empty")
+    counts: dict[str, dict[str, int]] = {}
+    for cls in classes:
+        folder = src / cls
+        if not folder.is_dir():
+            raise SSMISError(f"{folder}: not found (expected Dataset_BUSI_with_GT/{cls}/)")
+        names = sorted(p.name for p in folder.iterdir() if _BUSI_IMAGE.match(p.name))
+        if not names:
+            raise SSMISError(f"{folder}: no '{cls} (n).png' images")
+        n_test = int(test_fraction * len(names))
+        counts[cls] = {"train": len(names) - n_test, "test": n_test}
+        for i, name in enumerate(names):
+            subset = "test" if i >= len(names) - n_test else "train"
+            stem = name[:-4]
+            masks = sorted(folder.glob(f"{glob_escape(stem)}_mask*.png"))
+            masks = [m for m in masks if re.fullmatch(re.escape(stem) + r"_mask(_\d+)?\.png",
+                                                      m.name)]
+            if not masks:
+                raise SSMISError(f"{folder / name}: no mask '{stem}_mask.png'")
+            with Image.open(folder / name) as img:
+                grey = np.asarray(img.convert("L"))
+            merged = np.zeros(grey.shape, dtype=np.uint8)
+            for m in masks:
+                with Image.open(m) as mimg:
+                    arr = np.asarray(mimg.convert("L"))
+                if arr.shape != grey.shape:
+                    raise SSMISError(f"{m}: mask size differs from the image {name}")
+                merged = np.maximum(merged, arr)
+            merged = np.where(merged > 127, 255, 0).astype(np.uint8)
+            number = int(_BUSI_IMAGE.match(name).group("n"))  # type: ignore[union-attr]
+            case = f"{cls}_{number:03d}.png"
+            for sub, arr in (("images", grey), ("masks", merged)):
+                out = dst / cls / subset / sub
+                out.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(out / case)
+    return counts
+
+
+def glob_escape(text: str) -> str:
+    """Escape glob metacharacters (BUSI names contain parentheses, harmless, and spaces)."""
+    return re.sub(r"([\[\]*?])", r"[\1]", text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ssmis.data.synfoc_formats",
+                                 description="convert a SynFoC dataset to the images layout")
+    sub = ap.add_subparsers(dest="dataset", required=True)
+    busi = sub.add_parser("busi", help="Dataset_BUSI_with_GT -> <class>/{train,test}/...")
+    busi.add_argument("src", type=Path)
+    busi.add_argument("dst", type=Path)
+    args = ap.parse_args(argv)
+    try:
+        counts = convert_busi(args.src, args.dst)
+    except SSMISError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for cls, c in counts.items():
+        print(f"{cls}: {c['train']} train, {c['test']} test")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

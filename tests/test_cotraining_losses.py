@@ -30,13 +30,7 @@ from ssmis.methods.cotraining import average_logits, cosine_discrepancy, init_co
 from ssmis.methods.cps import cps_loss
 from tests.conftest import tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- ALHVR: threshold and regions ----------------------------------------------------------------

@@ -26,13 +26,7 @@ TINY_SAM = {"image_size": 64, "embed_dim": 16, "depth": 2, "num_heads": 2,
             "decoder_mlp_dim": 32, "decoder_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread start-up dominates and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _require_sam() -> None:

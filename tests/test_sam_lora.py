@@ -30,12 +30,7 @@ GEOMETRY = {"embed_dim": 16, "depth": 2, "num_heads": 2, "global_attn_indexes": 
             "decoder_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -19,13 +19,7 @@ from ssmis.optim import CombinedOptimizer
 from tests.test_mixed_domain import DOMAINS, make_domains
 from tests.test_sam_lora import GEOMETRY, _require_sam
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_dice_star_and_smc_alpha() -> None:

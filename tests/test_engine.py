@@ -65,3 +65,14 @@ def test_evaluate_on_val_split_with_last_checkpoint(phantom_root: Path, tmp_path
     assert result["split"] == "val" and result["checkpoint"] == "last"
     assert (run / "metrics_val.json").is_file()
     assert not (run / "metrics.json").exists()
+
+
+def test_divergence_stops_with_one_clear_error(phantom_root: Path, tmp_path: Path) -> None:
+    import pytest
+
+    from ssmis.errors import SSMISError
+
+    cfg = validate_config(tiny_config(phantom_root, tmp_path, lr=1e12, iterations=6,
+                                      val_every=6, log_every=3))
+    with pytest.raises(SSMISError, match="training diverged: mean loss is nan over iterations"):
+        train_run(cfg, tmp_path / "run", evaluate=False, verbose=False)

@@ -188,7 +188,10 @@ class Trainer:
         self.log.info(f"training {cfg.method.name} / {cfg.model.name} on {self.device} for "
                       f"{self.total} iterations (from {self.step}); run folder {self.run_dir}")
         self.method.train()
-        window: list[dict[str, float]] = []
+        # Step losses stay on the device until a log or validation boundary: one host sync per
+        # interval instead of one per iteration.
+        window: list[dict[str, torch.Tensor]] = []
+        shown_loss = float("nan")
         t_start = time.perf_counter()
         try:
             while self.step < self.total:
@@ -209,20 +212,25 @@ class Trainer:
                 self.optimizer.step()
                 self.method.on_step_end(self.step)
                 self.step += 1
-                window.append({k: float(v.detach()) for k, v in losses.items()})
-                if not math.isfinite(window[-1]["loss"]):
-                    raise SSMISError(f"training diverged: loss is {window[-1]['loss']} at "
-                                     f"iteration {self.step} (lower train.lr?)")
-                rate = progress.update(self.step, window[-1]["loss"], lr)
-                if self.step % cfg.train.log_every == 0 or self.step == self.total:
-                    row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                    row = {"iter": self.step, "phase": phase.name, **row, "lr": lr, "it_s": rate}
+                window.append({k: v.detach() for k, v in losses.items()})
+                end_of_phase = local + 1 == phase.iterations
+                log_now = self.step % cfg.train.log_every == 0 or self.step == self.total
+                validate_now = self.step % cfg.train.val_every == 0 or end_of_phase
+                if log_now or validate_now:
+                    means = _window_means(window)
+                    if not math.isfinite(means["loss"]):
+                        raise SSMISError(f"training diverged: mean loss is {means['loss']} over "
+                                         f"iterations {self.step - len(window) + 1}-{self.step} "
+                                         "(lower train.lr?)")
+                    shown_loss = means["loss"]
+                rate = progress.update(self.step, shown_loss, lr)
+                if log_now:
+                    row = {"iter": self.step, "phase": phase.name, **means, "lr": lr, "it_s": rate}
                     scalars.write(row)
                     tboard.write(self.step, {k: v for k, v in row.items()
                                              if isinstance(v, float)})
                     window = []
-                end_of_phase = local + 1 == phase.iterations
-                if self.step % cfg.train.val_every == 0 or end_of_phase:
+                if validate_now:
                     self._validate(phase, val_log, tboard)
                     self.save_last(capture_rng_state())
         finally:
@@ -286,6 +294,12 @@ class Trainer:
                 "best_iteration": self.best_iter.get(final), "best_checkpoint": final}
         (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=2) + "\n")
         return info
+
+
+def _window_means(window: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Mean of each logged value over the steps that reported it (keys change between phases)."""
+    keys = window[-1].keys()
+    return {k: torch.stack([w[k].float() for w in window if k in w]).mean().item() for k in keys}
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -89,22 +89,22 @@ def build_split(cfg: ExperimentConfig) -> Split:
     return la_split(d.root, labeled_count=d.labeled_count or 0, val_count=d.val_count or 0)
 
 
-def train_paths(cfg: ExperimentConfig, ids: list[str]) -> list[Path]:
+def _paths(cfg: ExperimentConfig, ids: list[str], acdc_path) -> list[Path]:
     root = cfg.data.root
     if cfg.data.layout == "acdc_h5":
-        return [acdc_slice_path(root, i) for i in ids]
-    if cfg.data.layout == "brats_h5":
-        return [brats_volume_path(root, i) for i in ids]
-    return [la_volume_path(root, i) for i in ids]
+        return [acdc_path(root, i) for i in ids]
+    volume_path = brats_volume_path if cfg.data.layout == "brats_h5" else la_volume_path
+    return [volume_path(root, i) for i in ids]
+
+
+def train_paths(cfg: ExperimentConfig, ids: list[str]) -> list[Path]:
+    """h5 files of training samples (ACDC: 2D slices; LA/BraTS: volumes)."""
+    return _paths(cfg, ids, acdc_slice_path)
 
 
 def eval_paths(cfg: ExperimentConfig, ids: list[str]) -> list[Path]:
-    root = cfg.data.root
-    if cfg.data.layout == "acdc_h5":
-        return [acdc_volume_path(root, i) for i in ids]
-    if cfg.data.layout == "brats_h5":
-        return [brats_volume_path(root, i) for i in ids]
-    return [la_volume_path(root, i) for i in ids]
+    """h5 files of evaluation cases (ACDC: whole volumes; LA/BraTS: volumes)."""
+    return _paths(cfg, ids, acdc_volume_path)
 
 
 def check_data(cfg: ExperimentConfig, split: Split, need_unlabeled: bool) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmis.errors import SSMISError
+from ssmis.models.shared import SharedEncoderNet
 
 WIDTHS: tuple[int, ...] = (16, 32, 64, 128, 256)
 ENCODER_DROPOUT: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -188,7 +189,7 @@ def expand_up_types(up_types: Sequence[str] | str, num_decoders: int) -> list[st
     return types
 
 
-class UNet2D(nn.Module):
+class UNet2D(SharedEncoderNet):
     """One U-Net encoder and ``num_decoders`` decoders; ``forward`` = logits of decoder 0.
 
     With the defaults it is exactly the SSL4MIS ``UNet`` (1,813,764 parameters for 1 -> 4), a
@@ -216,23 +217,3 @@ class UNet2D(nn.Module):
         self.up_types = tuple(expand_up_types(up_types, num_decoders))
         self.encoder = UNetEncoder(in_channels, widths, dropout, dropout_p)
         self.decoders = nn.ModuleList(UNetDecoder(num_classes, widths, t) for t in self.up_types)
-
-    @property
-    def feature_channels(self) -> tuple[int, ...]:
-        """Channels of the 5 encoder features, shallow to deep."""
-        return self.encoder.widths
-
-    def encode(self, x: Tensor) -> list[Tensor]:
-        return self.encoder(x)
-
-    def decode(
-        self, feats: Sequence[Tensor], index: int = 0, return_features: bool = False
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        return self.decoders[index](feats, return_features=return_features)
-
-    def decode_all(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        """Logits of every decoder from one shared encoding."""
-        return [dec(feats) for dec in self.decoders]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decoders[0](self.encoder(x))

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ssmis.errors import SSMISError
+from ssmis.models.shared import SharedEncoderNet
 from ssmis.models.unet2d import check_input_size, expand_up_types
 
 NORMALIZATIONS: tuple[str, ...] = ("batchnorm", "instancenorm", "groupnorm", "none")
@@ -187,7 +188,7 @@ class VNetDecoder(nn.Module):
         return logits, named
 
 
-class VNet3D(nn.Module):
+class VNet3D(SharedEncoderNet):
     """One V-Net encoder and ``num_decoders`` decoders; ``forward`` = logits of decoder 0.
 
     With the defaults it is exactly UA-MT's ``VNet`` (batchnorm, dropout, transposed-conv
@@ -217,23 +218,3 @@ class VNet3D(nn.Module):
         self.decoders = nn.ModuleList(
             VNetDecoder(num_classes, n_filters, normalization, t, dropout) for t in self.up_types
         )
-
-    @property
-    def feature_channels(self) -> tuple[int, ...]:
-        """Channels of the 5 encoder features, shallow to deep."""
-        return self.encoder.widths
-
-    def encode(self, x: Tensor) -> list[Tensor]:
-        return self.encoder(x)
-
-    def decode(
-        self, feats: Sequence[Tensor], index: int = 0, return_features: bool = False
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        return self.decoders[index](feats, return_features=return_features)
-
-    def decode_all(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        """Logits of every decoder from one shared encoding."""
-        return [dec(feats) for dec in self.decoders]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decoders[0](self.encoder(x))

@@ -47,3 +47,23 @@ def tiny_config(root: Path, out: Path, **train: Any) -> dict[str, Any]:
         "train": {"iterations": 4, "batch_size": 2, "val_every": 2, "lr": 0.01, **train},
         "eval": {"unit": "voxel", "overlay_cases": 2},
     }
+
+
+def tiny_method_config(method: str, params: dict[str, Any], kind: str = "2d",
+                       root: Path = Path("."), iterations: int = 4) -> Any:
+    """A validated config for building ``method`` on tiny tensors (no data is read):
+    a narrow U-Net on 32x32 (4 classes) or a narrow V-Net on 32x32x16 (2 classes)."""
+    from ssmis.config import validate_config
+
+    if kind == "2d":
+        data = {"layout": "acdc_h5", "root": str(root), "num_classes": 4,
+                "labeled_patients": 1, "patch_size": [32, 32]}
+        model = {"name": "unet2d", "options": {"widths": [4, 4, 8, 8, 8]}}
+    else:
+        data = {"layout": "la_h5", "root": str(root), "num_classes": 2, "labeled_count": 1,
+                "val_count": 1, "patch_size": [32, 32, 16]}
+        model = {"name": "vnet3d", "options": {"n_filters": 2}}
+    return validate_config({"data": data, "model": model,
+                            "method": {"name": method, "params": params},
+                            "train": {"iterations": iterations, "batch_size": 2,
+                                      "unlabeled_batch_size": 2, "device": "cpu"}})

@@ -28,7 +28,7 @@ from ssmis.methods.alhvr import (
 from ssmis.methods.cml import heterogeneous_targets
 from ssmis.methods.cotraining import average_logits, cosine_discrepancy, init_conv_weights
 from ssmis.methods.cps import cps_loss
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_method_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -251,18 +251,7 @@ def test_init_and_average() -> None:
 
 
 def _cfg(method: str, params: dict, kind: str = "2d", root: Path = Path(".")):
-    if kind == "2d":
-        data = {"layout": "acdc_h5", "root": str(root), "num_classes": 4,
-                "labeled_patients": 1, "patch_size": [32, 32]}
-        model = {"name": "unet2d", "options": {"widths": [4, 4, 8, 8, 8]}}
-    else:
-        data = {"layout": "la_h5", "root": str(root), "num_classes": 2, "labeled_count": 1,
-                "val_count": 1, "patch_size": [32, 32, 16]}
-        model = {"name": "vnet3d", "options": {"n_filters": 2}}
-    return validate_config({"data": data, "model": model,
-                            "method": {"name": method, "params": params},
-                            "train": {"iterations": 4, "batch_size": 2,
-                                      "unlabeled_batch_size": 2, "device": "cpu"}})
+    return tiny_method_config(method, params, kind, root)
 
 
 def _batch(shape=(32, 32), classes=4):

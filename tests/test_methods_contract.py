@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from ssmis.config import validate_config
 from ssmis.methods import METHODS, Method, Phase
+from tests.conftest import tiny_method_config
 
 NUM_STEPS = 3
 
@@ -47,18 +47,7 @@ def _config(kind: str, method: str, root: Path) -> Any:
         params["pretrain_iterations"] = 1  # both phases within the 3 steps
     if "sam" in cls.Params.model_fields:
         params["sam"] = dict(TINY_SAM)
-    if kind == "2d":
-        data = {"layout": "acdc_h5", "root": str(root), "num_classes": 4,
-                "labeled_patients": 1, "patch_size": [32, 32]}
-        model = {"name": "unet2d", "options": {"widths": [4, 4, 8, 8, 8]}}
-    else:
-        data = {"layout": "la_h5", "root": str(root), "num_classes": 2, "labeled_count": 1,
-                "val_count": 1, "patch_size": [32, 32, 16]}
-        model = {"name": "vnet3d", "options": {"n_filters": 2}}
-    raw = {"data": data, "model": model, "method": {"name": method, "params": params},
-           "train": {"iterations": NUM_STEPS, "batch_size": 2, "unlabeled_batch_size": 2,
-                     "device": "cpu"}}
-    return validate_config(raw)
+    return tiny_method_config(method, params, kind, root, iterations=NUM_STEPS)
 
 
 def _batches(kind: str, n: int) -> list[tuple[dict, dict]]:

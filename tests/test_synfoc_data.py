@@ -127,3 +127,22 @@ def test_busi_converter(tmp_path: Path) -> None:
     assert sorted(split.test) == ["benign/test/benign_006", "malignant/test/malignant_005"]
     with pytest.raises(SSMISError, match="not empty"):
         convert_busi(src, out)
+
+
+def test_busi_converter_reads_images_and_mask_subfolders(tmp_path: Path) -> None:
+    """The GitHub copy: ``<cls>/images/<cls> (n).png`` and ``<cls>/mask/<cls> (n)_mask.png``."""
+    src = tmp_path / "data"
+    for cls in ("benign", "malignant"):
+        for i in range(1, 6):
+            _save(src / cls / "images" / f"{cls} ({i}).png", np.full((8, 8, 3), 10 * i))
+            m = np.zeros((8, 8))
+            m[2:5, 2:5] = 255
+            _save(src / cls / "mask" / f"{cls} ({i})_mask.png", m)
+    counts = convert_busi(src, tmp_path / "busi")
+    assert counts == {"benign": {"train": 4, "test": 1}, "malignant": {"train": 4, "test": 1}}
+    mask = np.asarray(Image.open(tmp_path / "busi" / "malignant" / "test" / "masks"
+                                 / "malignant_005.png"))
+    assert mask.sum() == 255 * 9
+    (src / "benign" / "mask" / "benign (3)_mask.png").unlink()
+    with pytest.raises(SSMISError, match=r"benign \(3\)\.png: no mask"):
+        convert_busi(src, tmp_path / "busi2")

@@ -50,9 +50,7 @@ def convert_busi(src: Path, dst: Path, classes: tuple[str, ...] = BUSI_CLASSES,
         raise SSMISError(f"{dst}: output folder exists and is not empty")
     counts: dict[str, dict[str, int]] = {}
     for cls in classes:
-        folder = src / cls
-        if not folder.is_dir():
-            raise SSMISError(f"{folder}: not found (expected Dataset_BUSI_with_GT/{cls}/)")
+        folder, mask_folder = busi_class_folders(src, cls)
         names = sorted(p.name for p in folder.iterdir() if _BUSI_IMAGE.match(p.name))
         if not names:
             raise SSMISError(f"{folder}: no '{cls} (n).png' images")
@@ -61,11 +59,11 @@ def convert_busi(src: Path, dst: Path, classes: tuple[str, ...] = BUSI_CLASSES,
         for i, name in enumerate(names):
             subset = "test" if i >= len(names) - n_test else "train"
             stem = name[:-4]
-            masks = sorted(folder.glob(f"{glob_escape(stem)}_mask*.png"))
+            masks = sorted(mask_folder.glob(f"{glob_escape(stem)}_mask*.png"))
             masks = [m for m in masks if re.fullmatch(re.escape(stem) + r"_mask(_\d+)?\.png",
                                                       m.name)]
             if not masks:
-                raise SSMISError(f"{folder / name}: no mask '{stem}_mask.png'")
+                raise SSMISError(f"{folder / name}: no mask '{mask_folder / stem}_mask.png'")
             with Image.open(folder / name) as img:
                 grey = np.asarray(img.convert("L"))
             merged = np.zeros(grey.shape, dtype=np.uint8)
@@ -83,6 +81,19 @@ def convert_busi(src: Path, dst: Path, classes: tuple[str, ...] = BUSI_CLASSES,
                 out.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(arr).save(out / case)
     return counts
+
+
+def busi_class_folders(src: Path, cls: str) -> tuple[Path, Path]:
+    """The image and mask folders of one class: ``<cls>/`` for both (the Kaggle download), or
+    ``<cls>/images`` and ``<cls>/mask`` (the copy in GitHub ``yirutsai/Breast-ultrasound-dataset``,
+    folder ``data/``)."""
+    folder = src / cls
+    if (folder / "images").is_dir() and (folder / "mask").is_dir():
+        return folder / "images", folder / "mask"
+    if folder.is_dir():
+        return folder, folder
+    raise SSMISError(f"{folder}: not found (expected {src}/{cls}/ with '{cls} (n).png' and "
+                     f"'{cls} (n)_mask.png', side by side or in images/ and mask/)")
 
 
 def glob_escape(text: str) -> str:

@@ -88,7 +88,8 @@ class TensorBoard:
 
 
 class Progress:
-    """A tqdm bar on a terminal; on a pipe (CI, nohup) a plain line every ~5% instead."""
+    """A tqdm bar on a terminal; on a pipe (CI, nohup) a plain line every ~5% instead, written
+    only where the shown loss was just computed (a log interval's end), never a stale one."""
 
     def __init__(self, total: int, initial: int, desc: str) -> None:
         self.total = total
@@ -98,16 +99,19 @@ class Progress:
         self._every = max(total // 20, 1)
         self._t0 = time.perf_counter()
         self._start = initial
+        self._printed = initial
         self._logger = logging.getLogger(LOGGER_NAME)
 
-    def update(self, step: int, loss: float, lr: float) -> float:
-        """Advance to ``step`` (1-based count of finished iterations); returns it/s so far."""
+    def update(self, step: int, loss: float, lr: float, fresh: bool = True) -> float:
+        """Advance to ``step`` (1-based count of finished iterations); returns it/s so far.
+        ``fresh``: ``loss`` is the mean of the interval that ends at ``step``."""
         elapsed = time.perf_counter() - self._t0
         rate = (step - self._start) / elapsed if elapsed > 0 else 0.0
         if self.interactive:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        elif step % self._every == 0 or step == self.total:
+        elif fresh and (step - self._printed >= self._every or step == self.total):
+            self._printed = step
             self._logger.info(f"iter {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
                               f"{rate:.2f} it/s")
         return rate

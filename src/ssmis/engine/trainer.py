@@ -223,7 +223,7 @@ class Trainer:
                                          f"iterations {self.step - len(window) + 1}-{self.step} "
                                          "(lower train.lr?)")
                     shown_loss = means["loss"]
-                rate = progress.update(self.step, shown_loss, lr)
+                rate = progress.update(self.step, shown_loss, lr, fresh=log_now or validate_now)
                 if log_now:
                     row = {"iter": self.step, "phase": phase.name, **means, "lr": lr, "it_s": rate}
                     scalars.write(row)

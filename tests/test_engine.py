@@ -39,6 +39,9 @@ def test_training_run_leaves_a_complete_run_folder(phantom_root: Path, tmp_path:
     # checkpoints load without executing code
     assert load_file(str(run / "checkpoints/best.safetensors"))
     assert load_state(run / "checkpoints/last_state.pt")["step"] == 4
+    timing = json.loads((run / "train_summary.json").read_text())["timing"]
+    assert timing["wall_s"] > 0 and timing["s_per_iteration"] > 0
+    assert "peak_gpu_memory_gib" not in timing  # CPU run
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(

@@ -25,7 +25,7 @@ def _blob(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
 
 
-def make_domains(root: Path, per_domain: int = 6, seed: int = 0) -> Path:
+def make_domains(root: Path, per_domain: int = 8, seed: int = 0) -> Path:
     """Three domains with different intensity (a domain shift), grey PNGs, lesion = 255."""
     rng = np.random.default_rng(seed)
     for d, domain in enumerate(DOMAINS):
@@ -66,6 +66,7 @@ def test_mixed_domain_per_domain_table(tmp_path: Path, method: str) -> None:
     split = json.loads((run / "splits.json").read_text())
     assert len(split["labeled"]) == 2
     assert all(c.startswith("siteA/") for c in split["labeled"])
+    assert all(c.startswith("siteA/") for c in split["val"])  # no other domain's label is used
     # every other domain's training cases are unlabeled
     assert {c.split("/")[0] for c in split["unlabeled"]} == set(DOMAINS)
     assert {c.split("/")[0] for c in split["test"]} == set(DOMAINS)
@@ -75,8 +76,13 @@ def test_mixed_domain_per_domain_table(tmp_path: Path, method: str) -> None:
         assert "dice" in stats
     header, row = report._domain_table(metrics)
     assert header[1:4] == [f"{d} Dice (%)" for d in sorted(DOMAINS)]
-    assert header[4:] == ["Dice (%)", "Jaccard (%)", "HD95 (voxel)", "ASD (voxel)"]
+    assert header[4:] == ["mean Dice (%)", "mean Jaccard (%)", "mean HD95 (voxel)",
+                          "mean ASD (voxel)"]
     assert len(row) == len(header)
+    # the mean columns are the unweighted mean over domains, not the pooled mean over cases
+    domain_dice = [metrics["per_domain"][d]["dice"]["mean"] for d in sorted(DOMAINS)]
+    assert metrics["domain_mean"]["dice"]["mean"] == pytest.approx(sum(domain_dice) / 3)
+    assert metrics["domain_mean"]["dice"]["n"] == 3
     md = report.metrics_table_markdown(metrics)
     assert "| siteA Dice (%) | siteB Dice (%) | siteC Dice (%) |" in md.replace(
         "Method | ", "")

@@ -187,7 +187,7 @@ def test_images_domains_train_predict(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["data", "inspect", str(root), "--mask-values", "0:0,255:1"]) == 0
     out = capsys.readouterr().out
     assert "layout  images" in out and "siteA (5)" in out and "32x32 (3ch)" in out
-    cfg = images_config(root, tmp_path / "runs", labeled_domain="siteA")
+    cfg = images_config(root, tmp_path / "runs", labeled_domain="siteA", val_count=1)
     run = tmp_path / "run"
     assert main(["train", str(_write(tmp_path, cfg)), "--run-dir", str(run), "--quiet"]) == 0
     split = json.loads((run / "splits.json").read_text())

@@ -74,12 +74,15 @@ def test_markdown_rows_and_values(result: dict[str, Any]) -> None:
 def test_per_domain_table(result: dict[str, Any]) -> None:
     result["per_domain"] = {"siteA": {"dice": {"mean": 0.86, "std": 0.01}},
                             "siteB": {"dice": {"mean": None, "std": None}}}
+    result["domain_mean"] = {"dice": {"mean": 0.86, "std": 0.0}, "jaccard": {"mean": 0.75},
+                             "hd95": {"mean": 2.5, "std": 0.5}, "asd": {"mean": None}}
     md = report.metrics_table_markdown(result)
     header = _row(md, "Method")
-    assert header == ["Method", "siteA Dice (%)", "siteB Dice (%)", "Dice (%)", "Jaccard (%)",
-                      "HD95 (mm)", "ASD (mm)"]
-    assert _row(md, "supervised") == ["supervised", "86.00 ± 1.00", "n/a", "85.00 ± 5.00",
-                                      "74.00 ± 7.00", "2.30 ± 0.20", "0.50 ± 0.00"]
+    assert header == ["Method", "siteA Dice (%)", "siteB Dice (%)", "mean Dice (%)",
+                      "mean Jaccard (%)", "mean HD95 (mm)", "mean ASD (mm)"]
+    assert _row(md, "supervised") == ["supervised", "86.00 ± 1.00", "n/a", "86.00 ± 0.00",
+                                      "75.00", "2.50 ± 0.50", "n/a"]
+    assert report.DOMAIN_NOTE in md
     text = report.metrics_table_text(result)
     assert "siteB Dice (%)" in text and "86.00 ± 1.00" in text
 

@@ -161,3 +161,21 @@ def test_real_la_sample_split() -> None:
     split = la_split(LA, labeled_count=4, val_count=2)
     assert split.labeled == train[:4] and split.val == train[-2:]
     assert split.unlabeled == train[4:6] and len(split.test) == 4
+
+
+def test_mixed_domain_validation_comes_from_the_labeled_domain() -> None:
+    """With a labeled domain, no label of another domain is used, validation included."""
+    from ssmis.data.splits import ssl_split
+
+    pool = [f"{d}/c{i}" for d in ("A", "B", "C") for i in range(6)]
+    domains = {c: c.split("/")[0] for c in pool}
+    split = ssl_split(pool, [], ["A/t0"], domains, labeled_count=2, labeled_domain="A",
+                      val_count=3, seed=0)
+    assert {domains[c] for c in split.labeled} == {"A"} and {domains[c] for c in split.val} == {"A"}
+    assert {domains[c] for c in split.unlabeled} == {"A", "B", "C"}
+    everywhere = ssl_split(pool, [], ["A/t0"], domains, labeled_count=2, labeled_domain="A",
+                           val_count=3, seed=0, val_domain="all")
+    assert {domains[c] for c in everywhere.val} == {"A", "B", "C"}
+    with pytest.raises(SSMISError, match="val_count: 7 cases requested, only 6"):
+        ssl_split(pool, [], ["A/t0"], domains, labeled_count=2, labeled_domain="A",
+                  val_count=7, seed=0)

@@ -39,7 +39,7 @@ def _cfg(root: Path, **data) -> object:
             "images_dir": "train/image", "masks_dir": "train/mask",
             "test_images_dir": "test/image", "test_masks_dir": "test/mask",
             "mask_values": {0: 1, 255: 0}, "labeled_domain": "BIDMC", "labeled_count": 2,
-            "val_count": 2, "patch_size": [24, 24]}
+            "val_count": 1, "patch_size": [24, 24]}
     return validate_config({"data": {**base, **data}, "train": {"iterations": 1,
                                                                 "batch_size": 1}})
 

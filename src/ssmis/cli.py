@@ -1,4 +1,4 @@
-"""The ``ssmis`` command: demo, train, evaluate, predict, data, methods.
+"""The ``ssmis`` command: demo, train, evaluate, predict, data, compare, methods.
 
 Every user error ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   ssmis data split data/my_nifti --labeled 4 --val 2 --test 2 --out splits.json
   ssmis data prepare configs/examples/nifti.yaml --out data/my_nifti_prepared
   ssmis predict runs/nifti_example/20261123-101500-seed1337 scans/ --out masks/ --tta
+  ssmis compare runs/busi_*/*                  one row per experiment, mean ± std over seeds
   ssmis methods
 """
 
@@ -92,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     spl.add_argument("--labeled-cases", help="comma-separated labeled case ids")
     spl.add_argument("--labeled-domain", help="draw labeled cases from this domain only")
     spl.add_argument("--val", help="validation cases: count or fraction")
+    spl.add_argument("--val-domain", choices=["labeled", "all"], default=None,
+                     help="with --labeled-domain: validation cases from that domain only "
+                          "(labeled, the default) or from all domains")
     spl.add_argument("--test", help="test cases carved from the labeled cases: count or "
                                     "fraction (default: the dataset's labeled imagesTs)")
     spl.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
@@ -124,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pred.add_argument("--tta", action="store_true", help="average over flips (slower)")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    comp = sub.add_parser("compare", help="one table of several runs, mean ± std over seeds",
+                          description="Read the metrics.json of each run folder and print one "
+                                      "row per experiment (config name): the mean over its runs "
+                                      "(seeds) ± the sample std. Mixed-domain runs get the SynFoC "
+                                      "layout: Dice per domain, then the mean over domains.")
+    comp.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                      help="run folders (or metrics JSON files)")
+    comp.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    comp.add_argument("--out", type=Path, help="also write the table to this file")
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.add_argument("action", nargs="?", choices=["list"], default="list")
@@ -188,10 +202,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
             cases = [c for c in (args.labeled_cases or "").split(",") if c] or None
             fields = {"labeled_count": lc, "labeled_fraction": lf, "labeled_cases": cases,
                       "labeled_domain": args.labeled_domain, "val_count": vc,
+                      "val_domain": args.val_domain,
                       "val_fraction": vf, "test_count": tc, "test_fraction": tf,
                       "split_seed": args.seed}
         elif any(v is not None for v in (args.labeled, args.val, args.test, args.labeled_cases,
-                                         args.labeled_domain)):
+                                         args.labeled_domain, args.val_domain)):
             raise SSMISError("data split CONFIG.yaml takes the split from the config; change "
                              "it with overrides such as data.labeled_count=4")
         out = datatools.write_split(args.path, args.out, overwrite=args.overwrite,
@@ -223,6 +238,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ssmis.compare import compare_runs
+
+    table = compare_runs(args.runs, markdown=args.markdown)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ssmis.demo import run_demo
 
@@ -250,7 +276,8 @@ def method_summary(cls: type) -> str:
 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
-            "methods": _cmd_methods, "data": _cmd_data, "predict": _cmd_predict}
+            "methods": _cmd_methods, "data": _cmd_data, "predict": _cmd_predict,
+            "compare": _cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,9 @@ class DataConfig(_Section):
     labeled_cases: list[str] | None = Field(default=None, description="explicit labeled ids")
     labeled_domain: str | None = Field(default=None,
                                        description="draw labeled cases from this domain only")
+    val_domain: Literal["labeled", "all"] = Field(
+        default="labeled", description="with labeled_domain: validation cases from that domain "
+                                       "only (labeled) or stratified over all domains (all)")
     val_fraction: float | None = Field(default=None, gt=0, lt=1)
     test_count: int | None = Field(default=None, ge=1,
                                    description="test cases carved from the labeled training "

@@ -220,7 +220,7 @@ def data_config_for(path: Path, overrides: list[str] | None = None, **fields: An
 
 def write_split(path: Path, out: Path, overwrite: bool = False,
                 overrides: list[str] | None = None, **fields: Any) -> Path:
-    from ssmis.data.splits import ssl_split
+    from ssmis.data.splits import split_from_catalog
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -237,15 +237,7 @@ def write_split(path: Path, out: Path, overwrite: bool = False,
                              "--labeled-cases")
         if data.val_count is None and data.val_fraction is None:
             raise SSMISError("--val: give a count (2) or a fraction (0.2)")
-        catalog = scan(data.layout, data.root, data)
-        split = ssl_split(
-            catalog.ids("train", labeled=True),
-            catalog.ids("train", labeled=False) + catalog.ids("unlabeled"),
-            catalog.ids("test", labeled=True), catalog.domains(),
-            labeled_count=data.labeled_count, labeled_fraction=data.labeled_fraction,
-            labeled_cases=data.labeled_cases, labeled_domain=data.labeled_domain,
-            val_count=data.val_count, val_fraction=data.val_fraction,
-            test_count=data.test_count, test_fraction=data.test_fraction, seed=data.split_seed)
+        split = split_from_catalog(scan(data.layout, data.root, data), data)
     out.parent.mkdir(parents=True, exist_ok=True)
     split.save(out)
     return out

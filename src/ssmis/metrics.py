@@ -163,6 +163,10 @@ def summarize(per_case: Sequence[Mapping[str, Any]],
               names: Mapping[int, str]) -> dict[str, Any]:
     """Per-class, mean-over-classes and (when cases carry a domain) per-domain summaries.
 
+    With domains, ``domain_mean`` is the unweighted mean of the per-domain means (std across
+    domains): the average the SynFoC papers report, where a small domain counts as much as a
+    large one, unlike ``mean`` which pools all cases.
+
     ``per_case`` entries look like ``{"case", "domain", "metrics": {"1": {"dice": ...}}}``.
     """
     keys = [str(k) for k in names]
@@ -184,4 +188,11 @@ def summarize(per_case: Sequence[Mapping[str, Any]],
             members = [e for e in per_case if e.get("domain") == d]
             dm = _case_means(members, keys)
             summary["per_domain"][d] = {m: _stat(dm[m]) for m in METRIC_NAMES}
+        summary["domain_mean"] = domain_average(summary["per_domain"])
     return summary
+
+
+def domain_average(per_domain: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per metric, the unweighted mean (and std) of the per-domain means."""
+    return {m: _stat([((per_domain[d] or {}).get(m) or {}).get("mean") for d in per_domain])
+            for m in METRIC_NAMES}

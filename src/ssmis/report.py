@@ -25,12 +25,15 @@ __all__ = [
     "METRICS",
     "class_color",
     "label_to_rgba",
+    "markdown_table",
+    "metric_headers",
     "metrics_table_markdown",
     "metrics_table_text",
     "per_case_csv",
     "pick_slice",
     "plot_learning_curve",
     "plot_overlays",
+    "text_table",
 ]
 
 #: Metric keys in table order; overlap scores are shown in percent, distances in the run's unit.
@@ -86,7 +89,7 @@ def _fmt_stat(stat: Any, metric: str) -> str:
     return mean if std == NA else f"{mean} ± {std}"
 
 
-def _headers(result: dict[str, Any]) -> list[str]:
+def metric_headers(result: dict[str, Any]) -> list[str]:
     unit = result.get("unit") or "voxel"
     return [f"{_TITLES[m]} (%)" if m in _PERCENT else f"{_TITLES[m]} ({unit})" for m in METRICS]
 
@@ -118,12 +121,16 @@ def _domain_table(result: dict[str, Any]) -> tuple[list[str], list[str]] | None:
     domains = list(per_domain)
     unit = result.get("unit") or "voxel"
     header = ["Method"] + [f"{d} Dice (%)" for d in domains]
-    header += ["Dice (%)", "Jaccard (%)", f"HD95 ({unit})", f"ASD ({unit})"]
+    header += ["mean Dice (%)", "mean Jaccard (%)", f"mean HD95 ({unit})", f"mean ASD ({unit})"]
     row = [str(result.get("method") or "-")]
     row += [_fmt_stat((per_domain[d] or {}).get("dice"), "dice") for d in domains]
-    mean = result.get("mean") or {}
+    mean = result.get("domain_mean") or {}
     row += [_fmt_stat(mean.get(m), m) for m in METRICS]
     return header, row
+
+
+DOMAIN_NOTE = ("domain columns: mean ± std over the domain's cases; mean columns: unweighted mean "
+               "over domains ± std across domains (the SynFoC average)")
 
 
 def _footer(result: dict[str, Any]) -> str:
@@ -138,14 +145,14 @@ def _footer(result: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
 
 
-def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Left-aligned first column, right-aligned numbers; widths from the longest cell."""
     cells = [list(header)] + [list(r) for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -163,23 +170,23 @@ def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[st
 
 def metrics_table_markdown(result: dict[str, Any]) -> str:
     """Markdown summary of a metrics JSON: per-class table, context line, optional domain table."""
-    lines = _md_table(["Class", *_headers(result)], _main_rows(result))
+    lines = markdown_table(["Class", *metric_headers(result)], _main_rows(result))
     lines += ["", _footer(result)]
     domain = _domain_table(result)
     if domain is not None:
         header, row = domain
-        lines += ["", *_md_table(header, [row])]
+        lines += ["", *markdown_table(header, [row]), "", DOMAIN_NOTE]
     return "\n".join(lines)
 
 
 def metrics_table_text(result: dict[str, Any]) -> str:
     """The same content as :func:`metrics_table_markdown`, aligned for a terminal or a log file."""
-    lines = _text_table(["Class", *_headers(result)], _main_rows(result))
+    lines = text_table(["Class", *metric_headers(result)], _main_rows(result))
     lines += [_footer(result)]
     domain = _domain_table(result)
     if domain is not None:
         header, row = domain
-        lines += ["", *_text_table(header, [row])]
+        lines += ["", *text_table(header, [row]), DOMAIN_NOTE]
     return "\n".join(lines)
 
 

@@ -236,7 +236,7 @@ def ssl_split(
     labeled_fraction: float | None = None, labeled_cases: list[str] | None = None,
     labeled_domain: str | None = None, val_count: int | None = None,
     val_fraction: float | None = None, test_count: int | None = None,
-    test_fraction: float | None = None, seed: int = 0,
+    test_fraction: float | None = None, seed: int = 0, val_domain: str = "labeled",
 ) -> Split:
     """A labeled / unlabeled / val / test split of any dataset, by case.
 
@@ -246,6 +246,10 @@ def ssl_split(
     are carved from the labeled pool, stratified by domain; the labeled cases are then an
     explicit list or drawn by ``seed`` (from ``labeled_domain`` only, if given); every other
     training case is unlabeled (its label is never read).
+
+    ``val_domain``: with ``labeled_domain`` set, ``"labeled"`` draws the validation cases from
+    that domain too, so that no label of another domain is used at all (the mixed-domain
+    setting: the user's labels come from one site); ``"all"`` stratifies them over the domains.
     """
     rng = np.random.default_rng(seed)
     pool = sorted(labeled_pool)
@@ -264,8 +268,11 @@ def ssl_split(
     if not test:
         raise SSMISError("split: no test cases; add labeled imagesTs/labelsTs or set "
                          "data.test_count / data.test_fraction")
-    n_val = _count(len(carve), val_count, val_fraction, "val_count")
-    val = sorted(_stratified(carve, domains, rng)[:n_val])
+    val_pool = carve
+    if labeled_domain is not None and val_domain == "labeled" and not explicit:
+        val_pool = [i for i in carve if domains.get(i) == labeled_domain]
+    n_val = _count(len(val_pool), val_count, val_fraction, "val_count")
+    val = sorted(_stratified(val_pool, domains, rng)[:n_val])
     carve = [i for i in carve if i not in set(val)]
     if explicit:
         labeled = explicit
@@ -283,3 +290,16 @@ def ssl_split(
     split = Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test)
     split.check_disjoint()
     return split
+
+
+def split_from_catalog(catalog: Any, data: Any) -> Split:
+    """:func:`ssl_split` of a scanned own-data catalog with the split fields of ``data``
+    (a :class:`ssmis.config.DataConfig`)."""
+    return ssl_split(
+        catalog.ids("train", labeled=True),
+        catalog.ids("train", labeled=False) + catalog.ids("unlabeled"),
+        catalog.ids("test", labeled=True), catalog.domains(),
+        labeled_count=data.labeled_count, labeled_fraction=data.labeled_fraction,
+        labeled_cases=data.labeled_cases, labeled_domain=data.labeled_domain,
+        val_count=data.val_count, val_fraction=data.val_fraction, val_domain=data.val_domain,
+        test_count=data.test_count, test_fraction=data.test_fraction, seed=data.split_seed)

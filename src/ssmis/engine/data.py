@@ -28,7 +28,7 @@ from ssmis.data.h5 import (
 )
 from ssmis.data.owndata import CaseReader, Catalog, scan
 from ssmis.data.sampler import TwoStreamBatchSampler
-from ssmis.data.splits import Split, acdc_split, brats_split, la_split, ssl_split
+from ssmis.data.splits import Split, acdc_split, brats_split, la_split, split_from_catalog
 from ssmis.data.transforms import Compose, RandomCrop3D, RandomGenerator2D, RandomRotFlip3D
 from ssmis.errors import SSMISError
 
@@ -62,15 +62,7 @@ def own_split(cfg: ExperimentConfig, catalog: Catalog | None = None) -> Split:
         split = Split.load(d.split_file)
         check_split_ids(catalog, split, str(d.split_file))
         return split
-    return ssl_split(
-        catalog.ids("train", labeled=True),
-        catalog.ids("train", labeled=False) + catalog.ids("unlabeled"),
-        catalog.ids("test", labeled=True), catalog.domains(),
-        labeled_count=d.labeled_count, labeled_fraction=d.labeled_fraction,
-        labeled_cases=d.labeled_cases, labeled_domain=d.labeled_domain, val_count=d.val_count,
-        val_fraction=d.val_fraction, test_count=d.test_count, test_fraction=d.test_fraction,
-        seed=d.split_seed,
-    )
+    return split_from_catalog(catalog, d)
 
 
 def build_split(cfg: ExperimentConfig) -> Split:

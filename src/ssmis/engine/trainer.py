@@ -108,6 +108,7 @@ class Trainer:
         self.step = 0
         self.best: dict[str, float] = {}
         self.best_iter: dict[str, int] = {}
+        self.timing: dict[str, float] = {}
         self.optimizer = self._make_optimizer()
         self.unlabeled_bs = self.cfg.train.unlabeled_batch_size if self.method.uses_unlabeled else 0
 
@@ -178,6 +179,9 @@ class Trainer:
             self.log.info(f"run already finished ({self.step}/{self.total} iterations)")
             return self.summary()
         batches = train_batches(cfg, self.split, self.unlabeled_bs, start_batch=self.step)
+        first_step = self.step
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         if rng is not None:
             restore_rng_state(rng)  # after the loader drew its base seed, as in a fresh run
         scalars = JsonlWriter(self.run_dir / "scalars.jsonl")
@@ -239,7 +243,14 @@ class Trainer:
             val_log.close()
             tboard.close()
         elapsed = time.perf_counter() - t_start
-        self.log.info(f"finished {self.total} iterations in {elapsed:.1f} s")
+        self.timing = {"wall_s": round(elapsed, 1),
+                       "s_per_iteration": round(elapsed / max(self.step - first_step, 1), 4)}
+        if self.device.type == "cuda":
+            self.timing["peak_gpu_memory_gib"] = round(
+                torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+        self.log.info(f"finished {self.total} iterations in {elapsed:.1f} s"
+                      + (f", peak GPU memory {self.timing['peak_gpu_memory_gib']} GiB"
+                         if "peak_gpu_memory_gib" in self.timing else ""))
         return self.summary()
 
     def _start_phase(self, phase: Phase) -> None:
@@ -292,6 +303,8 @@ class Trainer:
         final = best_name(self.phases, self.phases[-1])
         info = {"iterations": self.step, "best_val_dice": self.best.get(final),
                 "best_iteration": self.best_iter.get(final), "best_checkpoint": final}
+        if self.timing:  # this session's iterations; validation and checkpoints included
+            info["timing"] = self.timing
         (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=2) + "\n")
         return info
 

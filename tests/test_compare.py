@@ -1,0 +1,80 @@
+"""``ssmis compare``: several runs -> one row per experiment, mean ± sample std over seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssmis.cli import main
+from ssmis.compare import compare_runs, comparison_rows, load_run_result
+from ssmis.errors import SSMISError
+
+
+def _stat(mean: float | None) -> dict:
+    return {"mean": mean, "std": 0.0, "n": 1, "undefined": 0}
+
+
+def _run(root: Path, name: str, method: str, seed: int, domains: dict[str, float] | None,
+         dice: float = 0.5, folder: str = "") -> Path:
+    run = root / (folder or f"{name}-{seed}")
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": name, "seed": seed}))
+    metrics = {"split": "test", "unit": "voxel", "dataset": "images", "method": method,
+               "seed": seed, "per_class": {"lesion": {"dice": _stat(dice)}},
+               "mean": {m: _stat(dice if m in ("dice", "jaccard") else 10.0)
+                        for m in ("dice", "jaccard", "hd95", "asd")}}
+    if domains is not None:
+        metrics["per_domain"] = {d: {"dice": _stat(v), "jaccard": _stat(v / 2),
+                                     "hd95": _stat(20.0 * v), "asd": _stat(None)}
+                                 for d, v in domains.items()}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_seeds_are_grouped_and_domains_averaged_unweighted(tmp_path: Path) -> None:
+    runs = [_run(tmp_path, "busi_sup", "supervised", s, {"benign": b, "malignant": m})
+            for s, (b, m) in enumerate([(0.6, 0.2), (0.8, 0.4)])]
+    runs.append(_run(tmp_path, "busi_bcp", "bcp", 0, {"benign": 0.5, "malignant": 0.5}))
+    header, rows = comparison_rows([load_run_result(r)
+                                    for r in runs])
+    assert header == ["Method", "Runs", "benign Dice (%)", "malignant Dice (%)", "mean Dice (%)",
+                      "mean Jaccard (%)", "mean HD95 (voxel)", "mean ASD (voxel)"]
+    # supervised: benign 70 ± 14.14 (sample std of 60, 80); mean Dice per run = 40 and 60
+    assert rows[0] == ["supervised", "2", "70.00 ± 14.14", "30.00 ± 14.14", "50.00 ± 14.14",
+                       "25.00 ± 7.07", "10.00 ± 2.83", "n/a"]
+    assert rows[1][:3] == ["bcp", "1", "50.00"]
+
+
+def test_same_method_two_configs_and_cli(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    a = _run(tmp_path, "acdc_bcp", "bcp", 1, None, dice=0.7)
+    b = _run(tmp_path, "acdc_bcp_long", "bcp", 1, None, dice=0.8)
+    c = _run(tmp_path, "acdc_bcp_long", "bcp", 1, None, dice=0.9, folder="again")
+    out = tmp_path / "table.md"
+    assert main(["compare", str(a), str(b), str(c), "--markdown", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| bcp (acdc_bcp) | 1 | 70.00 |" in text
+    assert "| bcp (acdc_bcp_long) | 2 | 85.00 ± 7.07 |" in text
+    assert "same seed appears twice in acdc_bcp_long" in text
+    assert out.read_text() == text
+
+
+def test_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["compare", str(empty)]) == 2
+    assert "metrics.json: no metrics file (run `ssmis evaluate RUN_DIR` first)" in \
+        capsys.readouterr().err
+    a = _run(tmp_path, "x", "supervised", 1, {"A": 0.5})
+    b = _run(tmp_path, "y", "supervised", 1, None)
+    with pytest.raises(SSMISError, match="some runs have per-domain results"):
+        compare_runs([a, b])
+    c = _run(tmp_path, "z", "supervised", 2, None)
+    meta = json.loads((c / "metrics.json").read_text())
+    meta["unit"] = "mm"
+    (c / "metrics.json").write_text(json.dumps(meta))
+    with pytest.raises(SSMISError, match="unit 'mm' differs"):
+        compare_runs([b, c])

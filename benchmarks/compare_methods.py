@@ -7,7 +7,12 @@ test split with the best-by-validation checkpoint, and summarised in one Markdow
         configs/acdc/{mean_teacher,uamt,bcp,cvbm}_cpu.yaml --out runs/compare \\
         --set data.root=../shared/data/acdc
 
-The table and a JSON copy go to ``<out>/comparison.md`` and ``<out>/comparison.json``.
+The table and a JSON copy go to ``<out>/comparison.md`` and ``<out>/comparison.json``. With
+``--seeds 1337 1 2 3`` every config is trained at each seed, and the table of ``ssmis compare``
+(mean ± sample std over seeds; per-domain columns for mixed-domain runs) is added:
+
+    python benchmarks/compare_methods.py configs/busi/{supervised,bcp,synfoc}_cpu.yaml \
+        --seeds 1337 1 2 3 --out runs/busi_compare
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ssmis.compare import compare_runs
 from ssmis.config import load_config
 from ssmis.engine.run import train_run
 
@@ -64,13 +70,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override applied to every config")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="train every config at each of these seeds (default: its own)")
     args = parser.parse_args()
     rows = []
     for config in args.configs:
-        rows.append(run_one(config, args.overrides, args.out))
-        print(f"{rows[-1]['method']}: test Dice {rows[-1]['mean']['dice']['mean']:.4f} "
-              f"({rows[-1]['wall_s']:.0f} s)", flush=True)
+        for seed in args.seeds or [None]:
+            extra = [] if seed is None else [f"seed={seed}"]
+            rows.append(run_one(config, [*args.overrides, *extra], args.out))
+            print(f"{rows[-1]['method']}: test Dice {rows[-1]['mean']['dice']['mean']:.4f} "
+                  f"({rows[-1]['wall_s']:.0f} s)", flush=True)
     md = table(rows)
+    if args.seeds:
+        md += "\n\n" + compare_runs([Path(r["run"]) for r in rows], markdown=True)
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "comparison.md").write_text(md + "\n")

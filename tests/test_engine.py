@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from ssmis.config import validate_config
 from ssmis.engine.checkpoint import load_state
 from ssmis.engine.run import evaluate_run, resume_run, train_run
+from ssmis.errors import SSMISError
 from tests.conftest import tiny_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -79,3 +81,18 @@ def test_divergence_stops_with_one_clear_error(phantom_root: Path, tmp_path: Pat
                                       val_every=6, log_every=3))
     with pytest.raises(SSMISError, match="training diverged: mean loss is nan over iterations"):
         train_run(cfg, tmp_path / "run", evaluate=False, verbose=False)
+
+
+def test_eval_regions_are_scored_and_validated(phantom_root: Path, tmp_path: Path) -> None:
+    raw = tiny_config(phantom_root, tmp_path)
+    raw["eval"]["regions"] = {"heart": [1, 2, 3], "LV": [3]}
+    run = train_run(validate_config(raw), tmp_path / "run", verbose=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["regions"] == {"heart": [1, 2, 3], "LV": [3]}
+    assert list(metrics["per_class"]) == ["heart", "LV"]
+    assert set(metrics["per_case"][0]["metrics"]) == {"heart", "LV"}
+    assert "| heart |" in (run / "metrics.md").read_text()
+    raw["eval"]["regions"] = {"bad": [4]}
+    with pytest.raises(SSMISError, match=r"eval.regions.bad: expected foreground class ids in "
+                                         r"1..3"):
+        validate_config(raw)

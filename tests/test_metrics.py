@@ -98,3 +98,17 @@ def test_case_metrics_and_summary() -> None:
     assert s["per_domain"]["x"]["dice"]["mean"] == pytest.approx(0.5)
     no_domain = summarize([{**e, "domain": None} for e in per_case], {1: "one", 2: "two"})
     assert "per_domain" not in no_domain
+
+
+def test_regions_score_unions_of_classes() -> None:
+    """Fundus: cup = {1}, disc = {1, 2} (cup + rim), as the SynFoC papers score it."""
+    gt = np.zeros((10, 10), dtype=np.int64)
+    gt[2:8, 2:8] = 2  # rim
+    gt[4:6, 4:6] = 1  # cup
+    pred = gt.copy()
+    pred[4:6, 4:6] = 2  # the cup predicted as rim: cup wrong, disc perfect
+    out = case_metrics(pred, gt, {"cup": [1], "disc": [1, 2]})
+    assert out["disc"]["dice"] == pytest.approx(1.0)
+    assert out["cup"]["dice"] == pytest.approx(0.0)
+    per_class = case_metrics(pred, gt, [1, 2])
+    assert per_class[2]["dice"] < 1.0  # the rim alone is not perfect

@@ -217,6 +217,17 @@ class EvalConfig(_Section):
     slice_batch_size: int = Field(default=16, ge=1)
     val_max_cases: int | None = Field(default=None, ge=1, description="validate on the first N")
     overlay_cases: int = Field(default=4, ge=0)
+    regions: dict[str, list[int]] | None = Field(
+        default=None, description="score unions of classes instead of single classes, e.g. "
+                                  "fundus {cup: [1], disc: [1, 2]} or BraTS {WT: [1, 2, 3], "
+                                  "TC: [1, 3], ET: [3]}; used for validation and test")
+
+    def structures(self, names: dict[int, str]) -> dict[str, list[int]]:
+        """What is scored: ``{key: class ids}``, one entry per class unless ``regions`` is set
+        (class keys are the ids as strings, region keys their names)."""
+        if self.regions:
+            return {name: sorted(set(ids)) for name, ids in self.regions.items()}
+        return {str(k): [k] for k in names}
 
 
 class ExperimentConfig(_Section):
@@ -233,6 +244,12 @@ class ExperimentConfig(_Section):
     def _check(self) -> ExperimentConfig:
         if self.eval.stride is not None and len(self.eval.stride) != len(self.data.patch_size):
             raise ValueError("eval.stride: expected as many values as data.patch_size")
+        for name, ids in (self.eval.regions or {}).items():
+            bad = [i for i in ids if not 1 <= i < self.data.num_classes]
+            if not ids or bad:
+                raise ValueError(f"eval.regions.{name}: expected foreground class ids in 1.."
+                                 f"{self.data.num_classes - 1} (data.num_classes "
+                                 f"{self.data.num_classes}), got {ids}")
         return self
 
 

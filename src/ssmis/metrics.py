@@ -128,14 +128,19 @@ def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | 
     return {"dice": dice, "jaccard": jaccard, "hd95": hd95, "asd": float(to_gt.mean())}
 
 
-def case_metrics(pred: np.ndarray, gt: np.ndarray, classes: Sequence[int],
+def case_metrics(pred: np.ndarray, gt: np.ndarray,
+                 classes: Sequence[int] | Mapping[str, Sequence[int]],
                  spacing: Sequence[float] | None = None, empty_rule: EmptyRule = "nan",
-                 hd95_mode: str = "monai") -> dict[int, dict[str, float | None]]:
-    """Metrics of each class id in ``classes`` for one case; undefined values are ``None``."""
-    out: dict[int, dict[str, float | None]] = {}
-    for c in classes:
-        values = binary_metrics(pred == c, gt == c, spacing, empty_rule, hd95_mode)
-        out[int(c)] = {k: (None if math.isnan(v) else v) for k, v in values.items()}
+                 hd95_mode: str = "monai") -> dict[Any, dict[str, float | None]]:
+    """Metrics of one case for each class id in ``classes`` (keyed by id), or for each region
+    of a ``{key: class ids}`` mapping (the union of those classes, keyed by ``key``);
+    undefined values are ``None``."""
+    regions = classes if isinstance(classes, Mapping) else {int(c): [c] for c in classes}
+    out: dict[Any, dict[str, float | None]] = {}
+    for key, ids in regions.items():
+        values = binary_metrics(np.isin(pred, ids), np.isin(gt, ids), spacing, empty_rule,
+                                hd95_mode)
+        out[key] = {k: (None if math.isnan(v) else v) for k, v in values.items()}
     return out
 
 
@@ -160,19 +165,21 @@ def _case_means(entries: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> di
 
 
 def summarize(per_case: Sequence[Mapping[str, Any]],
-              names: Mapping[int, str]) -> dict[str, Any]:
+              names: Mapping[Any, str]) -> dict[str, Any]:
     """Per-class, mean-over-classes and (when cases carry a domain) per-domain summaries.
 
     With domains, ``domain_mean`` is the unweighted mean of the per-domain means (std across
     domains): the average the SynFoC papers report, where a small domain counts as much as a
     large one, unlike ``mean`` which pools all cases.
 
-    ``per_case`` entries look like ``{"case", "domain", "metrics": {"1": {"dice": ...}}}``.
+    ``per_case`` entries look like ``{"case", "domain", "metrics": {"1": {"dice": ...}}}``;
+    ``names`` maps each metrics key (class id or region name) to its display name.
     """
-    keys = [str(k) for k in names]
+    display = {str(k): v for k, v in names.items()}
+    keys = list(display)
     per_class = {
-        names[int(k)]: {m: _stat([e["metrics"].get(k, {}).get(m) for e in per_case])
-                        for m in METRIC_NAMES}
+        display[k]: {m: _stat([e["metrics"].get(k, {}).get(m) for e in per_case])
+                     for m in METRIC_NAMES}
         for k in keys
     }
     means = _case_means(per_case, keys)

@@ -59,11 +59,13 @@ def segment(predict_fn, image: np.ndarray, ndim: int, cfg: ExperimentConfig,
     return pred
 
 
-def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int) -> list[float]:
-    """Dice of classes 1..C-1 (1.0 when both masks are empty): the cheap validation score."""
+def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int,
+                   regions: dict[str, list[int]] | None = None) -> list[float]:
+    """Dice of classes 1..C-1, or of each region (a union of classes), 1.0 when both masks are
+    empty: the cheap validation score."""
     scores = []
-    for c in range(1, num_classes):
-        p, g = pred == c, label == c
+    for ids in (regions or {str(c): [c] for c in range(1, num_classes)}).values():
+        p, g = np.isin(pred, ids), np.isin(label, ids)
         denom = int(p.sum()) + int(g.sum())
         scores.append(1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom)
     return scores
@@ -77,7 +79,8 @@ def validation_dice(method: Method, cases: Iterator[EvalCase], cfg: ExperimentCo
     method.eval()
     try:
         per_case = [np.mean(dice_per_class(predict_case(method, c, cfg, device, amp), c.label,
-                                           cfg.data.num_classes)) for c in cases]
+                                           cfg.data.num_classes, cfg.eval.regions))
+                    for c in cases]
     finally:
         method.train(was_training)
     return float(np.mean(per_case)) if per_case else float("nan")
@@ -100,8 +103,9 @@ def evaluate_split(
 ) -> tuple[dict[str, Any], list[tuple[EvalCase, np.ndarray]]]:
     """Full metrics on ``split``; returns the result JSON and up to ``keep_predictions`` cases."""
     method.eval()
-    names = cfg.data.names()
-    classes = list(names)
+    structures = cfg.eval.structures(cfg.data.names())
+    names = ({k: k for k in structures} if cfg.eval.regions
+             else {k: cfg.data.names()[int(k)] for k in structures})
     per_case: list[dict[str, Any]] = []
     kept: list[tuple[EvalCase, np.ndarray]] = []
     spacing_note = "voxel units"
@@ -112,8 +116,8 @@ def evaluate_split(
             spacing_note = "voxel units: no spacing known (set data.spacing)"
         elif spacing is not None:
             spacing_note = "mm, from data.spacing / headers"
-        values = case_metrics(pred, case.label, classes, spacing, empty_rule=cfg.eval.empty_rule,
-                              hd95_mode=cfg.eval.hd95_mode)
+        values = case_metrics(pred, case.label, structures, spacing,
+                              empty_rule=cfg.eval.empty_rule, hd95_mode=cfg.eval.hd95_mode)
         per_case.append({"case": case.case, "domain": case.domain,
                          "metrics": {str(k): v for k, v in values.items()}})
         if len(kept) < keep_predictions:
@@ -130,4 +134,6 @@ def evaluate_split(
         "classes": {str(k): v for k, v in names.items()},
         "per_case": per_case, **summary,
     }
+    if cfg.eval.regions:
+        result["regions"] = structures
     return result, kept

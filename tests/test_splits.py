@@ -176,6 +176,7 @@ def test_mixed_domain_validation_comes_from_the_labeled_domain() -> None:
     everywhere = ssl_split(pool, [], ["A/t0"], domains, labeled_count=2, labeled_domain="A",
                            val_count=3, seed=0, val_domain="all")
     assert {domains[c] for c in everywhere.val} == {"A", "B", "C"}
-    with pytest.raises(SSMISError, match="val_count: 7 cases requested, only 6"):
+    with pytest.raises(SSMISError, match="7 validation cases requested from domain 'A', which "
+                                         "has 6 .* data.val_domain: all"):
         ssl_split(pool, [], ["A/t0"], domains, labeled_count=2, labeled_domain="A",
                   val_count=7, seed=0)

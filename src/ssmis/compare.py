@@ -97,7 +97,7 @@ def comparison_rows(results: Sequence[RunResult]) -> tuple[list[str], list[list[
         raise SSMISError("compare: no runs given")
     first = results[0]
     for r in results[1:]:
-        for key in ("unit", "split", "dataset"):
+        for key in ("unit", "split"):
             if r.metrics.get(key) != first.metrics.get(key):
                 raise SSMISError(f"{r.path}: {key} '{r.metrics.get(key)}' differs from "
                                  f"'{first.metrics.get(key)}' of {first.path}; compare like "
@@ -141,5 +141,8 @@ def compare_runs(paths: Sequence[Path], markdown: bool = False) -> str:
             + ("unweighted mean over domains" if domains else "mean over classes"))
     if repeated:
         note += f"; WARNING: the same seed appears twice in {', '.join(repeated)}"
+    roots = sorted({str(r.metrics.get("dataset")) for r in results})
+    if len(roots) > 1:  # the same data may sit in other folders on other machines
+        note += f"; note: data read from {len(roots)} folders ({', '.join(roots)})"
     table = markdown_table(header, rows) if markdown else text_table(header, rows)
     return "\n".join([*table, "", note] if markdown else [*table, note])

@@ -271,6 +271,11 @@ def ssl_split(
     val_pool = carve
     if labeled_domain is not None and val_domain == "labeled" and not explicit:
         val_pool = [i for i in carve if domains.get(i) == labeled_domain]
+        wanted = val_count if val_count is not None else 1
+        if wanted > len(val_pool):
+            raise SSMISError(f"data.val_count: {wanted} validation cases requested from domain "
+                             f"'{labeled_domain}', which has {len(val_pool)} labeled training "
+                             "cases (lower it, or set data.val_domain: all)")
     n_val = _count(len(val_pool), val_count, val_fraction, "val_count")
     val = sorted(_stratified(val_pool, domains, rng)[:n_val])
     carve = [i for i in carve if i not in set(val)]

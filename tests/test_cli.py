@@ -40,6 +40,7 @@ def test_unknown_method_lists_valid_names(
 
     line = _error_line(capsys)
     assert f"unknown method 'nope'; expected one of: {', '.join(sorted(METHODS))}" in line
+    assert line.startswith(f"ssmis: error: {tmp_path}")  # names the config file
     assert not (tmp_path / "runs").exists()
 
 
@@ -50,8 +51,9 @@ def test_missing_config_and_unknown_key(
     assert "config file not found" in _error_line(capsys)
     assert main(["train", str(_config(tmp_path, phantom_root)), "model.nme=x"]) == 2
     assert "model.nme: unknown key (did you mean 'model.name'?)" in _error_line(capsys)
-    assert main(["train", str(_config(tmp_path, phantom_root)), "method.params.foo=1"]) == 2
-    assert "method.params.foo: unknown key" in _error_line(capsys)
+    config = _config(tmp_path, phantom_root)
+    assert main(["train", str(config), "method.params.foo=1"]) == 2
+    assert f"{config}: method.params.foo: unknown key" in _error_line(capsys)
 
 
 def _copy_dataset(src: Path, dst: Path) -> Path:

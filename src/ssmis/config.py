@@ -356,8 +356,21 @@ def load_config(path: Path, overrides: list[str] | None = None) -> ExperimentCon
     """Read a YAML experiment file, apply overrides, validate, and check the data paths exist."""
     raw = apply_overrides(read_yaml(path), overrides or [])
     cfg = validate_config(raw, source=str(path))
+    check_method(cfg, source=str(path))
     check_paths(cfg)
     return cfg
+
+
+def check_method(cfg: ExperimentConfig, source: str) -> None:
+    """Validate ``method.name`` and ``method.params`` now, so that their errors name the file
+    (the method itself is built later, after the data are checked)."""
+    from ssmis.methods import get_method  # the registry imports torch and every method
+
+    try:
+        method = get_method(cfg.method.name)
+    except SSMISError as err:
+        raise SSMISError(f"{source}: {err}") from None
+    method.parse_params(cfg.method.params, source)
 
 
 def check_paths(cfg: ExperimentConfig) -> None:

@@ -62,12 +62,13 @@ class Method(nn.Module):
                              f"{cfg.data.spatial_dims}D")
 
     @classmethod
-    def parse_params(cls, raw: dict[str, Any]) -> MethodParams:
+    def parse_params(cls, raw: dict[str, Any], source: str = "config") -> MethodParams:
+        """``method.params`` validated; errors name ``source`` (the YAML file) and the field."""
         try:
             return cls.Params.model_validate(raw)
         except ValidationError as err:
-            line = format_validation_error(err, cls.Params, "config")
-            raise SSMISError(line.replace("config: ", "config: method.params.", 1)) from None
+            line = format_validation_error(err, cls.Params, source)
+            raise SSMISError(line.replace(f"{source}: ", f"{source}: method.params.", 1)) from None
 
     # -- helpers for subclasses --------------------------------------------------------------
     def build_network(self, **options: Any) -> nn.Module:

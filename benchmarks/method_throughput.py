@@ -7,6 +7,7 @@ is one call of a backbone's encoder; decoder calls are counted separately.
 
     python benchmarks/method_throughput.py --dataset acdc --methods supervised bcp cvbm
     python benchmarks/method_throughput.py --dataset la --amp both        # on a GPU
+    python benchmarks/method_throughput.py --methods bcp cvbm --lcc both  # GPU vs scipy LCC
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from ssmis.config import read_yaml, validate_config
-from ssmis.methods import METHODS, build_method
+from ssmis.methods import METHODS, build_method, teacher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,22 +103,28 @@ def main() -> None:
     parser.add_argument("--amp", choices=["off", "on", "both"], default="off")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--lcc", choices=["auto", "scipy", "both"], default="auto",
+                        help="pseudo-label connected-component filter (BCP, CVBM): on the "
+                             "tensor's device (auto) or through scipy on the CPU")
     args = parser.parse_args()
     device = torch.device(args.device)
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.amp]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, dataset {args.dataset}")
-    print("| method | batch | patch | AMP (bf16) | it/s | peak GiB | encoder passes | "
+    backends = ["scipy", "auto"] if args.lcc == "both" else [args.lcc]
+    print("| method | batch | patch | AMP (bf16) | LCC | it/s | peak GiB | encoder passes | "
           "decoder passes |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in args.methods:
-        for amp in modes:
-            r = measure(args.dataset, m, device, amp, args.steps, args.warmup)
-            if r is None:
-                continue
-            print(f"| {m} | {r['batch']} | {r['patch']} | {'on' if amp else 'off'} | "
-                  f"{r['it_s']:.2f} | {r['peak_gib']:.1f} | {r['encoder']:.0f} | "
-                  f"{r['decoder']:.0f} |", flush=True)
+        for backend in backends:
+            teacher.LCC_BACKEND = backend
+            for amp in modes:
+                r = measure(args.dataset, m, device, amp, args.steps, args.warmup)
+                if r is None:
+                    continue
+                print(f"| {m} | {r['batch']} | {r['patch']} | {'on' if amp else 'off'} | "
+                      f"{backend} | {r['it_s']:.2f} | {r['peak_gib']:.1f} | "
+                      f"{r['encoder']:.0f} | {r['decoder']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

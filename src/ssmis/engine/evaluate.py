@@ -19,7 +19,13 @@ from ssmis.config import ExperimentConfig
 from ssmis.data.datasets import EvalCase
 from ssmis.inference import largest_connected_component, predict_slicewise, predict_sliding_window
 from ssmis.methods.base import Method
-from ssmis.metrics import EMPTY_RULES, METRIC_DEFINITIONS, case_metrics, summarize
+from ssmis.metrics import (
+    EMPTY_RULES,
+    METRIC_DEFINITIONS,
+    case_metrics,
+    class_mask,
+    summarize,
+)
 
 
 def predict_case(method: Method, case: EvalCase, cfg: ExperimentConfig,
@@ -65,7 +71,7 @@ def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int,
     empty: the cheap validation score."""
     scores = []
     for ids in (regions or {str(c): [c] for c in range(1, num_classes)}).values():
-        p, g = np.isin(pred, ids), np.isin(label, ids)
+        p, g = class_mask(pred, ids), class_mask(label, ids)
         denom = int(p.sum()) + int(g.sum())
         scores.append(1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom)
     return scores

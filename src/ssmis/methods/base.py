@@ -40,6 +40,37 @@ class Phase:
     init_from_best: bool = False
 
 
+
+class ChoosablePredictor:
+    """For methods with several networks that can each predict alone (``predictors``) and a
+    ``params.predict_mode``: with ``predict_mode: best`` the engine scores each on validation
+    and the choice is kept in the ``chosen_net`` buffer, so it is saved with the weights.
+    Subclasses list ``predictors`` and call :meth:`_init_choice` in ``__init__``; put the
+    mixin before :class:`Method` in the bases."""
+
+    predictors: ClassVar[tuple[str, ...]] = ()
+    name: ClassVar[str]
+    params: Any
+    chosen_net: torch.Tensor
+
+    def _init_choice(self) -> None:
+        self.register_buffer("chosen_net", torch.zeros((), dtype=torch.long))  # type: ignore[attr-defined]
+
+    def predictor_candidates(self) -> tuple[str, ...]:
+        return self.predictors if self.params.predict_mode == "best" else ()
+
+    def set_predictor(self, name: str) -> None:
+        if name not in self.predictors:
+            raise SSMISError(f"method {self.name}: unknown predictor {name!r}; expected one of "
+                             f"{', '.join(self.predictors)}")
+        self.chosen_net.fill_(self.predictors.index(name))
+
+    @property
+    def inference_mode(self) -> str:
+        """The predictor in use: ``predict_mode``, or the validated choice for 'best'."""
+        mode = self.params.predict_mode
+        return self.predictors[int(self.chosen_net)] if mode == "best" else mode
+
 class Method(nn.Module):
     """Base class: subclasses set ``name`` and ``Params`` and implement ``training_step``."""
 

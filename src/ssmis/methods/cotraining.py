@@ -20,11 +20,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ssmis.errors import SSMISError
-from ssmis.methods.base import Method, MethodParams
+from ssmis.methods.base import ChoosablePredictor, Method, MethodParams
 
 PredictMode = Literal["net1", "net2", "average", "best"]
-CANDIDATES = ("net1", "net2")
 
 
 class DualNetParams(MethodParams):
@@ -39,35 +37,15 @@ class DualNetParams(MethodParams):
         "as their log, so that softmax/argmax downstream see the mean probability)")
 
 
-class DualNetMethod(Method):
+class DualNetMethod(ChoosablePredictor, Method):
     """Base of the co-training methods: subclasses build ``self.net1`` and ``self.net2``
-    (plain backbones whose ``forward`` gives logits) and call :meth:`_init_choice`."""
+    (plain backbones whose ``forward`` gives logits) and call :meth:`_init_choice`
+    (``inference_mode``: 'net1', 'net2' or 'average')."""
 
     Params = DualNetParams
+    predictors = ("net1", "net2")
     net1: nn.Module
     net2: nn.Module
-
-    def _init_choice(self) -> None:
-        # 0 = net1, 1 = net2; used by predict_mode 'best' (and set by the engine)
-        self.register_buffer("chosen_net", torch.zeros((), dtype=torch.long))
-
-    def predictor_candidates(self) -> tuple[str, ...]:
-        p: DualNetParams = self.params  # type: ignore[assignment]
-        return CANDIDATES if p.predict_mode == "best" else ()
-
-    def set_predictor(self, name: str) -> None:
-        if name not in CANDIDATES:
-            raise SSMISError(f"method {self.name}: unknown predictor {name!r}; expected one of "
-                             f"{', '.join(CANDIDATES)}")
-        self.chosen_net.fill_(CANDIDATES.index(name))
-
-    @property
-    def inference_mode(self) -> str:
-        """'net1', 'net2' or 'average' (the resolved 'best')."""
-        p: DualNetParams = self.params  # type: ignore[assignment]
-        if p.predict_mode == "best":
-            return CANDIDATES[int(self.chosen_net)]
-        return p.predict_mode
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         p: DualNetParams = self.params  # type: ignore[assignment]

@@ -80,14 +80,13 @@ from torch import nn
 from ssmis.config import TrainConfig
 from ssmis.errors import SSMISError
 from ssmis.losses import dice_loss
-from ssmis.methods.base import Batch, Method, MethodParams
+from ssmis.methods.base import Batch, ChoosablePredictor, Method, MethodParams
 from ssmis.methods.teacher import ema_alpha, ema_update, make_teacher, teacher_mode
 from ssmis.mixing import cutmix_box
 from ssmis.models import build_model
 from ssmis.optim import CombinedOptimizer
 from ssmis.ramps import sigmoid_rampup
 
-PREDICTORS = ("sam", "unet")
 DICE_SMOOTH = 1e-10
 
 
@@ -292,8 +291,9 @@ def _tie_frozen(teacher: nn.Module, student: nn.Module) -> None:
     teacher.save_frozen = False  # type: ignore[assignment]
 
 
-class SynFoC(Method):
+class SynFoC(ChoosablePredictor, Method):
     name = "synfoc"
+    predictors = ("sam", "unet")
     summary = ("SynFoC: SAM/MedSAM + LoRA co-trained with a U-Net, self-mutual confidence "
                "fused pseudo-labels, consensus-divergence (Qinghe et al. 2025)")
     Params = SynFoCParams
@@ -324,7 +324,7 @@ class SynFoC(Method):
             if not part or any(not 0 < k < d.num_classes for k in part):
                 raise SSMISError(f"method.params.parts: {part} is not a group of foreground "
                                  f"classes 1..{d.num_classes - 1}")
-        self.register_buffer("chosen_net", torch.zeros((), dtype=torch.long))
+        self._init_choice()
         self._trainable_sam = [n for n, t in self.sam.named_parameters() if t.requires_grad]
 
     def _build_sam(self) -> nn.Module:
@@ -447,21 +447,6 @@ class SynFoC(Method):
             teacher[name].mul_(a).add_(student[name].detach(), alpha=1.0 - a)
 
     # -- inference ----------------------------------------------------------------------------
-    def predictor_candidates(self) -> tuple[str, ...]:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
-        return PREDICTORS if p.predict_mode == "best" else ()
-
-    def set_predictor(self, name: str) -> None:
-        if name not in PREDICTORS:
-            raise SSMISError(f"method synfoc: unknown predictor {name!r}; expected one of "
-                             f"{', '.join(PREDICTORS)}")
-        self.chosen_net.fill_(PREDICTORS.index(name))
-
-    @property
-    def inference_mode(self) -> str:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
-        return PREDICTORS[int(self.chosen_net)] if p.predict_mode == "best" else p.predict_mode
-
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         if self.inference_mode == "sam":
             return self.sam(images)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ssmis.config import read_yaml, validate_config
+from ssmis.engine.trainer import optimization_step
 from ssmis.methods import METHODS, build_method, teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,12 +70,7 @@ def measure(dataset: str, name: str, device: torch.device, amp: bool, steps: int
     counts = _count_calls(method)
 
     def one() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            losses = method.training_step(labeled, unlabeled, step)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        opt.step()
-        method.on_step_end(step)
+        optimization_step(method, opt, labeled, unlabeled, step, amp)
 
     for _ in range(warmup):
         one()

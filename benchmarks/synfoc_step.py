@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ssmis.config import validate_config
+from ssmis.engine.trainer import optimization_step
 from ssmis.methods import build_method
 from ssmis.models import count_parameters
 
@@ -74,12 +75,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            losses = method.training_step(lab, unl, step)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        method.on_step_end(step)
+        losses = optimization_step(method, optimizer, lab, unl, step, amp)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0

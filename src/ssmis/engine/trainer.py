@@ -208,13 +208,8 @@ class Trainer:
                 labeled, unlabeled = next(batches)
                 labeled = _to_device(labeled, self.device)
                 unlabeled = _to_device(unlabeled, self.device) if unlabeled else None
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                    losses = self.method.training_step(labeled, unlabeled, self.step)
-                loss = losses["loss"]
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.method.on_step_end(self.step)
+                losses = optimization_step(self.method, self.optimizer, labeled, unlabeled,
+                                           self.step, amp)
                 self.step += 1
                 window.append({k: v.detach() for k, v in losses.items()})
                 end_of_phase = local + 1 == phase.iterations
@@ -307,6 +302,20 @@ class Trainer:
             info["timing"] = self.timing
         (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=2) + "\n")
         return info
+
+
+def optimization_step(method: Any, optimizer: torch.optim.Optimizer, labeled: dict[str, Any],
+                      unlabeled: dict[str, Any] | None, step: int,
+                      amp: bool) -> dict[str, torch.Tensor]:
+    """One training iteration: the method's losses (bf16 autocast when ``amp``), backward, the
+    optimizer step and the method's end-of-step hook (EMA). The benchmarks time this too."""
+    with torch.autocast(labeled["image"].device.type, dtype=torch.bfloat16, enabled=amp):
+        losses = method.training_step(labeled, unlabeled, step)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    method.on_step_end(step)
+    return losses
 
 
 def _window_means(window: list[dict[str, torch.Tensor]]) -> dict[str, float]:

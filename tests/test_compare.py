@@ -22,8 +22,8 @@ def _run(root: Path, name: str, method: str, seed: int, domains: dict[str, float
     run = root / (folder or f"{name}-{seed}")
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"name": name, "seed": seed}))
-    metrics = {"split": "test", "unit": "voxel", "dataset": "images", "method": method,
-               "seed": seed, "per_class": {"lesion": {"dice": _stat(dice)}},
+    metrics = {"split": "test", "unit": "voxel", "hd95_mode": "monai", "dataset": "images",
+               "method": method, "seed": seed, "checkpoint": "best", "iteration": 100 + seed, "per_class": {"lesion": {"dice": _stat(dice)}},
                "mean": {m: _stat(dice if m in ("dice", "jaccard") else 10.0)
                         for m in ("dice", "jaccard", "hd95", "asd")}}
     if domains is not None:
@@ -41,10 +41,11 @@ def test_seeds_are_grouped_and_domains_averaged_unweighted(tmp_path: Path) -> No
     header, rows = comparison_rows([load_run_result(r)
                                     for r in runs])
     assert header == ["Method", "Runs", "benign Dice (%)", "malignant Dice (%)", "mean Dice (%)",
-                      "mean Jaccard (%)", "mean HD95 (voxel)", "mean ASD (voxel)"]
+                      "mean Jaccard (%)", "mean HD95 (voxel, monai)", "mean ASD (voxel)",
+                      "Checkpoint (iterations)"]
     # supervised: benign 70 ± 14.14 (sample std of 60, 80); mean Dice per run = 40 and 60
     assert rows[0] == ["supervised", "2", "70.00 ± 14.14", "30.00 ± 14.14", "50.00 ± 14.14",
-                       "25.00 ± 7.07", "10.00 ± 2.83", "n/a"]
+                       "25.00 ± 7.07", "10.00 ± 2.83", "n/a", "best (100, 101)"]
     assert rows[1][:3] == ["bcp", "1", "50.00"]
 
 
@@ -66,8 +67,8 @@ def test_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["compare", str(empty)]) == 2
-    assert "metrics.json: no metrics file (run `ssmis evaluate RUN_DIR` first)" in \
-        capsys.readouterr().err
+    assert "compare: none of the 1 run folder(s) has metrics.json (unfinished runs? `ssmis " \
+        "evaluate RUN_DIR` writes it)" in capsys.readouterr().err
     a = _run(tmp_path, "x", "supervised", 1, {"A": 0.5})
     b = _run(tmp_path, "y", "supervised", 1, None)
     with pytest.raises(SSMISError, match="some runs have per-domain results"):
@@ -77,4 +78,8 @@ def test_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     meta["unit"] = "mm"
     (c / "metrics.json").write_text(json.dumps(meta))
     with pytest.raises(SSMISError, match="unit 'mm' differs"):
+        compare_runs([b, c])
+    meta["unit"], meta["hd95_mode"] = "voxel", "medpy"
+    (c / "metrics.json").write_text(json.dumps(meta))
+    with pytest.raises(SSMISError, match="hd95_mode 'medpy' differs from 'monai'"):
         compare_runs([b, c])

@@ -24,7 +24,8 @@ def test_training_run_leaves_a_complete_run_folder(phantom_root: Path, tmp_path:
     for name in ("config.yaml", "splits.json", "train.log", "scalars.jsonl", "val.jsonl",
                  "metrics.json", "metrics.md", "metrics_per_case.csv", "train_summary.json",
                  "checkpoints/best.safetensors", "checkpoints/last.safetensors",
-                 "checkpoints/last_state.pt"):
+                 "checkpoints/last-00000004.safetensors", "checkpoints/last-00000004_state.pt",
+                 "checkpoints/last-00000004.json"):
         assert (run / name).is_file(), name
     for name in ("learning_curve.png", "overlays_test.png"):
         assert (run / name).read_bytes().startswith(PNG), name
@@ -40,7 +41,10 @@ def test_training_run_leaves_a_complete_run_folder(phantom_root: Path, tmp_path:
     assert not set(splits["test"]) & set(splits["val"])
     # checkpoints load without executing code
     assert load_file(str(run / "checkpoints/best.safetensors"))
-    assert load_state(run / "checkpoints/last_state.pt")["step"] == 4
+    assert load_state(run / "checkpoints/last-00000004_state.pt")["step"] == 4
+    # two generations are kept (validation at 2 and 4), older ones pruned
+    assert sorted(p.name for p in (run / "checkpoints").glob("last-*.json")) == [
+        "last-00000002.json", "last-00000004.json"]
     timing = json.loads((run / "train_summary.json").read_text())["timing"]
     assert timing["wall_s"] > 0 and timing["s_per_iteration"] > 0
     assert "peak_gpu_memory_gib" not in timing  # CPU run
@@ -68,7 +72,7 @@ def test_evaluate_on_val_split_with_last_checkpoint(phantom_root: Path, tmp_path
     run = train_run(cfg, tmp_path / "run", evaluate=False, verbose=False)
     result = evaluate_run(run, split="val", checkpoint="last", verbose=False)
     assert result["split"] == "val" and result["checkpoint"] == "last"
-    assert (run / "metrics_val.json").is_file()
+    assert (run / "metrics_val_last.json").is_file()
     assert not (run / "metrics.json").exists()
 
 
@@ -79,7 +83,8 @@ def test_divergence_stops_with_one_clear_error(phantom_root: Path, tmp_path: Pat
 
     cfg = validate_config(tiny_config(phantom_root, tmp_path, lr=1e12, iterations=6,
                                       val_every=6, log_every=3))
-    with pytest.raises(SSMISError, match="training diverged: mean loss is nan over iterations"):
+    with pytest.raises(SSMISError, match=r"training diverged: loss is nan at iteration [1-3]; no "
+                                         "checkpoint was written after it"):
         train_run(cfg, tmp_path / "run", evaluate=False, verbose=False)
 
 

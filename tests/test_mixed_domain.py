@@ -76,7 +76,7 @@ def test_mixed_domain_per_domain_table(tmp_path: Path, method: str) -> None:
         assert "dice" in stats
     header, row = report._domain_table(metrics)
     assert header[1:4] == [f"{d} Dice (%)" for d in sorted(DOMAINS)]
-    assert header[4:] == ["mean Dice (%)", "mean Jaccard (%)", "mean HD95 (voxel)",
+    assert header[4:] == ["mean Dice (%)", "mean Jaccard (%)", "mean HD95 (voxel, monai)",
                           "mean ASD (voxel)"]
     assert len(row) == len(header)
     # the mean columns are the unweighted mean over domains, not the pooled mean over cases

@@ -151,7 +151,7 @@ def test_nifti_inspect_split_train_predict_evaluate(
                  "--out", str(preds)]) == 2
     assert "test00.nii.gz: exists" in _error_line(capsys)
     assert main(["evaluate", str(run), "--split", "val"]) == 0
-    assert (run / "metrics_val.json").is_file()
+    assert (run / "metrics_val_best.json").is_file()
 
 
 def test_nifti_2d_slices_and_prepared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ssmis import __version__
-from ssmis.errors import SSMISError
+from ssmis.errors import RunInterrupted, SSMISError
 
 EXAMPLES = """examples:
   ssmis demo                                   synthetic phantoms, supervised U-Net, ~2 min on CPU
@@ -61,9 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no console log (files still written)")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split",
-                              description="Evaluate the best-by-validation (or last) checkpoint "
-                                          "of a run; writes metrics.json/.md/.csv in the run "
-                                          "folder and prints a table.")
+                              description="Evaluate the selected (best-by-validation) or last "
+                                          "checkpoint of a run; writes metrics.json/.md/.csv "
+                                          "(test split, best checkpoint) or metrics_<split>_"
+                                          "<checkpoint>.json/.md/.csv in the run folder and "
+                                          "prints a table.")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--split", choices=["test", "val"], default="test")
     evaluate.add_argument("--checkpoint", default="best",
@@ -138,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="run folders (or metrics JSON files)")
     comp.add_argument("--markdown", action="store_true", help="print a Markdown table")
     comp.add_argument("--out", type=Path, help="also write the table to this file")
+    comp.add_argument("--split", choices=["test", "val"], default="test",
+                      help="which evaluation to read (default: test)")
+    comp.add_argument("--checkpoint", default="best",
+                      help="best (the run's selected checkpoint, default) or last: reads the "
+                           "file `ssmis evaluate --checkpoint` wrote")
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.add_argument("action", nargs="?", choices=["list"], default="list")
@@ -240,8 +247,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ssmis.compare import compare_runs
+    from ssmis.engine.files import result_stem
 
-    table = compare_runs(args.runs, markdown=args.markdown)
+    table = compare_runs(args.runs, markdown=args.markdown,
+                         metrics_file=f"{result_stem(args.split, args.checkpoint)}.json")
     print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -282,19 +291,25 @@ COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
         return COMMANDS[args.command](args)
+    except RunInterrupted as err:
+        print(f"ssmis: {err}", file=sys.stderr)
+        return err.exit_code
     except SSMISError as err:
         print(f"ssmis: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ssmis: interrupted; a run can be continued with `ssmis train --resume RUN_DIR`",
-              file=sys.stderr)
+        print("ssmis: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # disk full, permission denied, read-only file system, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ssmis: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `ssmis methods | head`: the reader left; not an error of ours
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's flush quiet
         return 0
@@ -304,6 +319,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ssmis: error: {original}", file=sys.stderr)
         return 2
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting ``key=value`` overrides and ``--flags`` come in any order (users put
+    flags last: ``ssmis train CONFIG a=1 --no-eval b=2``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _wrapped_user_error(err: Exception) -> str | None:

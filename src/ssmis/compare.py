@@ -25,7 +25,7 @@ import yaml
 
 from ssmis.errors import SSMISError
 from ssmis.metrics import domain_average
-from ssmis.report import METRICS, markdown_table, metric_headers, text_table
+from ssmis.report import METRICS, markdown_table, metric_titles, text_table
 
 __all__ = ["RunResult", "comparison_rows", "compare_runs", "load_run_result"]
 
@@ -91,13 +91,21 @@ def _cell(values: Sequence[float | None], percent: bool) -> str:
     return f"{mean:.2f} ± {float(np.std(defined, ddof=1)) * scale:.2f}"
 
 
+def _checkpoints(runs: Sequence[RunResult]) -> str:
+    """Which checkpoint the runs' numbers come from, and at which iterations, e.g.
+    ``best (1200, 1400)``."""
+    names = sorted({str(r.metrics.get("checkpoint", "?")) for r in runs})
+    iters = ", ".join(str(r.metrics.get("iteration", "?")) for r in runs)
+    return f"{'/'.join(names)} ({iters})"
+
+
 def comparison_rows(results: Sequence[RunResult]) -> tuple[list[str], list[list[str]]]:
     """Header and one row per experiment (config name), in the order first seen."""
     if not results:
         raise SSMISError("compare: no runs given")
     first = results[0]
     for r in results[1:]:
-        for key in ("unit", "split"):
+        for key in ("unit", "hd95_mode", "split"):
             if r.metrics.get(key) != first.metrics.get(key):
                 raise SSMISError(f"{r.path}: {key} '{r.metrics.get(key)}' differs from "
                                  f"'{first.metrics.get(key)}' of {first.path}; compare like "
@@ -114,7 +122,8 @@ def comparison_rows(results: Sequence[RunResult]) -> tuple[list[str], list[list[
     header = ["Method", "Runs"]
     header += [f"{d} Dice (%)" for d in domains] if domains else [f"{c} Dice (%)"
                                                                  for c in classes]
-    header += [f"mean {h}" for h in metric_headers(first.metrics)]
+    header += [f"mean {h}" for h in metric_titles(first.metrics)]
+    header += ["Checkpoint (iterations)"]
     percent = [True] * (len(domains) or len(classes)) + [m in ("dice", "jaccard")
                                                          for m in METRICS]
     rows = []
@@ -123,13 +132,30 @@ def comparison_rows(results: Sequence[RunResult]) -> tuple[list[str], list[list[
         label = method if methods.count(method) == 1 else f"{method} ({name})"
         per_run = [_run_values(r.metrics, domains, classes) for r in runs]
         cells = [_cell([v[i] for v in per_run], percent[i]) for i in range(len(percent))]
-        rows.append([label, str(len(runs)), *cells])
+        rows.append([label, str(len(runs)), *cells, _checkpoints(runs)])
     return header, rows
 
 
-def compare_runs(paths: Sequence[Path], markdown: bool = False) -> str:
-    """The comparison table of the given runs as text (or Markdown), with a note under it."""
-    results = [load_run_result(p) for p in paths]
+def compare_runs(paths: Sequence[Path], markdown: bool = False,
+                 metrics_file: str = "metrics.json") -> str:
+    """The comparison table of the given runs as text (or Markdown), with a note under it.
+
+    ``metrics_file`` picks the evaluation in each run folder (``metrics.json``: the test split
+    on the selected checkpoint). Run folders without it (unfinished runs) are skipped and
+    named in the note.
+
+    Raises:
+        SSMISError: no run has the file, or a given file is not an ssmis metrics JSON.
+    """
+    results, skipped = [], []
+    for p in paths:
+        if Path(p).is_dir() and not (Path(p) / metrics_file).is_file():
+            skipped.append(str(p))
+            continue
+        results.append(load_run_result(p, metrics_file))
+    if not results:
+        raise SSMISError(f"compare: none of the {len(skipped)} run folder(s) has {metrics_file} "
+                         "(unfinished runs? `ssmis evaluate RUN_DIR` writes it)")
     header, rows = comparison_rows(results)
     seeds: dict[str, list] = {}
     for r in results:
@@ -144,5 +170,8 @@ def compare_runs(paths: Sequence[Path], markdown: bool = False) -> str:
     roots = sorted({str(r.metrics.get("dataset")) for r in results})
     if len(roots) > 1:  # the same data may sit in other folders on other machines
         note += f"; note: data read from {len(roots)} folders ({', '.join(roots)})"
+    if skipped:
+        note += (f"; skipped {len(skipped)} run(s) without {metrics_file} (unfinished?): "
+                 f"{', '.join(skipped)}")
     table = markdown_table(header, rows) if markdown else text_table(header, rows)
     return "\n".join([*table, "", note] if markdown else [*table, note])

@@ -206,6 +206,10 @@ class TrainConfig(_Section):
     amp: bool = Field(default=False, description="bfloat16 autocast on CUDA")
     deterministic: bool = True
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+    checkpoint_minutes: float = Field(
+        default=30.0, ge=0, description="also save a resumable checkpoint every this many "
+                                        "minutes of training (0: only at validation); SIGINT/"
+                                        "SIGTERM always save one before stopping")
 
 
 class EvalConfig(_Section):
@@ -213,10 +217,17 @@ class EvalConfig(_Section):
     empty_rule: Literal["nan", "medpy"] = "nan"
     hd95_mode: Literal["monai", "medpy"] = "monai"
     lcc: bool = Field(default=False, description="keep the largest connected component per class")
-    stride: list[int] | None = Field(default=None, description="sliding-window stride (3D)")
+    stride: list[int] | None = Field(
+        default=None, description="sliding-window stride (3D), 1 <= stride <= patch per axis; "
+                                  "null = half the patch")
     slice_batch_size: int = Field(default=16, ge=1)
     val_max_cases: int | None = Field(default=None, ge=1, description="validate on the first N")
     overlay_cases: int = Field(default=4, ge=0)
+    selection: Literal["best_overall", "last_phase"] = Field(
+        default="best_overall",
+        description="which checkpoint the test split sees: best_overall = highest validation "
+                    "Dice over the whole run (every phase); last_phase = the best of the last "
+                    "phase only, as the BCP/CVBM/CML scripts choose")
     regions: dict[str, list[int]] | None = Field(
         default=None, description="score unions of classes instead of single classes, e.g. "
                                   "fundus {cup: [1], disc: [1, 2]} or BraTS {WT: [1, 2, 3], "
@@ -242,8 +253,18 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
-        if self.eval.stride is not None and len(self.eval.stride) != len(self.data.patch_size):
-            raise ValueError("eval.stride: expected as many values as data.patch_size")
+        name = Path(self.name)
+        if not self.name.strip() or name.is_absolute() or ".." in name.parts:
+            raise ValueError(f"name: {self.name!r} must be a relative folder name inside "
+                             "output_dir (no absolute path, no '..')")
+        if self.eval.stride is not None:
+            patch = self.data.patch_size
+            if len(self.eval.stride) != len(patch):
+                raise ValueError("eval.stride: expected as many values as data.patch_size")
+            if any(not 1 <= s <= p for s, p in zip(self.eval.stride, patch, strict=True)):
+                raise ValueError(f"eval.stride: {self.eval.stride} must be between 1 and the "
+                                 f"patch {patch} on every axis (a larger stride leaves voxels "
+                                 "never predicted)")
         for name, ids in (self.eval.regions or {}).items():
             bad = [i for i in ids if not 1 <= i < self.data.num_classes]
             if not ids or bad:
@@ -362,15 +383,29 @@ def load_config(path: Path, overrides: list[str] | None = None) -> ExperimentCon
 
 
 def check_method(cfg: ExperimentConfig, source: str) -> None:
-    """Validate ``method.name`` and ``method.params`` now, so that their errors name the file
-    (the method itself is built later, after the data are checked)."""
+    """Validate ``method.name`` and ``method.params`` now, and the batch sizes and patch against
+    the method's and the model's rules, so that their errors name the file (the method itself
+    is built later, after the data are checked).
+
+    Raises:
+        SSMISError: one line naming ``source`` and the field.
+    """
     from ssmis.methods import get_method  # the registry imports torch and every method
+    from ssmis.models import input_problem
 
     try:
         method = get_method(cfg.method.name)
     except SSMISError as err:
         raise SSMISError(f"{source}: {err}") from None
     method.parse_params(cfg.method.params, source)
+    t = cfg.train
+    unlabeled = t.unlabeled_batch_size if method.uses_unlabeled else 0
+    problem = method.batch_problem(t.batch_size, unlabeled) if method.uses_unlabeled else None
+    if problem is None:
+        problem = input_problem(cfg.model.name, cfg.model.options, cfg.data.patch_size,
+                                method.forward_batch(t.batch_size, unlabeled))
+    if problem is not None:
+        raise SSMISError(f"{source}: {problem}")
 
 
 def check_paths(cfg: ExperimentConfig) -> None:

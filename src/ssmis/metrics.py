@@ -173,7 +173,7 @@ def _case_means(entries: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> di
 
 
 def summarize(per_case: Sequence[Mapping[str, Any]],
-              names: Mapping[Any, str]) -> dict[str, Any]:
+              names: Mapping[Any, str], absent: Sequence[Any] = ()) -> dict[str, Any]:
     """Per-class, mean-over-classes and (when cases carry a domain) per-domain summaries.
 
     With domains, ``domain_mean`` is the unweighted mean of the per-domain means (std across
@@ -181,14 +181,18 @@ def summarize(per_case: Sequence[Mapping[str, Any]],
     large one, unlike ``mean`` which pools all cases.
 
     ``per_case`` entries look like ``{"case", "domain", "metrics": {"1": {"dice": ...}}}``;
-    ``names`` maps each metrics key (class id or region name) to its display name.
+    ``names`` maps each metrics key (class id or region name) to its display name. Keys in
+    ``absent`` (classes that occur in no reference) keep their per-class entry but are left out
+    of the means and listed as ``absent_classes``: their Dice is 0 or 1 by the empty-mask rule
+    alone, not a measurement.
     """
     display = {str(k): v for k, v in names.items()}
-    keys = list(display)
+    absent_keys = {str(k) for k in absent}
+    keys = [k for k in display if k not in absent_keys]
     per_class = {
         display[k]: {m: _stat([e["metrics"].get(k, {}).get(m) for e in per_case])
                      for m in METRIC_NAMES}
-        for k in keys
+        for k in display
     }
     means = _case_means(per_case, keys)
     summary: dict[str, Any] = {
@@ -196,6 +200,8 @@ def summarize(per_case: Sequence[Mapping[str, Any]],
         "per_class": per_class,
         "mean": {m: _stat(means[m]) for m in METRIC_NAMES},
     }
+    if absent_keys:
+        summary["absent_classes"] = [display[k] for k in display if k in absent_keys]
     domains = sorted({e.get("domain") for e in per_case if e.get("domain") is not None})
     if domains:
         summary["per_domain"] = {}

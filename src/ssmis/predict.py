@@ -46,7 +46,8 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
         run_dir = path
         ckpts = run_dir / CKPT_DIR
         candidates = sorted(ckpts.glob("best*.safetensors")) if ckpts.is_dir() else []
-        # several phases: the last phase's best (best_<last phase>); one phase: best
+        # best: the checkpoint the run selected (eval.selection); runs of ssmis < 0.2 with
+        # several phases have only best_<phase>
         plain = ckpts / "best.safetensors"
         ckpt = plain if plain.is_file() else (candidates[-1] if candidates else
                                               ckpts / "last.safetensors")
@@ -63,8 +64,12 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
 
 
 def _best_of_last_phase(run_dir: Path, cfg: ExperimentConfig, method) -> Path | None:
-    from ssmis.engine.trainer import CKPT_DIR, best_name
+    """The selected checkpoint (``best``), else (older runs) the best of the last phase."""
+    from ssmis.engine.trainer import CKPT_DIR, SELECTED, best_name
 
+    selected = run_dir / CKPT_DIR / f"{SELECTED}.safetensors"
+    if selected.is_file():
+        return selected
     phases = method.phases()
     path = run_dir / CKPT_DIR / f"{best_name(phases, phases[-1])}.safetensors"
     return path if path.is_file() else None
@@ -195,7 +200,7 @@ def _load_job(job: Job, cfg: ExperimentConfig, reader) -> tuple[np.ndarray, obje
 def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite: bool = False,
                   overlay: bool = False, device: str = "auto", tta: bool = False,
                   progress: bool = True) -> list[Path]:
-    from ssmis.engine.checkpoint import load_weights
+    from ssmis.engine.checkpoint import load_into
     from ssmis.engine.evaluate import segment
     from ssmis.engine.trainer import CONFIG_FILE, resolve_device
     from ssmis.inference import flip_tta
@@ -227,7 +232,7 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
     method = build_method(cfg)
     if checkpoint.is_dir():
         ckpt = _best_of_last_phase(run_dir, cfg, method) or ckpt
-    method.load_state_dict(load_weights(ckpt))
+    load_into(method, ckpt, method_name=cfg.method.name, model_name=cfg.model.name)
     method.to(dev).eval()
 
     def predict_fn(batch: torch.Tensor) -> torch.Tensor:

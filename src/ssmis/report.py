@@ -27,6 +27,7 @@ __all__ = [
     "label_to_rgba",
     "markdown_table",
     "metric_headers",
+    "metric_titles",
     "metrics_table_markdown",
     "metrics_table_text",
     "per_case_csv",
@@ -89,22 +90,45 @@ def _fmt_stat(stat: Any, metric: str) -> str:
     return mean if std == NA else f"{mean} ± {std}"
 
 
-def metric_headers(result: dict[str, Any]) -> list[str]:
+def metric_titles(result: dict[str, Any]) -> list[str]:
+    """Titles of the four metric columns: overlap scores in percent, distances in the run's
+    unit, HD95 with its definition (``hd95_mode``: monai and medpy differ up to several times
+    on the same masks)."""
     unit = result.get("unit") or "voxel"
-    return [f"{_TITLES[m]} (%)" if m in _PERCENT else f"{_TITLES[m]} ({unit})" for m in METRICS]
+    mode = result.get("hd95_mode") or "?"
+    titles = {"hd95": f"HD95 ({unit}, {mode})", "asd": f"ASD ({unit})"}
+    return [f"{_TITLES[m]} (%)" if m in _PERCENT else titles[m] for m in METRICS]
+
+
+def metric_headers(result: dict[str, Any]) -> list[str]:
+    """:func:`metric_titles`, then the case count and how many cases have undefined
+    distances (left out of the distance means)."""
+    return metric_titles(result) + ["n", "HD95/ASD undefined"]
+
+
+def _counts(stats: dict[str, Any]) -> list[str]:
+    """``n`` (cases) and the number of cases whose HD95 is undefined, for one table row."""
+    dice, hd95 = stats.get("dice") or {}, stats.get("hd95") or {}
+    if not isinstance(dice, dict) or not isinstance(hd95, dict):
+        return ["-", "-"]
+    n = int(dice.get("n", 0)) + int(dice.get("undefined", 0))
+    return [str(n), str(int(hd95.get("undefined", 0)))]
 
 
 def _main_rows(result: dict[str, Any]) -> list[list[str]]:
-    """Class rows in the order of ``classes`` (then any other per_class keys), then the mean."""
+    """Class rows in the order of ``classes`` (then any other per_class keys), then the mean;
+    classes absent from every reference are marked (they are left out of the mean)."""
     per_class: dict[str, Any] = result.get("per_class") or {}
+    absent = set(result.get("absent_classes") or [])
     order = [str(n) for n in (result.get("classes") or {}).values()]
     order += [name for name in per_class if name not in order]
     rows = []
     for name in order:
         stats = per_class.get(name) or {}
-        rows.append([name] + [_fmt_stat(stats.get(m), m) for m in METRICS])
+        label = f"{name} (absent)" if name in absent else name
+        rows.append([label] + [_fmt_stat(stats.get(m), m) for m in METRICS] + _counts(stats))
     mean = result.get("mean") or {}
-    rows.append(["mean"] + [_fmt_stat(mean.get(m), m) for m in METRICS])
+    rows.append(["mean"] + [_fmt_stat(mean.get(m), m) for m in METRICS] + _counts(mean))
     return rows
 
 
@@ -121,7 +145,9 @@ def _domain_table(result: dict[str, Any]) -> tuple[list[str], list[str]] | None:
     domains = list(per_domain)
     unit = result.get("unit") or "voxel"
     header = ["Method"] + [f"{d} Dice (%)" for d in domains]
-    header += ["mean Dice (%)", "mean Jaccard (%)", f"mean HD95 ({unit})", f"mean ASD ({unit})"]
+    mode = result.get("hd95_mode") or "?"
+    header += ["mean Dice (%)", "mean Jaccard (%)", f"mean HD95 ({unit}, {mode})",
+               f"mean ASD ({unit})"]
     row = [str(result.get("method") or "-")]
     row += [_fmt_stat((per_domain[d] or {}).get("dice"), "dice") for d in domains]
     mean = result.get("domain_mean") or {}
@@ -134,14 +160,19 @@ DOMAIN_NOTE = ("domain columns: mean ± std over the domain's cases; mean column
 
 
 def _footer(result: dict[str, Any]) -> str:
-    """The context needed to read the numbers: which split/checkpoint and how empty masks count."""
+    """The context needed to read the numbers: which split/checkpoint, the distance
+    definitions and how empty masks and absent classes count."""
     parts = [
         f"split: {result.get('split', '?')}",
         f"checkpoint: {result.get('checkpoint', '?')}",
         f"iteration: {result.get('iteration', '?')}",
         f"unit: {result.get('unit', '?')}",
+        f"HD95: {result.get('hd95_mode', '?')}",
         f"empty rule: {result.get('empty_rule', '?')}",
     ]
+    absent = result.get("absent_classes") or []
+    if absent:
+        parts.append(f"absent from every reference, not in the mean: {', '.join(absent)}")
     return ", ".join(parts)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +78,39 @@ def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int,
     return scores
 
 
+@dataclass
+class ValidationScore:
+    """One validation pass: the selection score and how many cases had no foreground."""
+
+    dice: float  # mean over cases of the mean foreground Dice (NaN without cases)
+    cases: int
+    empty_predictions: int  # cases where the model predicted no foreground voxel at all
+
+
 @torch.no_grad()
-def validation_dice(method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig,
-                    device: torch.device, amp: bool = False) -> float:
-    """Mean over cases of the mean foreground Dice (what the published code selects on)."""
+def validation_score(method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig,
+                     device: torch.device, amp: bool = False) -> ValidationScore:
+    """Mean over cases of the mean foreground Dice (what the published code selects on), and
+    the number of cases predicted entirely as background (a collapsed model)."""
     was_training = method.training
     method.eval()
+    per_case, empty = [], 0
     try:
-        per_case = [np.mean(dice_per_class(predict_case(method, c, cfg, device, amp), c.label,
-                                           cfg.data.num_classes, cfg.eval.regions))
-                    for c in cases]
+        for case in cases:
+            pred = predict_case(method, case, cfg, device, amp)
+            empty += int(not pred.any())
+            per_case.append(np.mean(dice_per_class(pred, case.label, cfg.data.num_classes,
+                                                   cfg.eval.regions)))
     finally:
         method.train(was_training)
-    return float(np.mean(per_case)) if per_case else float("nan")
+    dice = float(np.mean(per_case)) if per_case else float("nan")
+    return ValidationScore(dice, len(per_case), empty)
+
+
+def validation_dice(method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig,
+                    device: torch.device, amp: bool = False) -> float:
+    """:func:`validation_score`'s Dice alone."""
+    return validation_score(method, cases, cfg, device, amp).dice
 
 
 def git_commit() -> str:
@@ -115,7 +136,10 @@ def evaluate_split(
     per_case: list[dict[str, Any]] = []
     kept: list[tuple[EvalCase, np.ndarray]] = []
     spacing_note = "voxel units"
+    present = dict.fromkeys(structures, False)
     for case in cases:
+        for key, ids in structures.items():
+            present[key] = present[key] or bool(class_mask(case.label, ids).any())
         pred = predict_case(method, case, cfg, device, amp=cfg.train.amp)
         spacing = case.spacing if cfg.eval.unit == "mm" else None
         if cfg.eval.unit == "mm" and spacing is None:
@@ -128,7 +152,8 @@ def evaluate_split(
                          "metrics": {str(k): v for k, v in values.items()}})
         if len(kept) < keep_predictions:
             kept.append((case, pred))
-    summary = summarize(per_case, names)
+    summary = summarize(per_case, names, absent=[k for k, seen in present.items()
+                                                 if not seen and per_case])
     unit = "mm" if spacing_note.startswith("mm") else "voxel"
     result: dict[str, Any] = {
         "split": split, "checkpoint": checkpoint, "iteration": iteration, "seed": cfg.seed,
@@ -136,6 +161,7 @@ def evaluate_split(
         "dataset": str(cfg.data.root), "unit": unit, "spacing": spacing_note,
         "empty_rule": cfg.eval.empty_rule, "empty_rule_text": EMPTY_RULES[cfg.eval.empty_rule],
         "hd95_mode": cfg.eval.hd95_mode, "lcc": cfg.eval.lcc,
+        "selection": cfg.eval.selection,
         "definitions": METRIC_DEFINITIONS,
         "classes": {str(k): v for k, v in names.items()},
         "per_case": per_case, **summary,

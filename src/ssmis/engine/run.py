@@ -9,13 +9,16 @@ from typing import Any
 
 from ssmis.config import ExperimentConfig, apply_overrides, check_paths, read_yaml, validate_config
 from ssmis.data.splits import Split
-from ssmis.engine.checkpoint import load_weights
+from ssmis.engine.checkpoint import load_into
 from ssmis.engine.data import eval_cases
 from ssmis.engine.evaluate import evaluate_split
+from ssmis.engine.files import result_stem
+from ssmis.engine.runlock import run_lock
 from ssmis.engine.runlog import LOGGER_NAME, setup_logger
 from ssmis.engine.trainer import (
     CKPT_DIR,
     CONFIG_FILE,
+    SELECTED,
     SPLIT_FILE,
     Trainer,
     best_name,
@@ -30,13 +33,22 @@ def train_run(cfg: ExperimentConfig, run_dir: Path | None = None, evaluate: bool
     """Validate everything, create the run folder, train, and evaluate on the test split."""
     prepared = prepare(cfg, split)
     path = new_run_dir(cfg, run_dir)
-    trainer = Trainer(prepared, path)
-    trainer.write_start_files()
-    setup_logger(path / "train.log", verbose)
-    trainer.fit()
-    if evaluate:
-        evaluate_run(path, split="test", checkpoint="best", verbose=verbose, prepared=prepared)
+    with run_lock(path):
+        if run_dir is not None and _has_run_files(path):  # another run got here first
+            raise SSMISError(f"{path}: run folder exists and is not empty (use --resume to "
+                             "continue it, or choose another --run-dir)")
+        trainer = Trainer(prepared, path)
+        trainer.write_start_files()
+        setup_logger(path / "train.log", verbose)
+        trainer.fit()
+        if evaluate:
+            evaluate_run(path, split="test", checkpoint="best", verbose=verbose,
+                         prepared=prepared)
     return path
+
+
+def _has_run_files(path: Path) -> bool:
+    return any(p.name != ".lock" for p in path.iterdir())
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -54,21 +66,26 @@ def resume_run(run_dir: Path, overrides: list[str] | None = None, evaluate: bool
     cfg = load_run_config(run_dir, overrides)
     split = Split.load(run_dir / SPLIT_FILE)
     prepared = prepare(cfg, split)
-    trainer = Trainer(prepared, run_dir)
-    if overrides:
-        trainer.write_start_files()
-    setup_logger(run_dir / "train.log", verbose)
-    trainer.fit(resume=True)
-    if evaluate:
-        evaluate_run(run_dir, split="test", checkpoint="best", verbose=verbose, prepared=prepared)
+    with run_lock(run_dir):
+        trainer = Trainer(prepared, run_dir)
+        setup_logger(run_dir / "train.log", verbose)
+        # the checkpoint is verified before the overrides rewrite config.yaml
+        trainer.fit(resume=True, after_resume=trainer.write_start_files if overrides else None)
+        if evaluate:
+            evaluate_run(run_dir, split="test", checkpoint="best", verbose=verbose,
+                         prepared=prepared)
     return run_dir
 
 
 def checkpoint_path(run_dir: Path, cfg: ExperimentConfig, method, which: str) -> Path:
-    if which == "best":
-        phases = method.phases()
-        which = best_name(phases, phases[-1])
+    """``best`` (the checkpoint the run selected), ``last``, or a file stem in checkpoints/.
+
+    Runs written before ``best`` meant the selection over the whole run have only
+    ``best_<phase>`` files for multi-phase methods: ``best`` is then the last phase's best."""
     path = run_dir / CKPT_DIR / f"{which}.safetensors"
+    if which == SELECTED and not path.is_file():
+        phases = method.phases()
+        path = run_dir / CKPT_DIR / f"{best_name(phases, phases[-1])}.safetensors"
     if not path.is_file():
         raise SSMISError(f"{path}: checkpoint not found (expected best or last in {CKPT_DIR}/)")
     return path
@@ -76,7 +93,11 @@ def checkpoint_path(run_dir: Path, cfg: ExperimentConfig, method, which: str) ->
 
 def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
                  verbose: bool = True, prepared=None) -> dict[str, Any]:
-    """Evaluate a checkpoint of a run; writes metrics JSON/Markdown/CSV and pictures."""
+    """Evaluate a checkpoint of a run; writes metrics JSON/Markdown/CSV and pictures.
+
+    The files are named by :func:`result_stem`. Raises SSMISError for a missing or damaged
+    checkpoint, or while another process holds the run folder.
+    """
     from ssmis import report
 
     if prepared is None:
@@ -84,21 +105,25 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
         prepared = prepare(cfg, Split.load(run_dir / SPLIT_FILE))
         setup_logger(None, verbose)
     cfg, method, device = prepared.cfg, prepared.method, prepared.device
-    ckpt = checkpoint_path(run_dir, cfg, method, checkpoint)
-    method.load_state_dict(load_weights(ckpt))
-    from ssmis.engine.checkpoint import read_metadata
-
-    iteration = int(read_metadata(ckpt).get("step", "0"))
-    ids = getattr(prepared.split, split)
-    result, kept = evaluate_split(method, eval_cases(cfg, ids), cfg, device, split=split,
-                                  checkpoint=ckpt.stem, iteration=iteration,
-                                  keep_predictions=cfg.eval.overlay_cases)
-    stem = "metrics" if split == "test" else f"metrics_{split}"
-    (run_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (run_dir / f"{stem}.md").write_text(report.metrics_table_markdown(result) + "\n")
-    (run_dir / f"{stem}_per_case.csv").write_text(report.per_case_csv(result))
-    _pictures(run_dir, cfg, kept, split)
-    logging.getLogger(LOGGER_NAME).info("\n" + report.metrics_table_text(result))
+    with run_lock(run_dir):
+        ckpt = checkpoint_path(run_dir, cfg, method, checkpoint)
+        meta = load_into(method, ckpt, method_name=cfg.method.name,
+                         model_name=cfg.model.name)
+        iteration = int(meta.get("step", "0"))
+        ids = getattr(prepared.split, split)
+        result, kept = evaluate_split(method, eval_cases(cfg, ids), cfg, device, split=split,
+                                      checkpoint=ckpt.stem, iteration=iteration,
+                                      keep_predictions=cfg.eval.overlay_cases)
+        stem = result_stem(split, checkpoint)
+        (run_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (run_dir / f"{stem}.md").write_text(report.metrics_table_markdown(result) + "\n")
+        (run_dir / f"{stem}_per_case.csv").write_text(report.per_case_csv(result))
+        _pictures(run_dir, cfg, kept, split)
+    log = logging.getLogger(LOGGER_NAME)
+    for name in result.get("absent_classes", []):
+        log.warning(f"warning: class '{name}' never occurs in any {split} reference: it is "
+                    "reported apart and left out of the mean (check data.num_classes)")
+    log.info("\n" + report.metrics_table_text(result))
     return result
 
 

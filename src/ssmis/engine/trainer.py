@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import os
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,11 +21,19 @@ from typing import Any
 
 import torch
 
-from ssmis.config import ExperimentConfig, to_yaml
+from ssmis.config import ExperimentConfig, check_method, to_yaml
 from ssmis.data.splits import Split
-from ssmis.engine.checkpoint import load_state, load_weights, save_state, save_weights
+from ssmis.engine.checkpoint import (
+    clean_temporary,
+    find_resumable,
+    load_into,
+    non_finite_tensor,
+    save_resumable,
+    save_weights,
+)
 from ssmis.engine.data import build_split, check_data, eval_cases, train_batches
-from ssmis.engine.evaluate import validation_dice
+from ssmis.engine.evaluate import validation_score
+from ssmis.engine.files import CKPT_DIR, CONFIG_FILE, SELECTED, SPLIT_FILE  # noqa: F401
 from ssmis.engine.runlog import (
     LOGGER_NAME,
     JsonlWriter,
@@ -33,12 +43,8 @@ from ssmis.engine.runlog import (
 )
 from ssmis.engine.schedule import learning_rate
 from ssmis.engine.seed import capture_rng_state, restore_rng_state, seed_everything
-from ssmis.errors import SSMISError
+from ssmis.errors import RunInterrupted, SSMISError
 from ssmis.methods import Method, Phase, build_method
-
-CONFIG_FILE = "config.yaml"
-SPLIT_FILE = "splits.json"
-CKPT_DIR = "checkpoints"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,22 +56,46 @@ def resolve_device(name: str) -> torch.device:
 
 
 def best_name(phases: list[Phase], phase: Phase) -> str:
-    return "best" if len(phases) == 1 else f"best_{phase.name}"
+    """Name of the best-by-validation checkpoint *within* ``phase`` (``best`` for one phase)."""
+    return SELECTED if len(phases) == 1 else f"best_{phase.name}"
 
 
 def new_run_dir(cfg: ExperimentConfig, requested: Path | None) -> Path:
-    """A fresh folder; an existing non-empty one is refused so nothing gets overwritten."""
+    """A fresh folder, created here (so two runs started in the same second get two folders);
+    an existing non-empty one is refused so nothing gets overwritten."""
     if requested is not None:
-        if requested.exists() and any(requested.iterdir()):
+        if requested.exists() and not requested.is_dir():
+            raise SSMISError(f"{requested}: --run-dir is a file, expected a folder")
+        if requested.exists() and _has_files(requested):
             raise SSMISError(f"{requested}: run folder exists and is not empty "
                              "(use --resume to continue it, or choose another --run-dir)")
+        _mkdir(requested)
         return requested
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = cfg.output_dir / cfg.name / f"{stamp}-seed{cfg.seed}"
+    _mkdir(base.parent)
     path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        except OSError as err:
+            raise SSMISError(f"{path}: cannot create the run folder ({err.strerror})") from None
+
+
+def _has_files(folder: Path) -> bool:
+    from ssmis.engine.runlock import LOCK_FILE
+
+    return any(p.name != LOCK_FILE for p in folder.iterdir())
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SSMISError(f"{path}: cannot create the folder ({err.strerror})") from None
 
 
 @dataclass
@@ -82,6 +112,7 @@ def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    check_method(cfg, source="config")
     seed_everything(cfg.seed, cfg.train.deterministic)
     split = split or build_split(cfg)
     method = build_method(cfg)
@@ -93,7 +124,13 @@ def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
 
 
 class Trainer:
-    """Runs the phases of a method and keeps best-by-validation and last checkpoints."""
+    """Runs the phases of a method and keeps best-by-validation and resumable checkpoints.
+
+    Model selection (``eval.selection``): ``best_overall`` (default) keeps as ``best`` the
+    checkpoint with the highest validation Dice over the whole run, pre-training included;
+    ``last_phase`` keeps the best of the last phase only, as BCP's, CVBM's and CML's scripts do.
+    Ties keep the earliest checkpoint and are reported.
+    """
 
     def __init__(self, prepared: Prepared, run_dir: Path) -> None:
         self.cfg = prepared.cfg
@@ -108,6 +145,8 @@ class Trainer:
         self.step = 0
         self.best: dict[str, float] = {}
         self.best_iter: dict[str, int] = {}
+        #: (iteration, phase, validation Dice) of every validation, for the tie report
+        self.val_history: list[tuple[int, str, float]] = []
         self.timing: dict[str, float] = {}
         self.optimizer = self._make_optimizer()
         self.unlabeled_bs = self.cfg.train.unlabeled_batch_size if self.method.uses_unlabeled else 0
@@ -139,26 +178,43 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def _metadata(self) -> dict[str, str]:
         return {"step": str(self.step), "method": self.cfg.method.name,
-                "model": self.cfg.model.name, "format": "ssmis-1"}
+                "model": self.cfg.model.name}
+
+    def _load(self, path: Path) -> None:
+        load_into(self.method, path, method_name=self.cfg.method.name,
+                  model_name=self.cfg.model.name)
 
     def save_last(self, rng: dict[str, Any]) -> None:
-        save_weights(self.ckpt_dir / "last.safetensors", self.method.state_dict(),
-                     self._metadata())
-        save_state(self.ckpt_dir / "last_state.pt", {
+        """One consistent resumable checkpoint (weights + state + manifest) at ``self.step``."""
+        save_resumable(self.ckpt_dir, self.step, self.method.state_dict(), self._metadata(), {
             "step": self.step, "optimizer": self.optimizer.state_dict(), "rng": rng,
             "best": dict(self.best), "best_iter": dict(self.best_iter),
+            "val_history": [list(v) for v in self.val_history],
         })
+        self._last_save = time.monotonic()
 
     def load_last(self) -> dict[str, Any]:
-        state = load_state(self.ckpt_dir / "last_state.pt")
-        weights = load_weights(self.ckpt_dir / "last.safetensors")
-        self.method.load_state_dict(weights)
-        self.step = int(state["step"])
+        """Restore the newest consistent checkpoint; returns its random states."""
+        if clean_temporary(self.ckpt_dir):
+            self.log.info(f"{self.ckpt_dir}: removed temporary files of an interrupted write")
+        found = find_resumable(self.ckpt_dir, self.total)
+        for problem in found.skipped:
+            self.log.warning(f"warning: {problem}; resuming from the previous consistent "
+                             f"checkpoint (iteration {found.step})")
+        state = found.state
+        self._load(found.weights)
+        self.step = found.step
         phase, _ = self.phase_at(self.step)
         if not (phase.reset_optimizer and self._phase_start(phase) == self.step):
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.best = dict(state["best"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, RuntimeError):
+                raise SSMISError(f"{found.weights.with_name(found.weights.stem + '_state.pt')}: "
+                                 "optimizer state does not fit this run's parameters") from None
+        self.best = {k: float(v) for k, v in state["best"].items()}
         self.best_iter = {k: int(v) for k, v in state["best_iter"].items()}
+        self.val_history = [(int(i), str(p), float(d)) for i, p, d in
+                            state.get("val_history", [])]
         truncate_jsonl(self.run_dir / "scalars.jsonl", self.step)
         truncate_jsonl(self.run_dir / "val.jsonl", self.step)
         return state["rng"]
@@ -171,10 +227,30 @@ class Trainer:
             start += p.iterations
         return start
 
+    def _check_finite(self, window: list[dict[str, torch.Tensor]], state: bool) -> None:
+        """Stop on a non-finite loss of any step in ``window`` and, with ``state``, on NaN/inf
+        in the weights or buffers (BN statistics can overflow while the loss stays finite).
+        One host sync per check; the loss check runs at every log/validation boundary."""
+        losses = torch.stack([w["loss"].float() for w in window]) if window else None
+        if losses is not None and not bool(torch.isfinite(losses).all()):
+            first = int((~torch.isfinite(losses)).nonzero()[0])
+            it = self.step - len(window) + first + 1
+            raise SSMISError(f"training diverged: loss is {float(losses[first])} at iteration "
+                             f"{it}; no checkpoint was written after it (lower train.lr?)")
+        bad = non_finite_tensor(self.method.state_dict()) if state else None
+        if bad is not None:
+            raise SSMISError(f"training diverged: '{bad}' holds NaN/inf at iteration {self.step};"
+                             " no checkpoint was written after it (lower train.lr?)")
+
     # -- the loop ---------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False,
+            after_resume: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Train to ``self.total`` iterations; with ``resume``, from the newest consistent
+        checkpoint (``after_resume`` runs once it is verified and loaded)."""
         cfg = self.cfg
         rng = self.load_last() if resume else None
+        if after_resume is not None:
+            after_resume()
         if self.step >= self.total:
             self.log.info(f"run already finished ({self.step}/{self.total} iterations)")
             return self.summary()
@@ -189,14 +265,18 @@ class Trainer:
         tboard = TensorBoard(self.run_dir / "tensorboard")
         progress = Progress(self.total, self.step, desc=f"{cfg.method.name}")
         amp = cfg.train.amp and self.device.type == "cuda"
+        interval = cfg.train.checkpoint_minutes * 60.0
+        self._last_save = time.monotonic()
         self.log.info(f"training {cfg.method.name} / {cfg.model.name} on {self.device} for "
                       f"{self.total} iterations (from {self.step}); run folder {self.run_dir}")
         self.method.train()
-        # Step losses stay on the device until a log or validation boundary: one host sync per
-        # interval instead of one per iteration.
+        # Step losses stay on the device until a log, validation or checkpoint boundary, where
+        # every step's loss is checked: one host sync per interval instead of one per iteration.
         window: list[dict[str, torch.Tensor]] = []
+        unchecked: list[dict[str, torch.Tensor]] = []
         shown_loss = float("nan")
         t_start = time.perf_counter()
+        stop = _StopRequest()
         try:
             while self.step < self.total:
                 phase, local = self.phase_at(self.step)
@@ -211,16 +291,19 @@ class Trainer:
                 losses = optimization_step(self.method, self.optimizer, labeled, unlabeled,
                                            self.step, amp)
                 self.step += 1
-                window.append({k: v.detach() for k, v in losses.items()})
+                detached = {k: v.detach() for k, v in losses.items()}
+                window.append(detached)
+                unchecked.append(detached)
                 end_of_phase = local + 1 == phase.iterations
                 log_now = self.step % cfg.train.log_every == 0 or self.step == self.total
                 validate_now = self.step % cfg.train.val_every == 0 or end_of_phase
+                timed_save = interval > 0 and time.monotonic() - self._last_save >= interval
+                saving = validate_now or timed_save or bool(stop.signum)
+                if log_now or saving:
+                    self._check_finite(unchecked, state=saving)
+                    unchecked = []
                 if log_now or validate_now:
                     means = _window_means(window)
-                    if not math.isfinite(means["loss"]):
-                        raise SSMISError(f"training diverged: mean loss is {means['loss']} over "
-                                         f"iterations {self.step - len(window) + 1}-{self.step} "
-                                         "(lower train.lr?)")
                     shown_loss = means["loss"]
                 rate = progress.update(self.step, shown_loss, lr, fresh=log_now or validate_now)
                 if log_now:
@@ -231,8 +314,15 @@ class Trainer:
                     window = []
                 if validate_now:
                     self._validate(phase, val_log, tboard)
+                if saving:
                     self.save_last(capture_rng_state())
+                if stop.signum:
+                    raise RunInterrupted(
+                        f"{signal.Signals(stop.signum).name}: stopped at iteration {self.step}/"
+                        f"{self.total}; checkpoint saved, continue with `ssmis train --resume "
+                        f"{self.run_dir}`", 128 + stop.signum)
         finally:
+            stop.restore()
             progress.close()
             scalars.close()
             val_log.close()
@@ -254,11 +344,15 @@ class Trainer:
             previous = self.phases[self.phases.index(phase) - 1]
             path = self.ckpt_dir / f"{best_name(self.phases, previous)}.safetensors"
             if path.is_file():
-                self.method.load_state_dict(load_weights(path))
+                self._load(path)
                 self.log.info(f"phase {phase.name}: starting from {path.name}")
         self.method.on_phase_start(phase)
         if phase.reset_optimizer:
             self.optimizer = self._make_optimizer()
+
+    def _selection_pool(self, phase: Phase) -> bool:
+        """Whether ``phase``'s checkpoints compete for ``best`` under ``eval.selection``."""
+        return self.cfg.eval.selection == "best_overall" or phase is self.phases[-1]
 
     def _validate(self, phase: Phase, val_log: JsonlWriter, tboard: TensorBoard) -> None:
         cfg = self.cfg
@@ -271,37 +365,103 @@ class Trainer:
             scores = {}
             for name in candidates:
                 self.method.set_predictor(name)
-                scores[name] = validation_dice(self.method, eval_cases(cfg, ids), cfg,
-                                               self.device, amp)
-            choice = max(candidates, key=lambda n: scores[n])
+                scores[name] = validation_score(self.method, eval_cases(cfg, ids), cfg,
+                                                self.device, amp)
+            choice = max(candidates, key=lambda n: scores[n].dice)
             self.method.set_predictor(choice)
-            score = scores[choice]
-            extra = {"predictor": choice, **{f"val_dice_{n}": v for n, v in scores.items()}}
+            result = scores[choice]
+            extra = {"predictor": choice, **{f"val_dice_{n}": v.dice for n, v in scores.items()}}
         else:
-            score = validation_dice(self.method, eval_cases(cfg, ids), cfg, self.device, amp)
-        key = best_name(self.phases, phase)
-        improved = score > self.best.get(key, float("-inf"))
-        if improved:
-            self.best[key] = score
-            self.best_iter[key] = self.step
-            save_weights(self.ckpt_dir / f"{key}.safetensors", self.method.state_dict(),
+            result = validation_score(self.method, eval_cases(cfg, ids), cfg, self.device, amp)
+        score = result.dice
+        self.val_history.append((self.step, phase.name, score))
+        names = [best_name(self.phases, phase)]
+        if len(self.phases) > 1 and self._selection_pool(phase):
+            names.append(SELECTED)
+        improved = [n for n in names if score > self.best.get(n, float("-inf"))]
+        for name in improved:
+            self.best[name] = score
+            self.best_iter[name] = self.step
+            save_weights(self.ckpt_dir / f"{name}.safetensors", self.method.state_dict(),
                          self._metadata())
         val_log.write({"iter": self.step, "phase": phase.name, "val_dice": score,
-                       "best": improved, **extra})
+                       "best": SELECTED in improved, "empty_predictions": result.empty_predictions,
+                       **extra})
         tboard.write(self.step, {"val_dice": score})
-        self.log.info(f"iter {self.step}: val Dice {score:.4f} "
-                      f"(best {self.best[key]:.4f} at {self.best_iter[key]}) "
+        shown = names[-1]
+        note = ""
+        if result.cases and result.empty_predictions == result.cases:
+            note = (f" warning: no foreground predicted on any of the {result.cases} validation "
+                    "cases (collapsed model?)")
+        elif result.empty_predictions:
+            note = (f" ({result.empty_predictions}/{result.cases} validation cases without "
+                    "foreground)")
+        best_text = (f"best {self.best[shown]:.4f} at {self.best_iter[shown]}"
+                     if shown in self.best else "not selectable in this phase")
+        self.log.info(f"iter {self.step}: val Dice {score:.4f} ({best_text}) "
                       f"{'[' + extra['predictor'] + '] ' if extra else ''}"
-                      f"[{time.perf_counter() - t0:.1f} s]")
+                      f"[{time.perf_counter() - t0:.1f} s]{note}")
+
+    def _ties(self) -> list[int]:
+        """Iterations whose validation Dice equals the selected one (more than one: a tie)."""
+        if SELECTED not in self.best:
+            return []
+        pool = {p.name for p in self.phases if self._selection_pool(p)}
+        return [i for i, phase, d in self.val_history
+                if phase in pool and d == self.best[SELECTED]]
 
     def summary(self) -> dict[str, Any]:
-        final = best_name(self.phases, self.phases[-1])
-        info = {"iterations": self.step, "best_val_dice": self.best.get(final),
-                "best_iteration": self.best_iter.get(final), "best_checkpoint": final}
+        ties = self._ties()
+        info = {"iterations": self.step, "selection": self.cfg.eval.selection,
+                "best_val_dice": self.best.get(SELECTED),
+                "best_iteration": self.best_iter.get(SELECTED), "best_checkpoint": SELECTED,
+                "best_phase": next((p for i, p, _ in self.val_history
+                                    if i == self.best_iter.get(SELECTED)), None),
+                "val_ties": ties if len(ties) > 1 else []}
+        if len(self.phases) > 1:
+            info["best_per_phase"] = {p.name: {"val_dice": self.best.get(best_name(self.phases, p)),
+                                               "iteration": self.best_iter.get(
+                                                   best_name(self.phases, p))}
+                                      for p in self.phases}
+        if len(ties) > 1:
+            self.log.warning(
+                f"warning: validation Dice {self.best[SELECTED]:.4f} was reached at iterations "
+                f"{', '.join(map(str, ties))}: the earliest ({ties[0]}) is kept as '{SELECTED}'"
+                + (" (every validation scored the same: check the validation cases)"
+                   if len(ties) == len([v for v in self.val_history if v[1] in
+                                        {p.name for p in self.phases if self._selection_pool(p)}])
+                   else ""))
         if self.timing:  # this session's iterations; validation and checkpoints included
             info["timing"] = self.timing
         (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=2) + "\n")
         return info
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM during training: remember the signal so the loop can save a resumable
+    checkpoint at the end of the current iteration and stop. A second signal acts at once (the
+    default handlers are back after the first)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: signals stay with the caller
+            self.restore()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        self.restore()
+        logging.getLogger(LOGGER_NAME).warning(
+            f"{signal.Signals(signum).name} received (pid {os.getpid()}): saving a checkpoint "
+            "after this iteration; send it again to stop at once")
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 def optimization_step(method: Any, optimizer: torch.optim.Optimizer, labeled: dict[str, Any],

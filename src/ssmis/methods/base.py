@@ -93,6 +93,18 @@ class Method(nn.Module):
                              f"{cfg.data.spatial_dims}D")
 
     @classmethod
+    def batch_problem(cls, labeled: int, unlabeled: int) -> str | None:
+        """Why ``train.batch_size`` = ``labeled`` and ``train.unlabeled_batch_size`` =
+        ``unlabeled`` cannot work for this method, or None (checked with the config)."""
+        return None
+
+    @classmethod
+    def forward_batch(cls, labeled: int, unlabeled: int) -> int:
+        """The smallest batch one training forward pass sees (BatchNorm needs > 1 value per
+        channel): by default the smaller of the two streams."""
+        return min(b for b in (labeled, unlabeled) if b > 0) if labeled or unlabeled else 1
+
+    @classmethod
     def parse_params(cls, raw: dict[str, Any], source: str = "config") -> MethodParams:
         """``method.params`` validated; errors name ``source`` (the YAML file) and the field."""
         try:

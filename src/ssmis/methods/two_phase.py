@@ -80,6 +80,14 @@ class TwoPhaseMethod(Method):
 
     Params = TwoPhaseParams
 
+    @classmethod
+    def batch_problem(cls, labeled: int, unlabeled: int) -> str | None:
+        return halves_problem(cls.name, labeled, unlabeled, paired=True)
+
+    @classmethod
+    def forward_batch(cls, labeled: int, unlabeled: int) -> int:
+        return max(min(labeled, unlabeled) // 2, 1)
+
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         p: TwoPhaseParams = self.params  # type: ignore[assignment]
@@ -126,6 +134,20 @@ class TwoPhaseMethod(Method):
         self, labeled: Batch, unlabeled: Batch, step: int
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def halves_problem(name: str, labeled: int, unlabeled: int, paired: bool) -> str | None:
+    """The batch rule of methods that split each batch into two halves (BCP, CVBM, CML): even
+    sizes >= 2; ``paired`` (copy-paste between labeled and unlabeled halves, BCP/CVBM): equal
+    labeled and unlabeled sizes."""
+    for field, size in (("batch_size", labeled), ("unlabeled_batch_size", unlabeled)):
+        if size < 2 or size % 2:
+            return (f"train.{field}: {name} splits each batch into two equal halves; expected an "
+                    f"even number >= 2, got {size}")
+    if paired and labeled != unlabeled:
+        return (f"train.unlabeled_batch_size: {name} pastes unlabeled halves into labeled ones "
+                f"pairwise; expected it equal to train.batch_size ({labeled}), got {unlabeled}")
+    return None
 
 
 def halves(batch: Batch) -> tuple[Any, Any, Any, Any]:

@@ -32,6 +32,7 @@ __all__ = [
     "VNetEncoder",
     "build_model",
     "count_parameters",
+    "input_problem",
     "spatial_dims",
 ]
 
@@ -61,6 +62,14 @@ def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -
                 f"model.options.{key}: unknown option for {name}; valid: {', '.join(valid)}"
             )
     return cls(in_channels=in_channels, num_classes=num_classes, **options)
+
+
+def input_problem(name: str, options: dict[str, Any], patch: list[int],
+                  batch: int) -> str | None:
+    """Why training inputs of ``patch`` in forward batches of ``batch`` cannot go through the
+    named model, or None (models without a rule accept any size)."""
+    check = getattr(_model_class(name), "input_problem", None)
+    return check(patch, batch, options) if check is not None else None
 
 
 def spatial_dims(name: str) -> int:

@@ -37,6 +37,25 @@ def _check_up_type(up_type: str) -> str:
     return up_type
 
 
+def patch_problem(patch: Sequence[int], batch: int, batchnorm: bool,
+                  factor: int = DOWNSAMPLE_FACTOR) -> str | None:
+    """Why a (B, C, *patch) training input cannot go through a U-Net/V-Net-style encoder, or
+    None: each axis must be divisible by ``factor``, and a BatchNorm bottleneck needs more than
+    one value per channel (``batch`` x bottleneck voxels > 1) in training mode."""
+    size = [int(p) for p in patch]
+    if any(s % factor for s in size):
+        return (f"data.patch_size {size}: every axis must be divisible by {factor} (the network "
+                f"downsamples {factor}x)")
+    voxels = 1
+    for s in size:
+        voxels *= s // factor
+    if batchnorm and batch * voxels <= 1:
+        return (f"data.patch_size {size}: the bottleneck is one voxel per channel and the "
+                f"smallest training forward batch is {batch}, which BatchNorm cannot normalise; "
+                f"use a patch of at least {2 * factor} on one axis or a larger batch")
+    return None
+
+
 def check_input_size(x: Tensor, spatial_dims: int, factor: int = DOWNSAMPLE_FACTOR) -> None:
     """Fail early with a readable message instead of a shape mismatch deep in the decoder."""
     if x.dim() != spatial_dims + 2:
@@ -198,6 +217,11 @@ class UNet2D(SharedEncoderNet):
     """
 
     spatial_dims = 2
+
+    @staticmethod
+    def input_problem(patch: Sequence[int], batch: int, options: dict) -> str | None:
+        """See :func:`patch_problem` (the SSL4MIS U-Net always uses BatchNorm)."""
+        return patch_problem(patch, batch, batchnorm=True)
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ssmis.errors import SSMISError
 from ssmis.models.shared import SharedEncoderNet
-from ssmis.models.unet2d import check_input_size, expand_up_types
+from ssmis.models.unet2d import check_input_size, expand_up_types, patch_problem
 
 NORMALIZATIONS: tuple[str, ...] = ("batchnorm", "instancenorm", "groupnorm", "none")
 UP_TYPES: tuple[str, ...] = ("transpose", "trilinear", "nearest")
@@ -197,6 +197,13 @@ class VNet3D(SharedEncoderNet):
     """
 
     spatial_dims = 3
+
+    @staticmethod
+    def input_problem(patch: Sequence[int], batch: int, options: dict) -> str | None:
+        """See :func:`ssmis.models.unet2d.patch_problem` (BatchNorm unless
+        ``normalization`` says otherwise)."""
+        return patch_problem(patch, batch,
+                             batchnorm=options.get("normalization", "batchnorm") == "batchnorm")
 
     def __init__(
         self,

@@ -23,7 +23,8 @@ def _run(root: Path, name: str, method: str, seed: int, domains: dict[str, float
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"name": name, "seed": seed}))
     metrics = {"split": "test", "unit": "voxel", "hd95_mode": "monai", "dataset": "images",
-               "method": method, "seed": seed, "checkpoint": "best", "iteration": 100 + seed, "per_class": {"lesion": {"dice": _stat(dice)}},
+               "method": method, "seed": seed, "checkpoint": "best", "iteration": 100 + seed,
+               "per_class": {"lesion": {"dice": _stat(dice)}},
                "mean": {m: _stat(dice if m in ("dice", "jaccard") else 10.0)
                         for m in ("dice", "jaccard", "hd95", "asd")}}
     if domains is not None:

@@ -26,7 +26,7 @@ def result() -> dict[str, Any]:
     return {
         "split": "test", "checkpoint": "best", "iteration": 1200, "seed": 1337,
         "commit": "abc123", "method": "supervised", "unit": "mm", "spacing": "mm",
-        "empty_rule": "nan", "empty_rule_text": "undefined when empty",
+        "empty_rule": "nan", "empty_rule_text": "undefined when empty", "hd95_mode": "monai",
         "definitions": {}, "classes": {"1": "RV", "2": "Myo"},
         "per_case": [
             {"case": "p1", "domain": "siteA", "metrics": {"1": _metrics(0.9, 2.1),
@@ -46,8 +46,10 @@ def result() -> dict[str, Any]:
                     "hd95": {"mean": None, "std": None, "n": 0, "undefined": 3},
                     "asd": {"mean": 0.5, "std": 0.0, "n": 3, "undefined": 0}},
         },
-        "mean": {"dice": {"mean": 0.85, "std": 0.05}, "jaccard": {"mean": 0.74, "std": 0.07},
-                 "hd95": {"mean": 2.3, "std": 0.2}, "asd": {"mean": 0.5, "std": 0.0}},
+        "mean": {"dice": {"mean": 0.85, "std": 0.05, "n": 3, "undefined": 0},
+                 "jaccard": {"mean": 0.74, "std": 0.07},
+                 "hd95": {"mean": 2.3, "std": 0.2, "n": 3, "undefined": 0},
+                 "asd": {"mean": 0.5, "std": 0.0}},
     }
 
 
@@ -62,12 +64,14 @@ def _row(md: str, name: str) -> list[str]:
 def test_markdown_rows_and_values(result: dict[str, Any]) -> None:
     md = report.metrics_table_markdown(result)
     header = _row(md, "Class")
-    assert header[1:] == ["Dice (%)", "Jaccard (%)", "HD95 (mm)", "ASD (mm)"]
-    assert _row(md, "RV")[1:] == ["90.00 ± 1.63", "81.80 ± 2.70", "2.30 ± 0.20", "0.50 ± 0.00"]
-    assert _row(md, "Myo")[3] == "n/a"
-    assert _row(md, "mean")[1] == "85.00 ± 5.00"
+    assert header[1:] == ["Dice (%)", "Jaccard (%)", "HD95 (mm, monai)", "ASD (mm)", "n",
+                          "HD95/ASD undefined"]
+    assert _row(md, "RV")[1:] == ["90.00 ± 1.63", "81.80 ± 2.70", "2.30 ± 0.20", "0.50 ± 0.00",
+                                  "3", "1"]
+    assert _row(md, "Myo")[3:] == ["n/a", "0.50 ± 0.00", "3", "3"]
+    assert _row(md, "mean")[1] == "85.00 ± 5.00" and _row(md, "mean")[5:] == ["3", "0"]
     assert "split: test" in md and "checkpoint: best" in md and "iteration: 1200" in md
-    assert "empty rule: nan" in md and "unit: mm" in md
+    assert "empty rule: nan" in md and "unit: mm" in md and "HD95: monai" in md
     assert "siteA" not in md  # no per-domain table without per_domain
 
 
@@ -79,7 +83,7 @@ def test_per_domain_table(result: dict[str, Any]) -> None:
     md = report.metrics_table_markdown(result)
     header = _row(md, "Method")
     assert header == ["Method", "siteA Dice (%)", "siteB Dice (%)", "mean Dice (%)",
-                      "mean Jaccard (%)", "mean HD95 (mm)", "mean ASD (mm)"]
+                      "mean Jaccard (%)", "mean HD95 (mm, monai)", "mean ASD (mm)"]
     assert _row(md, "supervised") == ["supervised", "86.00 ± 1.00", "n/a", "86.00 ± 0.00",
                                       "75.00", "2.50 ± 0.50", "n/a"]
     assert report.DOMAIN_NOTE in md
@@ -90,7 +94,7 @@ def test_per_domain_table(result: dict[str, Any]) -> None:
 def test_text_table_is_aligned(result: dict[str, Any]) -> None:
     text = report.metrics_table_text(result)
     lines = text.splitlines()
-    assert lines[0].startswith("Class") and "HD95 (mm)" in lines[0]
+    assert lines[0].startswith("Class") and "HD95 (mm, monai)" in lines[0]
     assert len({len(ln) for ln in lines[:5]}) == 1  # right-aligned numeric columns: equal widths
     assert "90.00 ± 1.63" in text and "n/a" in text and "split: test" in text
 
@@ -148,12 +152,15 @@ def test_learning_curve_single_row(tmp_path: Path, val_kind: str) -> None:
     assert _is_png(out)
 
 
-def test_best_points_per_phase() -> None:
+def test_best_point_is_the_selected_checkpoint() -> None:
+    # selection over the whole run: the pre-training checkpoint at 20 stays selected
     rows = [{"iter": 10, "phase": "pre", "val_dice": 0.5, "best": True},
-            {"iter": 20, "phase": "pre", "val_dice": 0.4, "best": False},
-            {"iter": 30, "phase": "train", "val_dice": 0.6, "best": True},
-            {"iter": 40, "phase": "train", "val_dice": 0.7, "best": True}]
-    assert report._best_points(rows) == [(10.0, 0.5), (40.0, 0.7)]
+            {"iter": 20, "phase": "pre", "val_dice": 0.8, "best": True},
+            {"iter": 30, "phase": "train", "val_dice": 0.6, "best": False},
+            {"iter": 40, "phase": "train", "val_dice": 0.7, "best": False}]
+    assert report._best_points(rows) == [(20.0, 0.8)]
+    unflagged = [{k: v for k, v in r.items() if k != "best"} for r in rows]
+    assert report._best_points(unflagged) == [(20.0, 0.8)]
 
 
 def test_pick_slice() -> None:

@@ -308,17 +308,14 @@ def _phase_starts(rows: Sequence[dict[str, Any]]) -> list[tuple[float, str]]:
 
 
 def _best_points(rows: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
-    """The selected checkpoint of each phase: its last row flagged best, else its highest Dice."""
-    by_phase: dict[Any, list[dict[str, Any]]] = {}
-    for r in rows:
-        if _number(r.get("val_dice")) is not None:
-            by_phase.setdefault(r.get("phase"), []).append(r)
-    points = []
-    for phase_rows in by_phase.values():
-        flagged = [r for r in phase_rows if r.get("best") is True]
-        best = flagged[-1] if flagged else max(phase_rows, key=lambda r: float(r["val_dice"]))
-        points.append((float(best["iter"]), float(best["val_dice"])))
-    return points
+    """The selected checkpoint: the last validation row flagged ``best`` (the trainer flags
+    each improvement of the checkpoint the run selects); without flags, the highest Dice."""
+    scored = [r for r in rows if _number(r.get("val_dice")) is not None]
+    if not scored:
+        return []
+    flagged = [r for r in scored if r.get("best") is True]
+    best = flagged[-1] if flagged else max(scored, key=lambda r: float(r["val_dice"]))
+    return [(float(best["iter"]), float(best["val_dice"]))]
 
 
 def plot_learning_curve(scalars_path: Path, out_png: Path, val_path: Path | None = None) -> None:

@@ -51,7 +51,7 @@ from ssmis.methods.base import Batch, Phase
 from ssmis.methods.copy_paste import pseudo_labels
 from ssmis.methods.cotraining import DualNetMethod, DualNetParams, cosine_discrepancy
 from ssmis.methods.teacher import teacher_mode
-from ssmis.methods.two_phase import halves, halves_problem, local_step, two_phases
+from ssmis.methods.two_phase import HalvedBatches, halves, local_step, two_phases
 from ssmis.mixing import box_mask, mix
 
 
@@ -109,19 +109,12 @@ def heterogeneous_targets(
     raise ValueError(f"unknown cross_region {cross_region!r}")
 
 
-class CML(DualNetMethod):
+class CML(HalvedBatches, DualNetMethod):
     name = "cml"
+    paired_halves = False  # CutMix within the labeled and within the unlabeled halves
     summary = ("CML: two heterogeneous subnets, feature-conflict loss, CutMix with "
                "cross/self pseudo-labels (ACM MM 2024)")
     Params = CMLParams
-
-    @classmethod
-    def batch_problem(cls, labeled: int, unlabeled: int) -> str | None:
-        return halves_problem(cls.name, labeled, unlabeled, paired=False)
-
-    @classmethod
-    def forward_batch(cls, labeled: int, unlabeled: int) -> int:
-        return max(min(labeled, unlabeled) // 2, 1)
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

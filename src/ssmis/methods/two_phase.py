@@ -8,7 +8,7 @@ second phase count from its own start (the originals restart ``iter_num`` at 0).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -71,7 +71,24 @@ def local_step(step: int, pretrain: int) -> tuple[bool, int]:
     return False, step - pretrain
 
 
-class TwoPhaseMethod(Method):
+class HalvedBatches:
+    """Mixin (before :class:`Method` in the bases) for methods that split each batch into two
+    halves (BCP, CVBM, CML): their batch rule and smallest forward batch. ``paired_halves``:
+    labeled and unlabeled halves are mixed pairwise (BCP, CVBM), so both sizes must match."""
+
+    name: ClassVar[str]
+    paired_halves: ClassVar[bool] = True
+
+    @classmethod
+    def batch_problem(cls, labeled: int, unlabeled: int) -> str | None:
+        return halves_problem(cls.name, labeled, unlabeled, paired=cls.paired_halves)
+
+    @classmethod
+    def forward_batch(cls, labeled: int, unlabeled: int) -> int:
+        return max(min(labeled, unlabeled) // 2, 1)
+
+
+class TwoPhaseMethod(HalvedBatches, Method):
     """Base of BCP and CVBM: a student, its EMA teacher and the two-phase schedule.
 
     Subclasses build ``self.student`` (then call :meth:`_init_teacher`) and implement
@@ -79,14 +96,6 @@ class TwoPhaseMethod(Method):
     """
 
     Params = TwoPhaseParams
-
-    @classmethod
-    def batch_problem(cls, labeled: int, unlabeled: int) -> str | None:
-        return halves_problem(cls.name, labeled, unlabeled, paired=True)
-
-    @classmethod
-    def forward_batch(cls, labeled: int, unlabeled: int) -> int:
-        return max(min(labeled, unlabeled) // 2, 1)
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

@@ -51,9 +51,15 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 @pytest.fixture(scope="module")
 def reference(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted 6-iteration run (validation at 2, 4, 6)."""
+    """An uninterrupted 6-iteration run (validation at 2, 4, 6), with one torch thread like the
+    tests that compare with it (another thread count sums in another order)."""
     out = tmp_path_factory.mktemp("reference")
-    return _train(phantom_root, out, "full", iterations=6, val_every=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(phantom_root, out, "full", iterations=6, val_every=2)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- 1. consistent checkpoints

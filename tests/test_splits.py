@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ssmis.data.splits import Split, acdc_split, la_split, patient_of_slice
@@ -180,3 +181,69 @@ def test_mixed_domain_validation_comes_from_the_labeled_domain() -> None:
                                          "has 6 .* data.val_domain: all"):
         ssl_split(pool, [], ["A/t0"], domains, labeled_count=2, labeled_domain="A",
                   val_count=7, seed=0)
+
+
+def test_labeled_pick_first_takes_the_authors_first_files() -> None:
+    """SynFoC/MiDSS: lb_idxs = range(lb_num) over the sorted files of the labeled domain, chosen
+    before any validation case; the pool's order (the catalog's file order) is kept."""
+    from ssmis.data.splits import ssl_split
+
+    pool = [f"{d}/{i:02d}_1" for d in ("Domain1", "Domain2") for i in range(50)]
+    domains = {c: c.split("/")[0] for c in pool}
+    split = ssl_split(pool, [], ["Domain1/test/x"], domains, labeled_count=20,
+                      labeled_domain="Domain1", labeled_pick="first", val_count=20, seed=3)
+    assert split.labeled == [f"Domain1/{i:02d}_1" for i in range(20)]
+    assert len(split.val) == 20 and not set(split.val) & set(split.labeled)
+    # held_out: the 20 validation images leave training: Domain1 keeps 10 unlabeled
+    assert sum(domains[c] == "Domain1" for c in split.unlabeled) == 10
+    # file order, not sorted ids: the pool's order decides which cases are "first"
+    reordered = ssl_split(pool[::-1], [], ["Domain1/test/x"], domains, labeled_count=2,
+                          labeled_domain="Domain1", labeled_pick="first", val_count=1)
+    assert reordered.labeled == ["Domain1/49_1", "Domain1/48_1"]
+
+
+def test_val_pool_unlabeled_keeps_a_small_domain_whole() -> None:
+    """val_pool unlabeled: validation cases stay unlabeled training cases, so the training
+    stream is the authors' (20 labeled + all 30 other Domain1 images + other domains)."""
+    from ssmis.data.splits import ssl_split
+
+    pool = [f"{d}/{i:02d}" for d in ("Domain1", "Domain2") for i in range(50)]
+    domains = {c: c.split("/")[0] for c in pool}
+    split = ssl_split(pool, ["Domain2/u0"], ["Domain1/test/x"], domains, labeled_count=20,
+                      labeled_domain="Domain1", labeled_pick="first", val_count=20,
+                      val_pool="unlabeled", seed=0)
+    assert split.labeled == [f"Domain1/{i:02d}" for i in range(20)]
+    assert sum(domains.get(c) == "Domain1" for c in split.unlabeled) == 30
+    assert len(split.unlabeled) == 30 + 50 + 1
+    assert len(split.val) == 20 and set(split.val) <= set(split.unlabeled)
+    assert {domains[c] for c in split.val} == {"Domain1"}
+    with pytest.raises(SSMISError, match="listed in 'unlabeled' and 'val'"):
+        split.check_disjoint()
+    split.check_disjoint(val_in_unlabeled=True)
+    with pytest.raises(SSMISError, match="listed in 'labeled' and 'val'"):
+        Split(["a"], ["b"], ["a"], ["d"]).check_disjoint(val_in_unlabeled=True)
+    # random draw kept as an option: labeled drawn by the seed, then validation
+    drawn = ssl_split(pool, [], ["Domain1/test/x"], domains, labeled_count=20,
+                      labeled_domain="Domain1", val_count=20, val_pool="unlabeled", seed=0)
+    assert drawn.labeled != split.labeled and len(drawn.labeled) == 20
+    with pytest.raises(SSMISError, match="31 validation cases requested from domain 'Domain1', "
+                                         "which has 30 unlabeled"):
+        ssl_split(pool, [], ["Domain1/test/x"], domains, labeled_count=20,
+                  labeled_domain="Domain1", labeled_pick="first", val_count=31,
+                  val_pool="unlabeled")
+
+
+def test_random_held_out_split_is_unchanged() -> None:
+    """The default (random draw, held-out validation) gives the same split as before the
+    labeled_pick / val_pool options (validation drawn first, then the labeled cases)."""
+    from ssmis.data.splits import _stratified, ssl_split
+
+    pool = [f"{d}/c{i}" for d in ("A", "B") for i in range(8)]
+    domains = {c: c.split("/")[0] for c in pool}
+    split = ssl_split(pool, [], ["A/t"], domains, labeled_count=3, labeled_domain="A",
+                      val_count=2, seed=5)
+    rng = np.random.default_rng(5)
+    val = sorted(_stratified([c for c in pool if c.startswith("A")], domains, rng)[:2])
+    rest = [c for c in sorted(pool) if c.startswith("A") and c not in val]
+    assert split.val == val
+    assert split.labeled == sorted(rest[j] for j in rng.permutation(len(rest))[:3])

@@ -100,7 +100,7 @@ def test_mnms_rgb_masks(tmp_path: Path) -> None:
 
 def test_busi_converter(tmp_path: Path) -> None:
     src = tmp_path / "Dataset_BUSI_with_GT"
-    for cls, n in (("benign", 6), ("malignant", 5), ("normal", 2)):
+    for cls, n in (("benign", 12), ("malignant", 5), ("normal", 2)):
         for i in range(1, n + 1):
             _save(src / cls / f"{cls} ({i}).png", np.full((12, 10, 3), 20 * i))
             m = np.zeros((12, 10))
@@ -110,21 +110,26 @@ def test_busi_converter(tmp_path: Path) -> None:
     extra[8:10, 6:9] = 255
     _save(src / "benign" / "benign (2)_mask_1.png", extra)
     counts = convert_busi(src, tmp_path / "busi")
-    assert counts == {"benign": {"train": 5, "test": 1}, "malignant": {"train": 4, "test": 1}}
+    assert counts == {"benign": {"train": 10, "test": 2}, "malignant": {"train": 4, "test": 1}}
     out = tmp_path / "busi"
     assert not (out / "normal").exists()
-    # sorted file order: 'benign (1)', 'benign (2)', ..., 'benign (6)' -> the last is test
-    assert (out / "benign" / "test" / "images" / "benign_006.png").is_file()
-    merged = np.asarray(Image.open(out / "benign" / "train" / "masks" / "benign_002.png"))
+    # the authors' sorted glob order: 'benign (1)', 'benign (10)', 'benign (11)', 'benign (12)',
+    # 'benign (2)', ..., 'benign (9)' -> the last 2 (8, 9) are test
+    assert sorted(p.name for p in (out / "benign" / "test" / "images").iterdir()) == [
+        "benign_8.png", "benign_9.png"]
+    merged = np.asarray(Image.open(out / "benign" / "train" / "masks" / "benign_2.png"))
     assert merged.sum() == 255 * (9 + 6)  # both masks, max-merged
-    img = np.asarray(Image.open(out / "benign" / "train" / "images" / "benign_001.png"))
+    img = np.asarray(Image.open(out / "benign" / "train" / "images" / "benign_1.png"))
     assert img.ndim == 2 and img.shape == (12, 10)
     cfg = _cfg(out, images_dir="train/images", masks_dir="train/masks",
                test_images_dir="test/images", test_masks_dir="test/masks",
-               mask_values={0: 0, 255: 1}, labeled_domain="benign", labeled_count=2,
-               val_count=2)
+               mask_values={0: 0, 255: 1}, labeled_domain="benign", labeled_count=3,
+               labeled_pick="first", val_count=2, val_pool="unlabeled")
     split = own_split(cfg)
-    assert sorted(split.test) == ["benign/test/benign_006", "malignant/test/malignant_005"]
+    assert sorted(split.test) == ["benign/test/benign_8", "benign/test/benign_9",
+                                  "malignant/test/malignant_5"]
+    # lb_idxs = range(3) over the authors' order
+    assert split.labeled == ["benign/benign_1", "benign/benign_10", "benign/benign_11"]
     with pytest.raises(SSMISError, match="not empty"):
         convert_busi(src, out)
 
@@ -141,8 +146,46 @@ def test_busi_converter_reads_images_and_mask_subfolders(tmp_path: Path) -> None
     counts = convert_busi(src, tmp_path / "busi")
     assert counts == {"benign": {"train": 4, "test": 1}, "malignant": {"train": 4, "test": 1}}
     mask = np.asarray(Image.open(tmp_path / "busi" / "malignant" / "test" / "masks"
-                                 / "malignant_005.png"))
+                                 / "malignant_5.png"))
     assert mask.sum() == 255 * 9
     (src / "benign" / "mask" / "benign (3)_mask.png").unlink()
     with pytest.raises(SSMISError, match=r"benign \(3\)\.png: no mask"):
         convert_busi(src, tmp_path / "busi2")
+
+
+def test_synfoc_augmentation_in_the_training_stream(tmp_path: Path) -> None:
+    """data.augmentation: synfoc on an RGB images layout: every channel gets the same geometry
+    (the transform runs per channel with identically seeded generators), output at the patch
+    size; the labeled cases are the first files of the domain, validation from the unlabeled."""
+    from ssmis.data.augment import build_augmentation
+    from ssmis.data.datasets import CaseDataset
+    from ssmis.data.synfoc_aug import SynFoCWeak2D
+
+    root = tmp_path / "Fundus"
+    rng = np.random.default_rng(0)
+    for k in (1, 2):
+        for i in range(5):
+            grey = rng.integers(0, 255, (20, 24))
+            _save(root / f"Domain{k}" / "train" / "image" / f"n{i}.png",
+                  np.stack([grey, grey, grey], -1))
+            mask = np.full((20, 24), 255)
+            mask[5:15, 6:18] = 0
+            _save(root / f"Domain{k}" / "train" / "mask" / f"n{i}.png", mask)
+            _save(root / f"Domain{k}" / "test" / "image" / f"n{i}.png", np.zeros((20, 24, 3)))
+            _save(root / f"Domain{k}" / "test" / "mask" / f"n{i}.png", mask)
+    cfg = _cfg(root, in_channels=3, labeled_domain="Domain1", labeled_count=2,
+               labeled_pick="first", val_count=2, val_pool="unlabeled", augmentation="synfoc",
+               patch_size=[32, 32])
+    split = own_split(cfg)
+    assert split.labeled == ["Domain1/n0", "Domain1/n1"]
+    assert set(split.val) <= set(split.unlabeled) and len(split.unlabeled) == 8
+    transform = build_augmentation(cfg.data.augmentation, cfg.data.patch_size, cfg.data)
+    assert isinstance(transform, SynFoCWeak2D)
+    ds = CaseDataset(own_reader(cfg), [(c, None) for c in split.labeled], transform,
+                     with_label=True)
+    for seed in range(6):
+        item = ds[(seed % 2, seed)]
+        assert item["image"].shape == (3, 32, 32) and item["label"].shape == (32, 32)
+        assert (item["image"][0] == item["image"][1]).all()
+        assert (item["image"][0] == item["image"][2]).all()
+        assert set(item["label"].unique().tolist()) <= {0, 1}

@@ -49,9 +49,33 @@ class DataConfig(_Section):
     )
     patch_size: list[int] = Field(min_length=2, max_length=3)
     spacing: list[float] | None = Field(
-        default=None, description="voxel spacing in mm for distances; null = unknown (voxel units)"
-                                  "; for nifti the headers are used unless this is set"
+        default=None, description="voxel spacing in mm for distances, one value per array axis "
+                                  "in the array's axis order (ACDC h5 volumes are (Z, H, W): "
+                                  "[10, 1.5, 1.5], not [1.5, 1.5, 10]; LA h5 (X, Y, Z): "
+                                  "[0.625, 0.625, 0.625]); null = unknown (voxel units); for "
+                                  "nifti the headers are used unless this is set (then in the "
+                                  "file's voxel order)"
     )
+    spacing_check: bool = Field(
+        default=True, description="stop when the largest spacing value is not on the slice "
+                                  "axis of a thick-slice stack (ssmis.data.spacing)")
+    augmentation: str = Field(
+        default="ssl4mis", description="training augmentation (ssmis.data.augment): ssl4mis "
+                                       "(SSL4MIS RandomGenerator 2D / UA-MT rot-flip-crop 3D) or "
+                                       "synfoc (SynFoC's resize + scale-crop, rotate, flip, "
+                                       "elastic; square 2D patches)")
+    resize_filter: Literal["lanczos", "bilinear"] = Field(
+        default="lanczos", description="augmentation synfoc: the image filter of the resize to "
+                                       "the patch size (the authors: lanczos; bilinear for M&Ms)")
+    labeled_pick: Literal["random", "first"] = Field(
+        default="random", description="own data: labeled cases drawn by split_seed (random) or "
+                                      "the first ones in sorted file order (first: SynFoC / "
+                                      "MiDSS, the first lb_num files of the labeled domain)")
+    val_pool: Literal["held_out", "unlabeled"] = Field(
+        default="held_out", description="own data: validation cases removed from training "
+                                        "(held_out) or drawn from the unlabeled training cases, "
+                                        "which stay in training without their labels "
+                                        "(unlabeled: a small domain keeps all its images)")
     num_workers: int = Field(default=0, ge=0)
     cache: bool = Field(default=False, description="keep training slices in memory")
     # --- own data (nifti / images / prepared) -------------------------------------------------
@@ -128,6 +152,13 @@ class DataConfig(_Section):
             raise ValueError("data.patch_size: expected 2 values [H, W] for images")
         if self.spacing is not None and len(self.spacing) not in (2, 3):
             raise ValueError("data.spacing: expected 2 or 3 values in mm")
+        if self.spacing is not None and min(self.spacing) <= 0:
+            raise ValueError(f"data.spacing: expected positive values in mm, got {self.spacing}")
+        from ssmis.data.augment import check_augmentation  # numpy/scipy/PIL only, no torch
+
+        problem = check_augmentation(self.augmentation, self.patch_size)
+        if problem is not None:
+            raise ValueError(problem)
         if isinstance(self.normalization, list) and len(self.normalization) != self.in_channels:
             raise ValueError(f"data.normalization: {len(self.normalization)} values for "
                              f"data.in_channels = {self.in_channels}")

@@ -69,11 +69,17 @@ class Split:
             raise SSMISError(f"{path}: not a valid split JSON file ({exc})") from None
         return cls.from_dict(data, source=str(path))
 
-    def check_disjoint(self) -> None:
-        """No id may sit in two splits (a test case in training would void the results)."""
+    def check_disjoint(self, val_in_unlabeled: bool = False) -> None:
+        """No id may sit in two splits (a test case in training would void the results).
+
+        ``val_in_unlabeled`` allows validation cases to be unlabeled training cases too
+        (``data.val_pool: unlabeled``); every other overlap is still an error.
+        """
         seen: dict[str, str] = {}
         for name in SPLIT_NAMES:
             for case in getattr(self, name):
+                if val_in_unlabeled and name == "val" and seen.get(case) == "unlabeled":
+                    continue
                 if case in seen:
                     where = "twice in" if seen[case] == name else f"in '{seen[case]}' and"
                     raise SSMISError(f"case '{case}' is listed {where} '{name}'")
@@ -237,22 +243,35 @@ def ssl_split(
     labeled_domain: str | None = None, val_count: int | None = None,
     val_fraction: float | None = None, test_count: int | None = None,
     test_fraction: float | None = None, seed: int = 0, val_domain: str = "labeled",
+    labeled_pick: str = "random", val_pool: str = "held_out",
 ) -> Split:
     """A labeled / unlabeled / val / test split of any dataset, by case.
 
-    ``labeled_pool``: training cases with a label; ``unlabeled_pool``: cases without one;
-    ``given_test``: labeled test cases the dataset ships (nnU-Net ``imagesTs``). Test (when
+    ``labeled_pool``: training cases with a label, in file order (the catalog's: sorted file
+    names per domain folder); ``unlabeled_pool``: cases without one; ``given_test``: labeled
+    test cases the dataset ships (nnU-Net ``imagesTs``, SynFoC ``test/``). Test (when
     ``test_count``/``test_fraction`` is set, in addition to ``given_test``) and validation cases
-    are carved from the labeled pool, stratified by domain; the labeled cases are then an
-    explicit list or drawn by ``seed`` (from ``labeled_domain`` only, if given); every other
-    training case is unlabeled (its label is never read).
+    are carved from the labeled pool, stratified by domain; the labeled cases are an explicit
+    list, or (``labeled_pick``) drawn by ``seed`` (``random``) or the first ones in file order
+    (``first``: SynFoC / MiDSS ``lb_idxs = range(lb_num)`` over the sorted files of the domain,
+    ``MQinghe/SynFoC`` @ ``3f3c06a`` ``code/train.py`` lines 409-415), from ``labeled_domain``
+    only if given; every other training case is unlabeled (its label is never read).
 
     ``val_domain``: with ``labeled_domain`` set, ``"labeled"`` draws the validation cases from
     that domain too, so that no label of another domain is used at all (the mixed-domain
     setting: the user's labels come from one site); ``"all"`` stratifies them over the domains.
+    ``val_pool``: ``held_out`` removes the validation cases from training; ``unlabeled`` draws
+    them from the cases that stay unlabeled training cases (their labels are read for
+    validation only), so training sees exactly the authors' data, even for a small domain
+    (Fundus Domain1: 50 images). The labeled cases are then chosen before the validation ones.
     """
+    if labeled_pick not in ("random", "first"):
+        raise SSMISError(f"data.labeled_pick: '{labeled_pick}', expected random or first")
+    if val_pool not in ("held_out", "unlabeled"):
+        raise SSMISError(f"data.val_pool: '{val_pool}', expected held_out or unlabeled")
     rng = np.random.default_rng(seed)
     pool = sorted(labeled_pool)
+    file_order = {case: k for k, case in enumerate(labeled_pool)}
     explicit = list(labeled_cases or [])
     for case in explicit:
         if case not in pool:
@@ -268,32 +287,42 @@ def ssl_split(
     if not test:
         raise SSMISError("split: no test cases; add labeled imagesTs/labelsTs or set "
                          "data.test_count / data.test_fraction")
-    val_pool = carve
-    if labeled_domain is not None and val_domain == "labeled" and not explicit:
-        val_pool = [i for i in carve if domains.get(i) == labeled_domain]
-        wanted = val_count if val_count is not None else 1
-        if wanted > len(val_pool):
-            raise SSMISError(f"data.val_count: {wanted} validation cases requested from domain "
-                             f"'{labeled_domain}', which has {len(val_pool)} labeled training "
-                             "cases (lower it, or set data.val_domain: all)")
-    n_val = _count(len(val_pool), val_count, val_fraction, "val_count")
-    val = sorted(_stratified(val_pool, domains, rng)[:n_val])
-    carve = [i for i in carve if i not in set(val)]
-    if explicit:
-        labeled = explicit
-    else:
-        candidates = carve
+
+    def pick_labeled(cases: list[str]) -> list[str]:
+        candidates = cases
         if labeled_domain is not None:
             known = sorted({str(d) for d in domains.values() if d is not None})
-            candidates = [i for i in carve if domains.get(i) == labeled_domain]
+            candidates = [i for i in cases if domains.get(i) == labeled_domain]
             if not candidates:
                 raise SSMISError(f"data.labeled_domain: no labeled training case in domain "
                                  f"'{labeled_domain}' (domains: {', '.join(known) or 'none'})")
         n = _count(len(candidates), labeled_count, labeled_fraction, "labeled_count")
-        labeled = sorted(candidates[j] for j in rng.permutation(len(candidates))[:n])
+        if labeled_pick == "first":
+            return sorted(candidates, key=lambda i: file_order.get(i, len(file_order)))[:n]
+        return sorted(candidates[j] for j in rng.permutation(len(candidates))[:n])
+
+    labeled: list[str] | None = explicit or None
+    if labeled is None and (labeled_pick == "first" or val_pool == "unlabeled"):
+        labeled = pick_labeled(carve)  # the authors' labeled cases, before validation
+        carve = [i for i in carve if i not in set(labeled)]
+    val_candidates = carve
+    if labeled_domain is not None and val_domain == "labeled" and not explicit:
+        val_candidates = [i for i in carve if domains.get(i) == labeled_domain]
+        wanted = val_count if val_count is not None else 1
+        if wanted > len(val_candidates):
+            what = "unlabeled" if val_pool == "unlabeled" else "labeled"
+            raise SSMISError(f"data.val_count: {wanted} validation cases requested from domain "
+                             f"'{labeled_domain}', which has {len(val_candidates)} {what} "
+                             "training cases (lower it, or set data.val_domain: all)")
+    n_val = _count(len(val_candidates), val_count, val_fraction, "val_count")
+    val = sorted(_stratified(val_candidates, domains, rng)[:n_val])
+    if val_pool == "held_out":
+        carve = [i for i in carve if i not in set(val)]
+    if labeled is None:
+        labeled = pick_labeled(carve)
     unlabeled = sorted(i for i in carve if i not in set(labeled)) + sorted(unlabeled_pool)
     split = Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test)
-    split.check_disjoint()
+    split.check_disjoint(val_in_unlabeled=val_pool == "unlabeled")
     return split
 
 
@@ -307,4 +336,6 @@ def split_from_catalog(catalog: Any, data: Any) -> Split:
         labeled_count=data.labeled_count, labeled_fraction=data.labeled_fraction,
         labeled_cases=data.labeled_cases, labeled_domain=data.labeled_domain,
         val_count=data.val_count, val_fraction=data.val_fraction, val_domain=data.val_domain,
-        test_count=data.test_count, test_fraction=data.test_fraction, seed=data.split_seed)
+        test_count=data.test_count, test_fraction=data.test_fraction, seed=data.split_seed,
+        labeled_pick=getattr(data, "labeled_pick", "random"),
+        val_pool=getattr(data, "val_pool", "held_out"))

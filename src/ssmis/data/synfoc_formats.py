@@ -1,5 +1,6 @@
-"""The SynFoC datasets (spec ``/work/shared/specs/synfoc.md`` section 4.1) on the image-folder
-layout (``data.layout: images``, one folder per domain).
+"""The SynFoC datasets (the folder formats read by ``code/dataloaders/dataloader.py`` of
+``MQinghe/SynFoC`` @ ``3f3c06a``) on the image-folder layout (``data.layout: images``, one folder
+per domain).
 
 Three of the four read as they are, by configuration alone (``configs/<dataset>/synfoc.yaml``):
 
@@ -19,9 +20,11 @@ image, so :func:`convert_busi` rewrites it once:
     python -m ssmis.data.synfoc_formats busi Dataset_BUSI_with_GT data/busi
 
 It keeps ``benign`` and ``malignant`` (``normal`` is not used), merges ``<name>_mask.png`` and
-``<name>_mask_<k>.png`` by maximum, converts images to grey, names cases ``<class>_<n:03d>``
-and puts the last ``floor(0.2 n)`` files of each class in sorted file order into ``test/`` (the
-authors' split), the rest into ``train/``.
+``<name>_mask_<k>.png`` by maximum, converts images to grey, names cases ``<class>_<n>`` (no
+zero padding, so that sorted names keep the authors' sorted ``glob`` order: ``benign (1)``,
+``benign (10)``, ``benign (100)``, ...; ``data.labeled_pick: first`` then takes the authors'
+labeled cases) and puts the last ``floor(0.2 n)`` files of each class in sorted file order into
+``test/`` (the authors' split), the rest into ``train/``.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def convert_busi(src: Path, dst: Path, classes: tuple[str, ...] = BUSI_CLASSES,
                 merged = np.maximum(merged, arr)
             merged = np.where(merged > 127, 255, 0).astype(np.uint8)
             number = int(_BUSI_IMAGE.match(name).group("n"))  # type: ignore[union-attr]
-            case = f"{cls}_{number:03d}.png"
+            case = f"{cls}_{number}.png"  # unpadded: sorted names = the authors' glob order
             for sub, arr in (("images", grey), ("masks", merged)):
                 out = dst / cls / subset / sub
                 out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ssmis.config import OWN_LAYOUTS, ExperimentConfig
+from ssmis.data.augment import build_augmentation
 from ssmis.data.datasets import (
     CaseDataset,
     EvalCase,
@@ -28,8 +29,8 @@ from ssmis.data.h5 import (
 )
 from ssmis.data.owndata import CaseReader, Catalog, scan
 from ssmis.data.sampler import TwoStreamBatchSampler
+from ssmis.data.spacing import check_spacing_order, h5_image_shape
 from ssmis.data.splits import Split, acdc_split, brats_split, la_split, split_from_catalog
-from ssmis.data.transforms import Compose, RandomCrop3D, RandomGenerator2D, RandomRotFlip3D
 from ssmis.errors import SSMISError
 
 
@@ -44,9 +45,10 @@ def own_reader(cfg: ExperimentConfig, catalog: Catalog | None = None) -> CaseRea
     return CaseReader(catalog, cfg.data, slice_axis=axis)
 
 
-def check_split_ids(catalog: Catalog, split: Split, source: str) -> None:
+def check_split_ids(catalog: Catalog, split: Split, source: str,
+                    val_in_unlabeled: bool = False) -> None:
     """Every id of a given split exists; labeled, val and test cases have labels."""
-    split.check_disjoint()
+    split.check_disjoint(val_in_unlabeled)
     for name in ("labeled", "unlabeled", "val", "test"):
         for case in getattr(split, name):
             if case not in catalog.cases:
@@ -60,7 +62,7 @@ def own_split(cfg: ExperimentConfig, catalog: Catalog | None = None) -> Split:
     catalog = catalog if catalog is not None else own_catalog(cfg)
     if d.split_file is not None:
         split = Split.load(d.split_file)
-        check_split_ids(catalog, split, str(d.split_file))
+        check_split_ids(catalog, split, str(d.split_file), d.val_pool == "unlabeled")
         return split
     return split_from_catalog(catalog, d)
 
@@ -120,6 +122,9 @@ def check_data(cfg: ExperimentConfig, split: Split, need_unlabeled: bool) -> Non
         groups.append((train_paths(cfg, split.unlabeled), False))
     for paths, with_label in groups:
         check_h5_files(paths, require_label=with_label)
+    if cfg.data.spacing and cfg.data.spacing_check:
+        first = eval_paths(cfg, split.val[:1])[0]
+        check_spacing_order(cfg.data.spacing, h5_image_shape(first), str(first))
     for paths, with_label in groups:
         check_h5_values(paths, num_classes=cfg.data.num_classes, require_label=with_label)
 
@@ -137,6 +142,10 @@ def _check_own_data(cfg: ExperimentConfig, split: Split, need_unlabeled: bool) -
                 info = reader.catalog.get(case)
                 raise SSMISError(f"{info.images[0]}: shape {tuple(shape)}, a 3D model "
                                  f"(data.patch_size {cfg.data.patch_size}) needs 3D volumes")
+    if cfg.data.spacing and cfg.data.spacing_check:
+        info = reader.catalog.get(split.val[0])
+        check_spacing_order(cfg.data.spacing, reader.spatial_shape(split.val[0]),
+                            str(info.images[0]))
     for ids, with_label in groups:
         for case in ids:
             reader.load_raw(case, with_label=with_label)
@@ -156,10 +165,8 @@ def _own_items(reader: CaseReader, ids: list[str], spatial_dims: int
 
 
 def _train_transform(cfg: ExperimentConfig):
-    patch = tuple(cfg.data.patch_size)
-    if cfg.data.spatial_dims == 2:
-        return RandomGenerator2D(patch)
-    return Compose([RandomRotFlip3D(), RandomCrop3D(patch)])
+    """The training augmentation named by ``data.augmentation`` (ssl4mis | synfoc)."""
+    return build_augmentation(cfg.data.augmentation, cfg.data.patch_size, cfg.data)
 
 
 def train_batches(

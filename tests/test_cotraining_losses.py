@@ -310,7 +310,9 @@ def test_fixed_options_train(method: str, params: dict) -> None:
 def test_cml_single_subnet_has_one_network_and_is_2d_only() -> None:
     m = METHODS["cml"](_cfg("cml", {"single_subnet": True}))
     assert not hasattr(m, "net2") or m.second is m.net1
-    two = METHODS["cml"](_cfg("cml", {}))
+    two = METHODS["cml"](_cfg("cml", {"single_subnet": False}))
+    assert METHODS["cml"](_cfg("cml", {})).single  # null = the authors' 2D code
+    assert not METHODS["cml"](_cfg("cml", {}, kind="3d")).single  # their 3D code: two subnets
     n_single = sum(p.numel() for p in m.parameters())
     assert sum(p.numel() for p in two.parameters()) > 2 * n_single - 1  # two full subnets
     assert two.net2.decoders[0].up_type == "transpose"

@@ -20,9 +20,12 @@ subnet 2 transposed conv). ``e_k`` = the bottleneck feature of encoder k (after 
 
 Faithful vs fixed (defaults = the code, spec section 7):
 
-* ``single_subnet`` (false): the authors' 2D model has ONE encoder and decodes it twice with the
-  same decoder (a bug: the two "subnets" differ only by dropout draws; ``decoder2`` is dead).
-  true reproduces that exactly (2D only); the default builds the two real subnets.
+* ``single_subnet`` (null = the authors' code: true in 2D, false in 3D): the authors' 2D model
+  has ONE encoder and decodes it twice with the same decoder (a bug: the two "subnets" differ
+  only by dropout draws; ``decoder2`` is dead; class ``UNet`` of ``code/networks/unet.py``,
+  ``SongwuJob/CML`` @ ``1229a71``). true
+  reproduces that exactly (2D only); false (the fix) builds the two real subnets, as the
+  authors' 3D model does.
 * ``cross_region`` ('outside_box', the code): each subnet is taught by the *other* subnet's
   pseudo-label outside the pasted box and by its own inside it; 'inside_box' swaps the roles
   (what the paper's wording and the code comment say).
@@ -75,9 +78,10 @@ class CMLParams(DualNetParams):
     cross_region: Literal["outside_box", "inside_box"] = Field(
         default="outside_box", description="where a subnet learns from the OTHER subnet's "
         "pseudo-label: 'outside_box' (the code) or 'inside_box' (the paper's wording)")
-    single_subnet: bool = Field(
-        default=False, description="2D only: reproduce the authors' bug exactly (one U-Net run "
-        "twice, two dropout draws); default = two real subnets")
+    single_subnet: bool | None = Field(
+        default=None, description="2D only: reproduce the authors' bug exactly (one U-Net run "
+        "twice, two dropout draws); false = two real subnets (the fix); null = the authors' "
+        "code (true in 2D, false in 3D)")
     up_types: list[str] | None = Field(
         default=None, description="upsampling of subnet 1 / subnet 2; null = 3D "
         "transpose/trilinear, 2D bilinear/transpose (the authors')")
@@ -126,7 +130,7 @@ class CML(HalvedBatches, DualNetMethod):
         up = p.up_types or (["bilinear", "transpose"] if dims == 2 else ["transpose", "trilinear"])
         if len(up) != 2:
             raise SSMISError("method.params.up_types: expected 2 entries (subnet 1, subnet 2)")
-        self.single = p.single_subnet
+        self.single = p.single_subnet if p.single_subnet is not None else dims == 2
         self.net1 = self.build_network(up_types=[up[0]])
         if not self.single:  # the single-subnet bug: no second module (not even a dead one)
             self.net2 = self.build_network(up_types=[up[1]])

@@ -1,5 +1,8 @@
-"""ALHVR (Adaptive Learning of High-Value Regions, ICCV 2025), as
-``/work/shared/specs/alhvr.md`` describes the authors' code (``ziziyao/ALHVR``).
+"""ALHVR (Adaptive Learning of High-Value Regions, ICCV 2025), as the authors' code runs it:
+``ziziyao/ALHVR`` @ ``c13efae`` (``train_ALHVR/code/train_ALHVR_acdc.py``,
+``train_ALHVR_brats.py``, ``utils/Generate_Prototype.py``, ``utils/losses.py``,
+``networks/{unet.py,VNet.py}``); the faithful defaults and fixes are listed in
+``docs/methods.md``.
 
 Two networks (same backbone, independent init). Each encodes the batch [L; U] once and decodes
 it twice: from the clean encoder features (logits ``z``, tapped feature ``h``) and from

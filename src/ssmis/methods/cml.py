@@ -1,5 +1,7 @@
-"""CML (Cross-View Mutual Learning, ACM MM 2024), as ``/work/shared/specs/cml.md`` describes
-the authors' code (``SongwuJob/CML``).
+"""CML (Cross-View Mutual Learning, ACM MM 2024), as the authors' code runs it:
+``SongwuJob/CML`` @ ``1229a71`` (``code/CML_LA_train.py``, ``code/CML_ACDC_train.py``,
+``code/utils/CML_utils.py``, ``code/networks/{VNet.py,unet.py}``); the faithful defaults and
+fixes are listed in ``docs/methods.md``.
 
 Two subnets (encoder + decoder each, independent init) that differ in their decoder's
 upsampling (3D: subnet 1 transposed conv, subnet 2 trilinear + conv; 2D: subnet 1 bilinear,
@@ -18,7 +20,7 @@ subnet 2 transposed conv). ``e_k`` = the bottleneck feature of encoder k (after 
   ``L = L_l + w_u [S(z1, T1) + S(z2, T2)] + w_dis (D_l + D_u)``; no ramp-up.
 * inference: the average of the two subnets' logits.
 
-Faithful vs fixed (defaults = the code, spec section 7):
+Faithful vs fixed (defaults = the code):
 
 * ``single_subnet`` (null = the authors' code: true in 2D, false in 3D): the authors' 2D model
   has ONE encoder and decodes it twice with the same decoder (a bug: the two "subnets" differ

@@ -1,4 +1,7 @@
-"""CVBM (Cao et al. 2025), as ``/work/shared/specs/cvbm.md`` describes the authors' code.
+"""CVBM (Cao et al. 2025), as the authors' code runs it: ``caoluyang0830/CVBM`` @ ``2ca4aad``
+(``LA_train.py``, ``ACDC_train.py``, ``networks/CVBM.py``, ``networks/unet.py``,
+``utils/BCP_utils.py``, ``utils/losses.py``); the faithful defaults and fixes are listed in
+``docs/methods.md``.
 
 BCP (see :mod:`ssmis.methods.bcp`) with a second, *background* decoder on the shared encoder and
 a mixing layer:
@@ -15,7 +18,7 @@ a mixing layer:
   stop-gradient), weighted by ``consistency * sigmoid_rampup(t // 150, consistency_rampup)``
   (LA 1.0 / 40, ACDC 5 x 0.1 = 0.5 / 200).
 
-Faithful defaults, with the fixes as options (spec section 7):
+Faithful defaults, with the fixes as options:
 
 * ``pretrain_double_softmax`` (3D): Dice on softmax(softmax(z)) in pre-training -> false fixes.
 * ``bg_ce_double_softmax`` (2D): the bg-branch CE on softmax(softmax(z_bg)) -> false fixes.

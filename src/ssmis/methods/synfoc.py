@@ -1,5 +1,7 @@
-"""SynFoC (Mutual Aid of Foundation and Conventional Models, CVPR 2025), as
-``/work/shared/specs/synfoc.md`` describes the authors' code (``MQinghe/SynFoC``).
+"""SynFoC (Mutual Aid of Foundation and Conventional Models, CVPR 2025), as the authors' code
+runs it: ``MQinghe/SynFoC`` @ ``3f3c06a`` (``code/train.py`` lines 477-641 for one iteration,
+``code/utils/losses.py``, ``code/sam_lora_image_encoder.py``); the faithful defaults and fixes
+are listed in ``docs/methods.md``.
 
 Two students, each with an EMA teacher: F = SAM/MedSAM + LoRA (``model.name: sam_lora`` built
 from ``method.params.sam``; encoder frozen) and G = the configured backbone (``model``, the
@@ -8,7 +10,7 @@ to ``sam.image_size`` S (512) and is trained at its low-res output r = S / 4; G 
 ``unet_size`` s (null = the patch size; otherwise the order-0 resize of the authors' loader).
 For the paper's geometry use ``patch_size: [512, 512]`` and ``unet_size: 256`` (BUSI, fundus).
 
-One iteration (spec section 3):
+One iteration (``code/train.py``):
 
 1. teachers on the weak unlabeled view: ``P_F'`` (r), ``P_G'`` (s); the student U-Net's hard
    prediction ``y_G`` on the same view (train mode, as the code: its BN statistics move);
@@ -60,7 +62,12 @@ Faithful vs fixed (defaults = the code; each fix is a named param):
 * Not reproduced: the crash of the committed ``train.py`` (``args.eval``), AMP fp16 + GradScaler
   (the engine's bf16 autocast is used), float64 fused maps, the numpy/CPU SMC (computed on the
   device, same values), test-set model selection. Not implemented: the paper's box prompts from
-  U-Net pseudo-labels (spec 7.1; absent from every commit of the code: SAM is prompt-free).
+  U-Net pseudo-labels (absent from every commit of the code: SAM is prompt-free).
+
+Data (set by ``configs/*/synfoc.yaml``): the authors' resize filters and weak view are
+``data.augmentation: synfoc`` (:mod:`ssmis.data.synfoc_aug`), their labeled cases
+``data.labeled_pick: first``; see ``docs/methods.md`` for the validation rule
+(``data.val_pool: unlabeled``).
 
 Forward passes per iteration: teachers 2 (F', G'), student U-Net on the weak view 1 (no_grad),
 students 4 (F and G on the labeled and on the mixed images, separate calls as the code).

@@ -1,6 +1,7 @@
 """SAM / MedSAM with LoRA on the image encoder, prompt-free multi-class head (SAMed / SynFoC).
 
-``model.name: sam_lora`` (see ``/work/shared/specs/synfoc.md`` section 1.1):
+``model.name: sam_lora`` (as ``MQinghe/SynFoC`` @ ``3f3c06a`` builds it:
+``code/sam_lora_image_encoder.py``, ``code/segment_anything/build_sam.py``):
 
 * SAM's ViT image encoder built at ``image_size`` (512 in SynFoC; ViT-B by default) from the
   ``segment-anything`` package's modeling classes (an optional dependency: ``pip install

@@ -70,8 +70,14 @@ def _authors_weak(img: Image.Image, mask: Image.Image, seed: int, size: int = 51
         dy = gaussian_filter((rs.rand(*shape) * 2 - 1), sigma, mode="constant", cval=0) * alpha
         x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
         indices = np.reshape(x + dx, (-1, 1)), np.reshape(y + dy, (-1, 1))
-        out = np.zeros([img.size[0], img.size[1]])
-        out[:, :] = map_coordinates(np.array(img), indices, order=1).reshape(shape)
+        arr = np.array(img)
+        if arr.ndim == 3:  # RGB (fundus): channel by channel, as the authors
+            out = np.zeros([img.size[0], img.size[1], 3])
+            for i in range(3):
+                out[:, :, i] = map_coordinates(arr[:, :, i], indices, order=1).reshape(shape)
+        else:
+            out = np.zeros([img.size[0], img.size[1]])
+            out[:, :] = map_coordinates(arr, indices, order=1).reshape(shape)
         lab = np.zeros([mask.size[0], mask.size[1]])
         lab[:, :] = map_coordinates(np.array(mask), indices, order=0, mode="nearest",
                                     prefilter=False).reshape(shape)
@@ -103,6 +109,26 @@ def test_pixels_equal_the_authors_for_the_same_draws(seed: int) -> None:
     assert got_lab is not None and got_lab.dtype == np.int64
     np.testing.assert_array_equal(np.rint(got_img * 255).astype(np.uint8), ref_img)
     np.testing.assert_array_equal(got_lab, ref_lab)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rgb_per_channel_equals_the_authors_rgb_pipeline(seed: int) -> None:
+    """Fundus is RGB: ssmis runs the transform per channel with identically seeded generators
+    (CaseDataset); PIL filters an RGB image band by band, so the result is the authors'."""
+    rng = np.random.default_rng(seed)
+    rgb = np.rint(gaussian_filter(rng.random((60, 72, 3)), (2, 2, 0)) * 255).astype(np.uint8)
+    _, label = _case((60, 72), seed)
+    size = 96
+    t = SynFoCWeak2D([size, size])
+    channels = []
+    for c in range(3):
+        img, lab = t(rgb[..., c] / 255.0, label, _Replay(seed))
+        channels.append(np.rint(img * 255).astype(np.uint8))
+    ref_img, ref_lab = _authors_weak(
+        Image.fromarray(rgb, "RGB").resize((size, size), Image.LANCZOS),
+        Image.fromarray(label).resize((size, size), Image.NEAREST), seed, size)
+    np.testing.assert_array_equal(np.stack(channels, -1), ref_img)
+    np.testing.assert_array_equal(lab, ref_lab)
 
 
 def test_no_augmentation_branch_is_the_resize_filter() -> None:

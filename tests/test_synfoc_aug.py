@@ -192,5 +192,8 @@ def test_config_chooses_the_augmentation() -> None:
         _config(augmentation="synfok")
     with pytest.raises(SSMISError, match="synfoc needs a square 2D data.patch_size"):
         _config(augmentation="synfoc", patch_size=[64, 48])
+    with pytest.raises(SSMISError, match="synfoc works on 8-bit images .*normalization: scale"):
+        _config(augmentation="synfoc", layout="nifti", labeled_patients=None, labeled_count=1,
+                val_count=1)
     with pytest.raises(ValueError, match="unknown augmentation"):
         build_augmentation("nope", [8, 8])

@@ -159,6 +159,11 @@ class DataConfig(_Section):
         problem = check_augmentation(self.augmentation, self.patch_size)
         if problem is not None:
             raise ValueError(problem)
+        if self.augmentation == "synfoc" and self.layout == "nifti" and any(
+                n != "scale" for n in (self.normalization if isinstance(self.normalization, list)
+                                       else [self.normalization])):
+            raise ValueError("data.augmentation: synfoc works on 8-bit images scaled to [0, 1]; "
+                             "set data.normalization: scale")
         if isinstance(self.normalization, list) and len(self.normalization) != self.in_channels:
             raise ValueError(f"data.normalization: {len(self.normalization)} values for "
                              f"data.in_channels = {self.in_channels}")

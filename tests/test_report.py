@@ -67,9 +67,10 @@ def test_markdown_rows_and_values(result: dict[str, Any]) -> None:
     assert header[1:] == ["Dice (%)", "Jaccard (%)", "HD95 (mm, monai)", "ASD (mm)", "n",
                           "HD95/ASD undefined"]
     assert _row(md, "RV")[1:] == ["90.00 ± 1.63", "81.80 ± 2.70", "2.30 ± 0.20", "0.50 ± 0.00",
-                                  "3", "1"]
-    assert _row(md, "Myo")[3:] == ["n/a", "0.50 ± 0.00", "3", "3"]
-    assert _row(md, "mean")[1] == "85.00 ± 5.00" and _row(md, "mean")[5:] == ["3", "0"]
+                                  "3", "1/3"]
+    assert _row(md, "Myo")[3:] == ["n/a", "0.50 ± 0.00", "3", "3/3"]
+    # the mean's HD95 comes from 2 of the 6 case x class values
+    assert _row(md, "mean")[1] == "85.00 ± 5.00" and _row(md, "mean")[5:] == ["3", "4/6"]
     assert "split: test" in md and "checkpoint: best" in md and "iteration: 1200" in md
     assert "empty rule: nan" in md and "unit: mm" in md and "HD95: monai" in md
     assert "siteA" not in md  # no per-domain table without per_domain

@@ -5,6 +5,7 @@ is written; result files per (split, checkpoint)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -104,6 +105,41 @@ def test_a_kill_during_the_state_write_resumes_like_an_uninterrupted_run(
     assert json.loads((run / "checkpoints/last-00000006.json").read_text())["step"] == 6
 
 
+def test_a_write_cut_before_its_manifest_is_named_on_resume(phantom_root: Path,
+                                                            tmp_path: Path) -> None:
+    run = _train(phantom_root, tmp_path, "run", iterations=4, val_every=2)
+    (run / "checkpoints/last-00000004.json").unlink()
+    resume_run(run, ["train.iterations=6"], evaluate=False, verbose=False)
+    assert (f"{run}/checkpoints/last-00000004.*: incomplete checkpoint of iteration 4 (no "
+            "manifest: its write was interrupted); resuming from the previous consistent "
+            "checkpoint (iteration 2)") in (run / "train.log").read_text()
+
+
+def test_a_full_disk_during_the_state_write_keeps_the_previous_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ssmis.engine.seed import capture_rng_state
+
+    def state(step: int) -> dict:
+        return {"step": step, "optimizer": {}, "best": {}, "best_iter": {},
+                "rng": capture_rng_state()}
+
+    ckpt.save_resumable(tmp_path, 2, {"w": torch.ones(2)}, {"step": "2"}, state(2))
+
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(SSMISError, match=r"last-00000004_state.pt: cannot write \(No space left "
+                                         r"on device\); the previous file is kept"):
+        ckpt.save_resumable(tmp_path, 4, {"w": torch.zeros(2)}, {"step": "4"}, state(4))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last-00000002.json", "last-00000002.safetensors", "last-00000002_state.pt",
+        "last.safetensors"]
+    assert ckpt.find_resumable(tmp_path, total=6).step == 2
+
+
 # ---------------------------------------------------------------- 2. damaged or wrong files
 
 
@@ -162,6 +198,24 @@ def test_wrong_but_parseable_checkpoints_are_one_line(phantom_root: Path, tmp_pa
         assert expected in str(err.value)
 
 
+def test_loading_refuses_non_finite_weights_and_names_unverifiable_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "w.safetensors"
+    bad = {"w": torch.tensor([1.0, float("nan")])}
+    save_file(bad, str(path), metadata={"tensors_sha256": ckpt.tensors_digest(bad)})
+    with pytest.raises(SSMISError, match=r"w.safetensors: tensor 'w' holds NaN/inf"):
+        ckpt.load_weights(path)
+    save_file({"w": torch.ones(2)}, str(path))  # no ssmis metadata at all
+    logger = logging.getLogger("ssmis")
+    logger.addHandler(caplog.handler)
+    try:
+        assert torch.equal(ckpt.load_weights(path)["w"], torch.ones(2))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert f"{path} carries no checksum (not written by this ssmis)" in caplog.text
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"rng": None}, "training state has no 'rng'"),
     ({"rng": {"torch": torch.zeros(1)}}, "incomplete random states"),
@@ -170,10 +224,15 @@ def test_wrong_but_parseable_checkpoints_are_one_line(phantom_root: Path, tmp_pa
     ({"step": -1}, "step -1 is negative"),
     ({"step": 9}, "step 9 is past the end of the run (train.iterations = 6; resume with "
                   "train.iterations >= 9)"),
+    ({"rng": dict.fromkeys(ckpt.RNG_KEYS, "abc")}, "random state 'torch' is not what ssmis saves"),
+    ({"best": "x"}, "'best' is not a mapping of checkpoint names to numbers"),
+    ({"optimizer": []}, "optimizer state is not a mapping"),
 ])
 def test_training_states_are_checked(tmp_path: Path, change: dict, expected: str) -> None:
-    state = {"step": 2, "optimizer": {}, "best": {}, "best_iter": {},
-             "rng": dict.fromkeys(ckpt.RNG_KEYS, 0)}
+    from ssmis.engine.seed import capture_rng_state
+
+    state = {"step": 2, "optimizer": {}, "best": {}, "best_iter": {}, "rng": capture_rng_state()}
+    assert ckpt.check_state(dict(state), tmp_path / "s.pt", total=6)["step"] == 2
     state.update(change)
     if change.get("rng", 1) is None:
         del state["rng"]
@@ -294,7 +353,7 @@ def test_two_runs_of_one_name_in_the_same_second_get_two_folders(tmp_path: Path)
     assert first != second and first.is_dir() and second.is_dir()
 
 
-@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/../../b", " "])
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/../../b", " ", "."])
 def test_names_that_leave_output_dir_are_refused(tmp_path: Path, name: str) -> None:
     raw = tiny_config(tmp_path, tmp_path)
     raw["name"] = name
@@ -375,7 +434,8 @@ def test_ties_and_collapsed_models_are_reported(
     log = (run / "train.log").read_text()
     assert "warning: no foreground predicted on any of the 2 validation cases" in log
     assert ("warning: validation Dice 0.0000 was reached at iterations 1, 2, 3, 4: the earliest "
-            "(1) is kept as 'best' (every validation scored the same") in log
+            "(1) is kept as 'best' (every validation considered for selection scored the "
+            "same") in log
     assert json.loads((run / "train_summary.json").read_text())["val_ties"] == [1, 2, 3, 4]
 
 
@@ -460,7 +520,14 @@ def test_absent_classes_are_reported_apart_and_tables_show_counts(
     per_case = [e["metrics"] for e in metrics["per_case"]]
     case_means = [sum(m[k]["dice"] for k in ("1", "2", "3")) / 3 for m in per_case]
     assert metrics["mean"]["dice"]["mean"] == pytest.approx(sum(case_means) / len(case_means))
-    assert "class 'ghost' never occurs in any test reference" in (run / "train.log").read_text()
+    log = (run / "train.log").read_text()
+    assert "class 'ghost' never occurs in any test reference" in log
+    assert "warning: ghost never occur(s) in any validation reference: left out of the " \
+           "validation Dice" in log
+    # the selection score is the mean over the 3 present classes
+    val = json.loads((run / "val.jsonl").read_text().splitlines()[-1])["val_dice"]
+    check = evaluate_run(run, split="val", verbose=False)
+    assert val == pytest.approx(check["mean"]["dice"]["mean"])
     table = (run / "metrics.md").read_text()
     assert "| ghost (absent) |" in table
     assert "HD95 (voxel, monai) | ASD (voxel) | n | HD95/ASD undefined |" in table
@@ -485,7 +552,9 @@ def test_a_model_that_predicts_nothing_shows_its_undefined_distances() -> None:
     assert lines[0].split() == ["Class", "Dice", "(%)", "Jaccard", "(%)", "HD95", "(voxel,",
                                 "medpy)", "ASD", "(voxel)", "n", "HD95/ASD", "undefined"]
     row_a = lines[2].split()
-    assert row_a[0] == "A" and row_a[-2:] == ["3", "3"]  # 3 cases, 3 undefined distances
+    assert row_a[0] == "A" and row_a[-2:] == ["3", "3/3"]  # 3 cases, 3 undefined distances
+    assert lines[3].split()[:2] == ["B", "(absent)"]
+    assert lines[4].split()[-2:] == ["3", "3/3"]  # the mean: over A only
 
 
 def test_evaluating_another_checkpoint_keeps_the_runs_result_and_compare_says_which(

@@ -150,6 +150,8 @@ class DataConfig(_Section):
                                  f"{self.layout} (validation cases carved from labeled cases)")
         if self.layout == "images" and len(self.patch_size) != 2:
             raise ValueError("data.patch_size: expected 2 values [H, W] for images")
+        if any(p < 1 for p in self.patch_size):
+            raise ValueError(f"data.patch_size: {self.patch_size}: expected sizes >= 1")
         if self.spacing is not None and len(self.spacing) not in (2, 3):
             raise ValueError("data.spacing: expected 2 or 3 values in mm")
         if self.spacing is not None and min(self.spacing) <= 0:
@@ -290,7 +292,7 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         name = Path(self.name)
-        if not self.name.strip() or name.is_absolute() or ".." in name.parts:
+        if not self.name.strip() or name.is_absolute() or ".." in name.parts or not name.parts:
             raise ValueError(f"name: {self.name!r} must be a relative folder name inside "
                              "output_dir (no absolute path, no '..')")
         if self.eval.stride is not None:
@@ -435,6 +437,9 @@ def check_method(cfg: ExperimentConfig, source: str) -> None:
         raise SSMISError(f"{source}: {err}") from None
     method.parse_params(cfg.method.params, source)
     t = cfg.train
+    if method.uses_unlabeled and t.unlabeled_batch_size == 0:
+        raise SSMISError(f"{source}: train.unlabeled_batch_size: method '{cfg.method.name}' "
+                         "trains on unlabeled samples; expected a value >= 1")
     unlabeled = t.unlabeled_batch_size if method.uses_unlabeled else 0
     problem = method.batch_problem(t.batch_size, unlabeled) if method.uses_unlabeled else None
     if problem is None:

@@ -101,34 +101,47 @@ def metric_titles(result: dict[str, Any]) -> list[str]:
 
 
 def metric_headers(result: dict[str, Any]) -> list[str]:
-    """:func:`metric_titles`, then the case count and how many cases have undefined
-    distances (left out of the distance means)."""
+    """:func:`metric_titles`, then the case count and how many distance values are undefined
+    (left out of the distance means)."""
     return metric_titles(result) + ["n", "HD95/ASD undefined"]
 
 
-def _counts(stats: dict[str, Any]) -> list[str]:
-    """``n`` (cases) and the number of cases whose HD95 is undefined, for one table row."""
-    dice, hd95 = stats.get("dice") or {}, stats.get("hd95") or {}
-    if not isinstance(dice, dict) or not isinstance(hd95, dict):
-        return ["-", "-"]
-    n = int(dice.get("n", 0)) + int(dice.get("undefined", 0))
-    return [str(n), str(int(hd95.get("undefined", 0)))]
+def _counts(stats: dict[str, Any]) -> tuple[int, int]:
+    """(values, undefined HD95 values) of one class row: cases with and without a distance."""
+    hd95 = stats.get("hd95") or {}
+    if not isinstance(hd95, dict):
+        return 0, 0
+    undefined = int(hd95.get("undefined", 0))
+    return int(hd95.get("n", 0)) + undefined, undefined
+
+
+def _count_cells(total: int, undefined: int) -> list[str]:
+    return [str(total), f"{undefined}/{total}"] if total else ["-", "-"]
 
 
 def _main_rows(result: dict[str, Any]) -> list[list[str]]:
     """Class rows in the order of ``classes`` (then any other per_class keys), then the mean;
-    classes absent from every reference are marked (they are left out of the mean)."""
+    classes absent from every reference are marked (they are left out of the mean). The last
+    two cells: the number of cases, and how many distance values are undefined (class rows: of
+    its cases; mean row: of all case x class values the mean is taken over)."""
     per_class: dict[str, Any] = result.get("per_class") or {}
     absent = set(result.get("absent_classes") or [])
     order = [str(n) for n in (result.get("classes") or {}).values()]
     order += [name for name in per_class if name not in order]
     rows = []
+    values = undefined = 0
     for name in order:
         stats = per_class.get(name) or {}
         label = f"{name} (absent)" if name in absent else name
-        rows.append([label] + [_fmt_stat(stats.get(m), m) for m in METRICS] + _counts(stats))
+        total, missing = _counts(stats)
+        if name not in absent:
+            values, undefined = values + total, undefined + missing
+        rows.append([label] + [_fmt_stat(stats.get(m), m) for m in METRICS]
+                    + _count_cells(total, missing))
     mean = result.get("mean") or {}
-    rows.append(["mean"] + [_fmt_stat(mean.get(m), m) for m in METRICS] + _counts(mean))
+    cases = result.get("num_cases") or (values // max(len(order) - len(absent), 1))
+    rows.append(["mean"] + [_fmt_stat(mean.get(m), m) for m in METRICS]
+                + [str(cases) if values else "-", f"{undefined}/{values}" if values else "-"])
     return rows
 
 
@@ -168,7 +181,9 @@ def _footer(result: dict[str, Any]) -> str:
         f"iteration: {result.get('iteration', '?')}",
         f"unit: {result.get('unit', '?')}",
         f"HD95: {result.get('hd95_mode', '?')}",
-        f"empty rule: {result.get('empty_rule', '?')}",
+        f"empty rule: {result.get('empty_rule', '?')}"
+        + (" (an empty prediction scores 0 on every metric, HD95 and ASD included)"
+           if result.get("empty_rule") == "medpy" else ""),
     ]
     absent = result.get("absent_classes") or []
     if absent:

@@ -17,7 +17,9 @@ half-written file under a real name; a write error is one line and keeps the pre
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -125,7 +127,12 @@ def save_weights(path: Path, state: Mapping[str, torch.Tensor], metadata: dict[s
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """``torch.save`` of ``state`` (tensors and plain containers), serialised in memory first so
+    that a full disk is an ``OSError`` of the plain file write (one line), not an error deep in
+    torch's zip writer."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
 
 
 def save_resumable(ckpt_dir: Path, step: int, weights: Mapping[str, torch.Tensor],
@@ -138,8 +145,13 @@ def save_resumable(ckpt_dir: Path, step: int, weights: Mapping[str, torch.Tensor
     stem = f"last-{step:08d}"
     weights_path = ckpt_dir / f"{stem}.safetensors"
     state_path = ckpt_dir / f"{stem}_state.pt"
-    save_weights(weights_path, weights, metadata)
-    save_state(state_path, state)
+    try:
+        save_weights(weights_path, weights, metadata)
+        save_state(state_path, state)
+    except SSMISError:  # no manifest will name them: do not leave half a generation behind
+        weights_path.unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)
+        raise
     manifest = {
         "format": FORMAT, "step": step,
         "weights": {"file": weights_path.name, "sha256": file_digest(weights_path)},
@@ -226,9 +238,17 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     except Exception:  # safetensors raises several types for a damaged file
         raise SSMISError(f"{path}: damaged or not a safetensors checkpoint") from None
     expected = meta.get("tensors_sha256")
-    if expected is not None and tensors_digest(tensors) != expected:
+    if expected is None:
+        logging.getLogger("ssmis").warning(
+            f"warning: {path} carries no checksum (not written by this ssmis): its bytes cannot "
+            "be verified")
+    elif tensors_digest(tensors) != expected:
         raise SSMISError(f"{path}: damaged checkpoint: the tensors do not match the checksum "
                          "written with them (flipped or truncated bytes)")
+    bad = non_finite_tensor(tensors)
+    if bad is not None:
+        raise SSMISError(f"{path}: tensor '{bad}' holds NaN/inf (a diverged model); use another "
+                         "checkpoint")
     return tensors
 
 
@@ -313,6 +333,20 @@ def check_state(state: Any, path: Path, total: int) -> dict[str, Any]:
     if not isinstance(rng, dict) or any(k not in rng for k in RNG_KEYS):
         raise SSMISError(f"{path}: training state has incomplete random states (expected "
                          f"{', '.join(RNG_KEYS)})")
+    kinds = {"torch": torch.is_tensor(rng["torch"]) and rng["torch"].dtype == torch.uint8,
+             "numpy_keys": torch.is_tensor(rng["numpy_keys"]) and rng["numpy_keys"].numel() == 624,
+             "numpy_pos": isinstance(rng["numpy_pos"], int),
+             "python": isinstance(rng["python"], list | tuple) and len(rng["python"]) == 625}
+    bad = [k for k, ok in kinds.items() if not ok]
+    if bad:
+        raise SSMISError(f"{path}: random state '{bad[0]}' is not what ssmis saves")
+    if not isinstance(state["optimizer"], dict):
+        raise SSMISError(f"{path}: optimizer state is not a mapping")
+    for key in ("best", "best_iter"):
+        entry = state[key]
+        if not isinstance(entry, dict) or any(
+                not isinstance(v, int | float) or isinstance(v, bool) for v in entry.values()):
+            raise SSMISError(f"{path}: '{key}' is not a mapping of checkpoint names to numbers")
     return state
 
 
@@ -340,15 +374,31 @@ def find_resumable(ckpt_dir: Path, total: int) -> Resumable:
         except SSMISError as err:
             skipped.append(str(err))
             continue
-        return Resumable(step, found[0], found[1], skipped)
+        return Resumable(step, found[0], found[1], _orphans(ckpt_dir, after=step) + skipped)
     if skipped:
         raise SSMISError(f"no consistent checkpoint to resume from: {skipped[0]}")
+    skipped = _orphans(ckpt_dir, after=-1)
+    if skipped:
+        raise SSMISError(f"no consistent checkpoint to resume from: {skipped[0]}; start the run "
+                         "again in a new folder")
     legacy = ckpt_dir / "last_state.pt"
     if legacy.is_file():
         raise SSMISError(f"{ckpt_dir}: checkpoint written by an older ssmis (no manifest); it "
                          "cannot be resumed consistently: start the run again")
     raise SSMISError(f"{ckpt_dir}: no checkpoint to resume from (the run stopped before its "
-                     "first checkpoint): start it again")
+                     "first checkpoint): start it again in a new folder (or delete this one)")
+
+
+def _orphans(ckpt_dir: Path, after: int) -> list[str]:
+    """Generation files newer than step ``after`` without a manifest (a write was cut)."""
+    manifests = {step for step, _ in _generations(ckpt_dir)}
+    found = set()
+    for path in ckpt_dir.glob("last-*"):
+        match = re.match(r"^last-(\d{8})", path.name)
+        if match and int(match.group(1)) > after and int(match.group(1)) not in manifests:
+            found.add(int(match.group(1)))
+    return [f"{ckpt_dir / f'last-{step:08d}'}.*: incomplete checkpoint of iteration {step} (no "
+            "manifest: its write was interrupted)" for step in sorted(found, reverse=True)]
 
 
 def _verify_generation(ckpt_dir: Path, step: int, manifest_path: Path,

@@ -85,26 +85,36 @@ class ValidationScore:
     dice: float  # mean over cases of the mean foreground Dice (NaN without cases)
     cases: int
     empty_predictions: int  # cases where the model predicted no foreground voxel at all
+    #: classes (or regions) that occur in no validation reference: left out of ``dice``, where
+    #: they would score 1 (both masks empty) or 0 without measuring anything
+    absent: tuple[str, ...] = ()
 
 
 @torch.no_grad()
 def validation_score(method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig,
                      device: torch.device, amp: bool = False) -> ValidationScore:
-    """Mean over cases of the mean foreground Dice (what the published code selects on), and
-    the number of cases predicted entirely as background (a collapsed model)."""
+    """Mean over cases of the mean foreground Dice (what the published code selects on), over
+    the classes that occur in at least one validation reference, and the number of cases
+    predicted entirely as background (a collapsed model)."""
     was_training = method.training
     method.eval()
-    per_case, empty = [], 0
+    structures = cfg.eval.regions or {str(c): [c] for c in range(1, cfg.data.num_classes)}
+    per_case, present, empty = [], np.zeros(len(structures), bool), 0
     try:
         for case in cases:
             pred = predict_case(method, case, cfg, device, amp)
             empty += int(not pred.any())
-            per_case.append(np.mean(dice_per_class(pred, case.label, cfg.data.num_classes,
-                                                   cfg.eval.regions)))
+            per_case.append(dice_per_class(pred, case.label, cfg.data.num_classes,
+                                           cfg.eval.regions))
+            present |= [bool(class_mask(case.label, ids).any()) for ids in structures.values()]
     finally:
         method.train(was_training)
-    dice = float(np.mean(per_case)) if per_case else float("nan")
-    return ValidationScore(dice, len(per_case), empty)
+    if not per_case:
+        return ValidationScore(float("nan"), 0, 0)
+    keep = present if present.any() else np.ones_like(present)
+    dice = float(np.mean(np.asarray(per_case)[:, keep].mean(axis=1)))
+    absent = tuple(name for name, seen in zip(structures, keep, strict=True) if not seen)
+    return ValidationScore(dice, len(per_case), empty, absent)
 
 
 def validation_dice(method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig,

@@ -116,9 +116,6 @@ def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
     seed_everything(cfg.seed, cfg.train.deterministic)
     split = split or build_split(cfg)
     method = build_method(cfg)
-    if method.uses_unlabeled and cfg.train.unlabeled_batch_size == 0:
-        raise SSMISError(f"train.unlabeled_batch_size: method '{cfg.method.name}' trains on "
-                         "unlabeled samples; expected a value >= 1")
     check_data(cfg, split, need_unlabeled=method.uses_unlabeled)
     return Prepared(cfg, split, method.to(device), device)
 
@@ -374,6 +371,13 @@ class Trainer:
         else:
             result = validation_score(self.method, eval_cases(cfg, ids), cfg, self.device, amp)
         score = result.dice
+        if result.absent and not getattr(self, "_absent_warned", False):
+            self._absent_warned = True
+            names = self.cfg.data.names()
+            shown = [k if self.cfg.eval.regions else names[int(k)] for k in result.absent]
+            self.log.warning(f"warning: {', '.join(shown)} never occur(s) in any validation "
+                             "reference: left out of the validation Dice (check "
+                             "data.num_classes)")
         self.val_history.append((self.step, phase.name, score))
         names = [best_name(self.phases, phase)]
         if len(self.phases) > 1 and self._selection_pool(phase):
@@ -427,7 +431,8 @@ class Trainer:
             self.log.warning(
                 f"warning: validation Dice {self.best[SELECTED]:.4f} was reached at iterations "
                 f"{', '.join(map(str, ties))}: the earliest ({ties[0]}) is kept as '{SELECTED}'"
-                + (" (every validation scored the same: check the validation cases)"
+                + (" (every validation considered for selection scored the same: check the "
+                   "validation cases)"
                    if len(ties) == len([v for v in self.val_history if v[1] in
                                         {p.name for p in self.phases if self._selection_pool(p)}])
                    else ""))

@@ -43,10 +43,10 @@ def test_seeds_are_grouped_and_domains_averaged_unweighted(tmp_path: Path) -> No
                                     for r in runs])
     assert header == ["Method", "Runs", "benign Dice (%)", "malignant Dice (%)", "mean Dice (%)",
                       "mean Jaccard (%)", "mean HD95 (voxel, monai)", "mean ASD (voxel)",
-                      "Checkpoint (iterations)"]
+                      "n", "HD95/ASD undefined", "Checkpoint (iterations)"]
     # supervised: benign 70 ± 14.14 (sample std of 60, 80); mean Dice per run = 40 and 60
     assert rows[0] == ["supervised", "2", "70.00 ± 14.14", "30.00 ± 14.14", "50.00 ± 14.14",
-                       "25.00 ± 7.07", "10.00 ± 2.83", "n/a", "best (100, 101)"]
+                       "25.00 ± 7.07", "10.00 ± 2.83", "n/a", "-", "-", "best (100, 101)"]
     assert rows[1][:3] == ["bcp", "1", "50.00"]
 
 

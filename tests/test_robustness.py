@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -577,6 +578,11 @@ def test_evaluating_another_checkpoint_keeps_the_runs_result_and_compare_says_wh
     out = capsys.readouterr().out
     best_iter = json.loads(before)["iteration"]
     assert f"best ({best_iter})" in out and "Checkpoint (iterations)" in out
+    result = json.loads(before)
+    undefined = sum(c["hd95"]["undefined"] for c in result["per_class"].values())
+    values = undefined + sum(c["hd95"]["n"] for c in result["per_class"].values())
+    # 2 test cases, and the undefined distance values
+    assert re.search(rf"\s2\s+{undefined}/{values}\s+best \(", out), out
     assert f"skipped 1 run(s) without metrics.json (unfinished?): {unfinished}" in out
     assert main(["compare", str(run), "--checkpoint", "last"]) == 0
     assert "last (4)" in capsys.readouterr().out

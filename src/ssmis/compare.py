@@ -91,6 +91,23 @@ def _cell(values: Sequence[float | None], percent: bool) -> str:
     return f"{mean:.2f} ± {float(np.std(defined, ddof=1)) * scale:.2f}"
 
 
+def _counts(runs: Sequence[RunResult]) -> list[str]:
+    """Cases per run, and undefined distance values over all runs (of their case x class
+    values, absent classes left out): the means above are taken without them."""
+    cases = sorted({int(r.metrics.get("num_cases") or 0) for r in runs})
+    undefined = values = 0
+    absent = {name for r in runs for name in r.metrics.get("absent_classes") or []}
+    for r in runs:
+        for name, stats in (r.metrics.get("per_class") or {}).items():
+            hd95 = (stats or {}).get("hd95")
+            if name in absent or not isinstance(hd95, dict):
+                continue
+            undefined += int(hd95.get("undefined", 0))
+            values += int(hd95.get("n", 0)) + int(hd95.get("undefined", 0))
+    return ["/".join(map(str, cases)) if any(cases) else "-",
+            f"{undefined}/{values}" if values else "-"]
+
+
 def _checkpoints(runs: Sequence[RunResult]) -> str:
     """Which checkpoint the runs' numbers come from, and at which iterations, e.g.
     ``best (1200, 1400)``."""
@@ -123,7 +140,7 @@ def comparison_rows(results: Sequence[RunResult]) -> tuple[list[str], list[list[
     header += [f"{d} Dice (%)" for d in domains] if domains else [f"{c} Dice (%)"
                                                                  for c in classes]
     header += [f"mean {h}" for h in metric_titles(first.metrics)]
-    header += ["Checkpoint (iterations)"]
+    header += ["n", "HD95/ASD undefined", "Checkpoint (iterations)"]
     percent = [True] * (len(domains) or len(classes)) + [m in ("dice", "jaccard")
                                                          for m in METRICS]
     rows = []
@@ -132,7 +149,7 @@ def comparison_rows(results: Sequence[RunResult]) -> tuple[list[str], list[list[
         label = method if methods.count(method) == 1 else f"{method} ({name})"
         per_run = [_run_values(r.metrics, domains, classes) for r in runs]
         cells = [_cell([v[i] for v in per_run], percent[i]) for i in range(len(percent))]
-        rows.append([label, str(len(runs)), *cells, _checkpoints(runs)])
+        rows.append([label, str(len(runs)), *cells, *_counts(runs), _checkpoints(runs)])
     return header, rows
 
 

@@ -1,4 +1,4 @@
-"""The ``ssmis`` command: demo, train, evaluate, predict, data, compare, methods.
+"""The ``ssmis`` command: demo, train, evaluate, predict, data, compare, sweep, reproduce, methods.
 
 Every user error ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -23,6 +23,9 @@ EXAMPLES = """examples:
   ssmis data prepare configs/examples/nifti.yaml --out data/my_nifti_prepared
   ssmis predict runs/nifti_example/20261123-101500-seed1337 scans/ --out masks/ --tta
   ssmis compare runs/busi_*/*                  one row per experiment, mean ± std over seeds
+  ssmis sweep configs/acdc/supervised_cpu.yaml --methods supervised cvbm --seeds 3 --out sw
+  ssmis reproduce --list                       the published tables ssmis can rerun
+  ssmis reproduce cvbm-acdc --labeled 3 --budget cpu --seeds 3
   ssmis methods
 """
 
@@ -146,6 +149,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="best (the run's selected checkpoint, default) or last: reads the "
                            "file `ssmis evaluate --checkpoint` wrote")
 
+    from ssmis.reproduce.commands import add_reproduce_parser, add_sweep_parser
+
+    add_sweep_parser(sub)
+    add_reproduce_parser(sub)
+
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.add_argument("action", nargs="?", choices=["list"], default="list")
     return parser
@@ -265,6 +273,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ssmis.reproduce.commands import cmd_sweep
+
+    return cmd_sweep(args)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from ssmis.reproduce.commands import cmd_reproduce
+
+    return cmd_reproduce(args)
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from ssmis.methods import METHODS
 
@@ -286,7 +306,7 @@ def method_summary(cls: type) -> str:
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
             "methods": _cmd_methods, "data": _cmd_data, "predict": _cmd_predict,
-            "compare": _cmd_compare}
+            "compare": _cmd_compare, "sweep": _cmd_sweep, "reproduce": _cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:

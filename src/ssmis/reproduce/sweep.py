@@ -176,7 +176,7 @@ def _config_differences(job: Job) -> str | None:
 
     def walk(a: Any, b: Any, prefix: str) -> str | None:
         if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
+            for k in sorted(a):  # keys a newer ssmis added (with defaults) are not differences
                 if prefix == "" and k == "output_dir":
                     continue
                 found = walk(a.get(k), b.get(k), f"{prefix}{k}.")

@@ -293,3 +293,17 @@ def test_reproduce_end_to_end_kill_resume_rerun(phantom_root: Path, tmp_path: Pa
         if honest["checkpoint"] == paper["checkpoint"]:
             assert honest["mean"]["dice"]["mean"] == paper["mean"]["dice"]["mean"] or \
                 honest["mean"]["dice"]["undefined"] or paper["mean"]["dice"]["undefined"]
+
+
+def test_slots_pack_runs_per_gpu_or_split_cpu_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ssmis.reproduce import sweep
+
+    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["2", "5"])
+    slots = sweep.make_slots("auto", per_gpu=2)
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["2", "2", "5", "5"]
+    cpu = sweep.make_slots("cpu", workers=2)
+    assert len(cpu) == 2 and all(s.env["CUDA_VISIBLE_DEVICES"] == "" for s in cpu)
+    assert cpu[0].env["OMP_NUM_THREADS"] == str(max((os.cpu_count() or 1) // 2, 1))
+    monkeypatch.setattr(sweep, "visible_gpus", lambda: [])
+    with pytest.raises(SSMISError, match="no CUDA device"):
+        sweep.make_slots("cuda")

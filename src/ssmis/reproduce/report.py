@@ -350,7 +350,7 @@ def _figures(report: dict[str, Any]) -> dict[str, list[tuple[str, bytes]]]:
             out.append((f"bars-{key}", _bar_chart(bars, f"Dice, {label}: ours (mean ± std "
                                                          "over seeds) and the paper's")))
         cells = [c for c in report["cells"].values() if c["setting"] == key]
-        png = _curves(cells, f"Validation Dice, {label}")
+        png = _curves(cells, f"Validation Dice, {label} (mean over seeds; band: min..max)")
         if png:
             out.append((f"curves-{key}", png))
         png = _overlays(cells, f"The same test cases, {label} (first seed, honest checkpoint)")

@@ -94,6 +94,11 @@ def budget_for(config_dir: Path, method: str, budget: str,
             if name == "pretrain_iterations":
                 scaled = min(scaled, new_total - 1)
             overrides.append(f"method.params.{name}={scaled}")
+            ramp = params.get("consistency_rampup")
+            if name == "rampup_iters_per_epoch" and value * factor < 0.5 and ramp:
+                # one iteration per ramp "epoch" is the floor: shorten the ramp instead
+                overrides.append(f"method.params.consistency_rampup="
+                                 f"{float(ramp) * value * factor:.4g}")
     if shrink and patch:
         patch = [max(16, (p // 2) // 16 * 16) for p in patch]
         overrides.append(f"data.patch_size={patch}")

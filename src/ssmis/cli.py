@@ -14,7 +14,7 @@ from ssmis import __version__
 from ssmis.errors import RunInterrupted, SSMISError
 
 EXAMPLES = """examples:
-  ssmis demo                                   synthetic phantoms, supervised U-Net, ~2 min on CPU
+  ssmis demo                                   phantoms: supervised vs BCP, < 3 min on CPU
   ssmis train configs/acdc/supervised_cpu.yaml train.iterations=500 data.labeled_patients=7
   ssmis train --resume runs/acdc_supervised_cpu/20261123-101500-seed1337
   ssmis evaluate runs/acdc_supervised_cpu/20261123-101500-seed1337 --split test
@@ -42,12 +42,13 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train and evaluate on generated phantoms (no files needed)",
                           description="Generate a small synthetic 2D cardiac-like dataset, train a "
-                                      "supervised U-Net, evaluate it on the test split and print "
-                                      "the metrics. Leaves a normal run folder.")
+                                      "supervised U-Net and a semi-supervised method (BCP) on the "
+                                      "same few-label split, evaluate both on the test split and "
+                                      "print them with the gain. Leaves two normal run folders.")
     demo.add_argument("--out", type=Path, default=Path("runs"),
                       help="parent folder for the data and the run (default: runs)")
     demo.add_argument("--iterations", type=int, default=None,
-                      help="training iterations (default: the demo's 400)")
+                      help="training iterations of each run (default: the demo's 300)")
     demo.add_argument("--quiet", action="store_true", help="print only the final table")
 
     train = sub.add_parser("train", help="train a method from a YAML experiment file",

@@ -20,6 +20,7 @@ def test_demo_runs_share_data_split_and_seed(tmp_path: Path) -> None:
     assert ssl["method"]["params"]["pretrain_iterations"] == 10
 
 
+@pytest.mark.slow
 def test_demo_prints_both_methods_and_the_gain(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--out", str(tmp_path), "--iterations", "3", "--quiet"]) == 0

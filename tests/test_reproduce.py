@@ -236,7 +236,7 @@ def test_reproduce_end_to_end_kill_resume_rerun(phantom_root: Path, tmp_path: Pa
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
-    while not (first / "checkpoints" / "last_state.pt").is_file():
+    while not list((first / "checkpoints").glob("last-*.json")):
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
         assert time.time() < deadline
         time.sleep(0.02)

@@ -162,20 +162,35 @@ def evaluate_protocols(run_dir: Path, overlay_cases: int = 2,
     ``unit``, ``hd95_mode``, ``empty_rule``, ``checkpoint``, ``iteration``, ...) plus
     ``protocol``, ``protocol_text`` and ``selection``. The first ``overlay_cases`` test cases
     of the honest checkpoint are kept (one slice each: the label's largest-area slice, so every
-    method shows the same one) in ``protocol_overlays.npz``.
+    method shows the same one) in ``protocol_overlays.npz``. The run folder's lock is held
+    meanwhile. Raises SSMISError (missing checkpoint, data, or a folder in use).
     """
+    from ssmis.engine.runlock import run_lock
+
+    run_dir = Path(run_dir)
+    with run_lock(run_dir):
+        return _evaluate_protocols(run_dir, overlay_cases, names)
+
+
+def _evaluate_protocols(run_dir: Path, overlay_cases: int,
+                        names: Sequence[str]) -> dict[str, dict[str, Any]]:
     import torch
 
     from ssmis.config import check_paths
     from ssmis.data.splits import Split
-    from ssmis.engine.checkpoint import load_weights, read_metadata
+    from ssmis.engine.checkpoint import load_into
     from ssmis.engine.data import eval_cases
     from ssmis.engine.evaluate import git_commit, predict_case
     from ssmis.engine.trainer import prepare
-    from ssmis.metrics import EMPTY_RULES, METRIC_DEFINITIONS, case_metrics, summarize
+    from ssmis.metrics import (
+        EMPTY_RULES,
+        METRIC_DEFINITIONS,
+        case_metrics,
+        class_mask,
+        summarize,
+    )
     from ssmis.report import pick_slice
 
-    run_dir = Path(run_dir)
     source = str(run_dir / "config.yaml")
     raw = read_yaml(run_dir / "config.yaml")
     cfgs = {n: _protocol_config(raw, n, source) for n in names}
@@ -192,13 +207,17 @@ def evaluate_protocols(run_dir: Path, overlay_cases: int = 2,
     overlay: dict[str, list] = {"case": [], "image": [], "label": [], "pred": []}
     overlay_ckpt = chosen.get("honest", next(iter(chosen.values())))
     iterations: dict[Path, int] = {}
+    present = dict.fromkeys(structures, False)  # classes absent from every test label
     for ckpt in dict.fromkeys(chosen.values()):
         users = [n for n in names if chosen[n] == ckpt]
-        method.load_state_dict(load_weights(ckpt))
-        iterations[ckpt] = int(read_metadata(ckpt).get("step", "0"))
+        meta = load_into(method, ckpt, method_name=base.method.name,
+                         model_name=base.model.name)
+        iterations[ckpt] = int(meta.get("step", "0"))
         method.eval()
         with torch.no_grad():
             for case in eval_cases(base, prepared.split.test):
+                for key, ids in structures.items():
+                    present[key] = present[key] or bool(class_mask(case.label, ids).any())
                 pred = predict_case(method, case, base, device, amp=base.train.amp)
                 for n in users:
                     cfg = cfgs[n]
@@ -240,7 +259,9 @@ def evaluate_protocols(run_dir: Path, overlay_cases: int = 2,
             "hd95_mode": cfg.eval.hd95_mode, "lcc": cfg.eval.lcc,
             "definitions": METRIC_DEFINITIONS,
             "classes": {str(k): v for k, v in display.items()},
-            "per_case": per_case[n], **summarize(per_case[n], display),
+            "per_case": per_case[n],
+            **summarize(per_case[n], display,
+                        absent=[k for k, seen in present.items() if not seen and per_case[n]]),
         }
         results[n] = result
     if overlay["case"]:

@@ -190,6 +190,14 @@ def _config_differences(job: Job) -> str | None:
     return walk(stored, wanted, "")
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run folder holds a resumable checkpoint (a ``last-<step>.json`` manifest of
+    :mod:`ssmis.engine.checkpoint`; ``ssmis train --resume`` verifies it and falls back to the
+    previous one when it is damaged)."""
+    folder = run_dir / "checkpoints"
+    return folder.is_dir() and any(folder.glob("last-*.json"))
+
+
 def job_state(job: Job, check_config: bool = True) -> str:
     """``done`` | ``resume`` (a checkpoint to continue from) | ``fresh`` (nothing usable).
 
@@ -198,7 +206,7 @@ def job_state(job: Job, check_config: bool = True) -> str:
     """
     if all(f.is_file() for f in job.done_files()):
         return "done"
-    if (job.path / "checkpoints" / "last_state.pt").is_file():
+    if has_checkpoint(job.path):
         if check_config and (job.path / "config.yaml").is_file():
             diff = _config_differences(job)
             if diff:
@@ -209,26 +217,33 @@ def job_state(job: Job, check_config: bool = True) -> str:
 
 
 def run_job(job: Job) -> int:
-    """Train (fresh or resumed) and finish one job, in this process; the exit status."""
-    from ssmis.cli import main as cli
+    """Train (fresh or resumed) and finish one job, in this process; the exit status.
 
-    state = job_state(job)
-    if state == "done":
-        return 0
-    no_eval = ["--no-eval"] if job.post else []
-    if state == "resume":
-        status = cli(["train", "--resume", job.run_dir, "--quiet", *no_eval])
-    else:
-        if job.path.exists():  # killed before its first checkpoint: nothing to continue from
-            shutil.rmtree(job.path)
-        status = cli(["train", job.config, *job.overrides, "--run-dir", job.run_dir, "--quiet",
-                      *no_eval])
-    if status != 0 or not job.post:
-        return status
-    from ssmis.reproduce.protocols import evaluate_protocols
+    The run folder's lock (:mod:`ssmis.engine.runlock`) is held throughout, so a second sweep
+    over the same folder stops with one line instead of clearing or resuming a live run.
+    """
+    from ssmis.cli import main as cli
+    from ssmis.engine.runlock import LOCK_FILE, run_lock
 
     try:
-        evaluate_protocols(job.path)
+        with run_lock(job.path):
+            state = job_state(job)
+            if state == "done":
+                return 0
+            no_eval = ["--no-eval"] if job.post else []
+            if state == "resume":
+                status = cli(["train", "--resume", job.run_dir, "--quiet", *no_eval])
+            else:  # killed before its first checkpoint: nothing to continue from
+                for entry in job.path.iterdir():
+                    if entry.name != LOCK_FILE:
+                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                status = cli(["train", job.config, *job.overrides, "--run-dir", job.run_dir,
+                              "--quiet", *no_eval])
+            if status != 0 or not job.post:
+                return status
+            from ssmis.reproduce.protocols import evaluate_protocols
+
+            evaluate_protocols(job.path)
     except SSMISError as err:
         print(f"ssmis: error: {err}", file=sys.stderr)
         return 2

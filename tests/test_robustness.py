@@ -278,11 +278,12 @@ def test_sigterm_before_the_first_validation_saves_a_resumable_checkpoint(
     config.write_text(yaml.safe_dump(tiny_config(phantom_root, tmp_path, iterations=5,
                                                  val_every=5)))
     run = tmp_path / "stopped"
+    before = signal.getsignal(signal.SIGTERM)
     assert main(["train", str(config), "--run-dir", str(run), "--quiet"]) == 143
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"ssmis: SIGTERM: stopped at iteration 2/5; checkpoint saved, continue with "
                    f"`ssmis train --resume {run}`")
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
     monkeypatch.undo()
     assert main(["train", "--resume", str(run), "--quiet", "--no-eval"]) == 0
     _same_weights(straight / "checkpoints/last.safetensors", run / "checkpoints/last.safetensors")
@@ -602,15 +603,21 @@ def test_flags_may_follow_the_overrides(phantom_root: Path, tmp_path: Path) -> N
 
 
 def test_a_second_signal_is_not_swallowed() -> None:
-    """After the first SIGINT the default handler is back, so a second Ctrl-C stops at once."""
-    request = trainer_mod._StopRequest()
+    """After the first SIGINT the previous handler is back, so a second Ctrl-C stops at once;
+    a signal the caller ignores (nohup) stays ignored."""
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        request = trainer_mod._StopRequest()
         handler = signal.getsignal(signal.SIGINT)
         assert callable(handler) and handler is not signal.default_int_handler
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         assert request.signum == signal.SIGINT
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
         request.restore()
-
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignored = trainer_mod._StopRequest()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        ignored.restore()
+    finally:
+        signal.signal(signal.SIGINT, original)

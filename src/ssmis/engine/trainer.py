@@ -452,6 +452,8 @@ class _StopRequest:
         self._previous: dict[int, Any] = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # nohup / a background job: the caller chose to ignore it
                 self._previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread: signals stay with the caller
             self.restore()

@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", type=Path, help="run folder (default: output_dir/name/time)")
     train.add_argument("--no-eval", action="store_true", help="skip the final test evaluation")
     train.add_argument("--quiet", action="store_true", help="no console log (files still written)")
+    train.add_argument("--gpus", type=int, metavar="N",
+                       help="one run on N GPUs of this machine: relaunches itself as N DDP "
+                            "processes through torch.distributed.run (train.batch_size stays "
+                            "the global batch); several nodes: see README, torchrun")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split",
                               description="Evaluate the selected (best-by-validation) or last "
@@ -164,6 +168,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ssmis.config import load_config
     from ssmis.engine.run import resume_run, train_run
 
+    if args.gpus is not None and os.environ.get("WORLD_SIZE") is None:
+        return _relaunch_train(args)
     overrides = list(args.overrides)
     if args.resume is not None:
         if args.config:
@@ -176,9 +182,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.config:
         raise SSMISError("train: expected a config file, e.g. ssmis train "
                          "configs/acdc/supervised_cpu.yaml (or --resume RUN_DIR)")
-    cfg = load_config(Path(args.config), overrides)
+    try:
+        cfg = load_config(Path(args.config), overrides)
+    except SSMISError as err:  # the same in every DDP process: printed once
+        err.all_processes = True  # type: ignore[attr-defined]
+        raise
     train_run(cfg, args.run_dir, evaluate=not args.no_eval, verbose=not args.quiet)
     return 0
+
+
+def _relaunch_train(args: argparse.Namespace, cpu: bool = False) -> int:
+    """``ssmis train ... --gpus N``: check the config here (one line, nothing started), then
+    the same command as N processes through ``torch.distributed.run``."""
+    from ssmis.config import load_config
+    from ssmis.engine.distributed import relaunch
+    from ssmis.engine.run import load_run_config
+
+    argv = ["train"]
+    if args.resume is not None:
+        load_run_config(args.resume, [o for o in [args.config, *args.overrides] if o])
+        argv += ["--resume", str(args.resume)]
+        if args.config:
+            argv.append(args.config)
+    else:
+        if not args.config:
+            raise SSMISError("train: expected a config file, e.g. ssmis train "
+                             "configs/acdc/supervised_cpu.yaml (or --resume RUN_DIR)")
+        load_config(Path(args.config), list(args.overrides))
+        argv.append(args.config)
+    argv += list(args.overrides)
+    if args.run_dir is not None:
+        argv += ["--run-dir", str(args.run_dir)]
+    argv += [flag for flag, on in (("--no-eval", args.no_eval), ("--quiet", args.quiet)) if on]
+    return relaunch(argv, args.gpus, cpu=cpu)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -319,10 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except RunInterrupted as err:
-        print(f"ssmis: {err}", file=sys.stderr)
+        if not (getattr(err, "all_processes", False) and _rank_prefix()):  # DDP: rank 0 says it
+            print(f"ssmis: {err}", file=sys.stderr)
         return err.exit_code
     except SSMISError as err:
-        print(f"ssmis: error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     except KeyboardInterrupt:
         print("ssmis: interrupted", file=sys.stderr)
@@ -335,11 +372,33 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's flush quiet
         return 0
     except Exception as err:  # a data-loader worker wraps our errors in its own exception type
-        original = _wrapped_user_error(err)
+        original = _wrapped_user_error(err) or _distributed_failure(err)
         if original is None:
             raise
-        print(f"ssmis: error: {original}", file=sys.stderr)
+        print(f"ssmis: error: {_rank_prefix()}{original}", file=sys.stderr)
         return 2
+    finally:
+        if "ssmis.engine.distributed" in sys.modules:  # leave the DDP process group
+            sys.modules["ssmis.engine.distributed"].teardown()
+
+
+def _rank_prefix() -> str:
+    """'[rank R] ' in DDP processes other than rank 0 (torchrun sets RANK)."""
+    rank = os.environ.get("RANK", "0")
+    return f"[rank {rank}] " if rank not in ("", "0") else ""
+
+
+def _print_error(err: SSMISError) -> None:
+    """One line on stderr; an error every DDP process raised alike is printed by rank 0 only."""
+    if getattr(err, "all_processes", False) and _rank_prefix():
+        return
+    print(f"ssmis: error: {_rank_prefix()}{err}", file=sys.stderr)
+
+
+def _distributed_failure(err: Exception) -> str | None:
+    if "ssmis.engine.distributed" not in sys.modules:
+        return None
+    return sys.modules["ssmis.engine.distributed"].failure_message(err)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

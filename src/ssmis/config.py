@@ -231,8 +231,10 @@ class ScheduleConfig(_Section):
 
 class TrainConfig(_Section):
     iterations: int = Field(ge=1)
-    batch_size: int = Field(ge=1, description="labeled samples per batch")
-    unlabeled_batch_size: int = Field(default=0, ge=0)
+    batch_size: int = Field(ge=1, description="labeled samples per batch (global: split "
+                            "over the processes of a DDP run)")
+    unlabeled_batch_size: int = Field(default=0, ge=0, description="unlabeled samples per "
+                                      "batch (global, like batch_size)")
     lr: float = Field(default=0.01, gt=0)
     momentum: float = Field(default=0.9, ge=0)
     weight_decay: float = Field(default=1e-4, ge=0)
@@ -248,6 +250,9 @@ class TrainConfig(_Section):
         default=30.0, ge=0, description="also save a resumable checkpoint every this many "
                                         "minutes of training (0: only at validation); SIGINT/"
                                         "SIGTERM always save one before stopping")
+    sync_bn: Literal["auto"] | bool = Field(
+        default="auto", description="several processes (DDP): BatchNorm -> SyncBatchNorm; auto "
+        "= on for CUDA runs whose per-process batch (labeled + unlabeled) is below 8")
 
 
 class EvalConfig(_Section):

@@ -131,3 +131,63 @@ class TwoStreamBatchSampler:
         while True:
             yield self.batch(b)
             b += 1
+
+
+class RankShardSampler:
+    """The share of one process (``rank`` of ``world_size``) of a :class:`TwoStreamBatchSampler`.
+
+    Under DDP every process draws the same *global* batch ``b`` (a pure function of the seed and
+    ``b``) and keeps a contiguous slice of each stream: labeled positions
+    ``[r L/N, (r+1) L/N)`` and unlabeled positions ``[r U/N, (r+1) U/N)`` of the global batch,
+    each sample with the augmentation seed it has in the global batch. So the union of the
+    ranks' batches is exactly the single-process batch ``b`` (same indices, same augmentations),
+    and a run resumed at batch ``k`` on any number of processes continues the same global
+    stream. ``L`` (``train.batch_size``) and ``U`` (``train.unlabeled_batch_size``) are global
+    and must be multiples of ``world_size``.
+
+    Raises :class:`SSMISError` naming ``train.batch_size`` / ``train.unlabeled_batch_size``
+    when a stream does not split evenly.
+    """
+
+    def __init__(self, sampler: TwoStreamBatchSampler, rank: int, world_size: int) -> None:
+        check_batch_split(sampler.labeled_batch_size, sampler.unlabeled_batch_size, world_size)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.sampler = sampler
+        self.rank = rank
+        self.world_size = world_size
+
+    @property
+    def labeled_per_rank(self) -> int:
+        return self.sampler.labeled_batch_size // self.world_size
+
+    @property
+    def unlabeled_per_rank(self) -> int:
+        return self.sampler.unlabeled_batch_size // self.world_size
+
+    def batch(self, batch: int) -> list[tuple[int, int]]:
+        """This rank's slice of global batch ``batch``: labeled first, then unlabeled."""
+        full = self.sampler.batch(batch)
+        lbs = self.sampler.labeled_batch_size
+        nl, nu = self.labeled_per_rank, self.unlabeled_per_rank
+        own = full[self.rank * nl: (self.rank + 1) * nl]
+        if nu:
+            own += full[lbs + self.rank * nu: lbs + (self.rank + 1) * nu]
+        return own
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        b = self.sampler.start_batch
+        while True:
+            yield self.batch(b)
+            b += 1
+
+
+def check_batch_split(labeled: int, unlabeled: int, world_size: int) -> None:
+    """Refuse global batches that do not split evenly over ``world_size`` processes."""
+    for key, value in (("train.batch_size", labeled), ("train.unlabeled_batch_size", unlabeled)):
+        if value % world_size:
+            raise SSMISError(
+                f"{key}: {value} is the global batch and does not split over {world_size} "
+                f"processes; expected a multiple of {world_size} (each process gets "
+                f"{key.split('.')[1]} / {world_size})"
+            )

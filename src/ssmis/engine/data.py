@@ -28,7 +28,7 @@ from ssmis.data.h5 import (
     la_volume_path,
 )
 from ssmis.data.owndata import CaseReader, Catalog, scan
-from ssmis.data.sampler import TwoStreamBatchSampler
+from ssmis.data.sampler import RankShardSampler, TwoStreamBatchSampler
 from ssmis.data.spacing import check_spacing_order, h5_image_shape
 from ssmis.data.splits import Split, acdc_split, brats_split, la_split, split_from_catalog
 from ssmis.errors import SSMISError
@@ -170,9 +170,12 @@ def _train_transform(cfg: ExperimentConfig):
 
 
 def train_batches(
-    cfg: ExperimentConfig, split: Split, unlabeled_batch_size: int, start_batch: int
+    cfg: ExperimentConfig, split: Split, unlabeled_batch_size: int, start_batch: int,
+    rank: int = 0, world_size: int = 1,
 ) -> Iterator[tuple[dict, dict | None]]:
-    """Endless (labeled, unlabeled) batches starting at batch ``start_batch`` of the stream."""
+    """Endless (labeled, unlabeled) batches starting at batch ``start_batch`` of the stream;
+    with ``world_size`` > 1 this process's share of each global batch (:class:`RankShardSampler`).
+    """
     d = cfg.data
     transform = _train_transform(cfg)
     unlabeled_ids = split.unlabeled if unlabeled_batch_size > 0 else []
@@ -193,8 +196,10 @@ def train_batches(
         len(labeled), len(unlabeled), cfg.train.batch_size, unlabeled_batch_size,
         seed=cfg.seed, start_batch=start_batch,
     )
+    batch_sampler = (RankShardSampler(sampler, rank, world_size) if world_size > 1
+                     else sampler)
     loader = DataLoader(
-        TwoStreamDataset(labeled, unlabeled), batch_sampler=sampler,
+        TwoStreamDataset(labeled, unlabeled), batch_sampler=batch_sampler,
         collate_fn=collate_two_stream, num_workers=d.num_workers,
         pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0,
     )

@@ -18,6 +18,7 @@ import torch
 from ssmis import __version__
 from ssmis.config import ExperimentConfig
 from ssmis.data.datasets import EvalCase
+from ssmis.engine import distributed as dist
 from ssmis.inference import largest_connected_component, predict_slicewise, predict_sliding_window
 from ssmis.methods.base import Method
 from ssmis.metrics import (
@@ -91,30 +92,54 @@ class ValidationScore:
 
 
 @torch.no_grad()
+def validation_cases(method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig,
+                     device: torch.device, amp: bool = False
+                     ) -> list[tuple[list[float], list[bool], bool]]:
+    """Per case: (Dice of each scored class or region, whether each occurs in the reference,
+    whether the model predicted no foreground at all)."""
+    was_training = method.training
+    method.eval()
+    structures = _validation_structures(cfg)
+    out: list[tuple[list[float], list[bool], bool]] = []
+    try:
+        for case in cases:
+            pred = predict_case(method, case, cfg, device, amp)
+            out.append((dice_per_class(pred, case.label, cfg.data.num_classes, cfg.eval.regions),
+                        [bool(class_mask(case.label, ids).any()) for ids in structures.values()],
+                        not pred.any()))
+    finally:
+        method.train(was_training)
+    return out
+
+
+def _validation_structures(cfg: ExperimentConfig) -> dict[str, list[int]]:
+    return cfg.eval.regions or {str(c): [c] for c in range(1, cfg.data.num_classes)}
+
+
+def summarize_validation(per_case: list[tuple[list[float], list[bool], bool]],
+                         cfg: ExperimentConfig) -> ValidationScore:
+    """:class:`ValidationScore` of :func:`validation_cases`' results (all cases, in order):
+    the mean over cases of the mean Dice over the classes that occur in at least one
+    validation reference."""
+    if not per_case:
+        return ValidationScore(float("nan"), 0, 0)
+    structures = _validation_structures(cfg)
+    present = np.zeros(len(structures), bool)
+    for _, seen, _ in per_case:
+        present |= seen
+    keep = present if present.any() else np.ones_like(present)
+    dice = float(np.mean(np.asarray([d for d, _, _ in per_case])[:, keep].mean(axis=1)))
+    absent = tuple(name for name, seen in zip(structures, keep, strict=True) if not seen)
+    empty = sum(int(e) for _, _, e in per_case)
+    return ValidationScore(dice, len(per_case), empty, absent)
+
+
 def validation_score(method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig,
                      device: torch.device, amp: bool = False) -> ValidationScore:
     """Mean over cases of the mean foreground Dice (what the published code selects on), over
     the classes that occur in at least one validation reference, and the number of cases
     predicted entirely as background (a collapsed model)."""
-    was_training = method.training
-    method.eval()
-    structures = cfg.eval.regions or {str(c): [c] for c in range(1, cfg.data.num_classes)}
-    per_case, present, empty = [], np.zeros(len(structures), bool), 0
-    try:
-        for case in cases:
-            pred = predict_case(method, case, cfg, device, amp)
-            empty += int(not pred.any())
-            per_case.append(dice_per_class(pred, case.label, cfg.data.num_classes,
-                                           cfg.eval.regions))
-            present |= [bool(class_mask(case.label, ids).any()) for ids in structures.values()]
-    finally:
-        method.train(was_training)
-    if not per_case:
-        return ValidationScore(float("nan"), 0, 0)
-    keep = present if present.any() else np.ones_like(present)
-    dice = float(np.mean(np.asarray(per_case)[:, keep].mean(axis=1)))
-    absent = tuple(name for name, seen in zip(structures, keep, strict=True) if not seen)
-    return ValidationScore(dice, len(per_case), empty, absent)
+    return summarize_validation(validation_cases(method, cases, cfg, device, amp), cfg)
 
 
 def validation_dice(method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig,
@@ -162,6 +187,9 @@ def evaluate_split(
                          "metrics": {str(k): v for k, v in values.items()}})
         if len(kept) < keep_predictions:
             kept.append((case, pred))
+    # DDP: ``cases`` was this process's shard; every process gets all cases, in order
+    per_case, kept = dist.unshard(per_case), dist.unshard_first(kept, keep_predictions)
+    present = {k: any(p[k] for p in dist.all_gather(present)) for k in present}
     summary = summarize(per_case, names, absent=[k for k, seen in present.items()
                                                  if not seen and per_case])
     unit = "mm" if spacing_note.startswith("mm") else "voxel"
@@ -175,6 +203,7 @@ def evaluate_split(
         "definitions": METRIC_DEFINITIONS,
         "classes": {str(k): v for k, v in names.items()},
         "per_case": per_case, **summary,
+        "processes": dist.world_size(),  # evaluated by this many processes (DDP shards)
     }
     if cfg.eval.regions:
         result["regions"] = structures

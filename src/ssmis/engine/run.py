@@ -9,6 +9,7 @@ from typing import Any
 
 from ssmis.config import ExperimentConfig, apply_overrides, check_paths, read_yaml, validate_config
 from ssmis.data.splits import Split
+from ssmis.engine import distributed as dist
 from ssmis.engine.checkpoint import load_into
 from ssmis.engine.data import eval_cases
 from ssmis.engine.evaluate import evaluate_split
@@ -30,16 +31,24 @@ from ssmis.errors import SSMISError
 
 def train_run(cfg: ExperimentConfig, run_dir: Path | None = None, evaluate: bool = True,
               verbose: bool = True, split: Split | None = None) -> Path:
-    """Validate everything, create the run folder, train, and evaluate on the test split."""
-    prepared = prepare(cfg, split)
-    path = new_run_dir(cfg, run_dir)
-    with run_lock(path):
-        if run_dir is not None and _has_run_files(path):  # another run got here first
-            raise SSMISError(f"{path}: run folder exists and is not empty (use --resume to "
-                             "continue it, or choose another --run-dir)")
+    """Validate everything, create the run folder, train, and evaluate on the test split.
+
+    Under torchrun (several processes) the run is one DDP run: rank 0 names, locks and writes
+    the run folder, every process trains its share of each batch (see
+    :mod:`ssmis.engine.distributed`).
+    """
+    dist.setup(cfg.train.device)
+    with dist.shared_errors():
+        prepared = prepare(cfg, split)
+        path = dist.on_main(new_run_dir, cfg, run_dir)
+    with dist.main_only(run_lock, path):
+        if run_dir is not None and dist.on_main(_has_run_files, path):  # another run came first
+            raise dist.SharedError(f"{path}: run folder exists and is not empty (use --resume "
+                                   "to continue it, or choose another --run-dir)")
         trainer = Trainer(prepared, path)
-        trainer.write_start_files()
-        setup_logger(path / "train.log", verbose)
+        if dist.is_main_process():
+            trainer.write_start_files()
+        _logger(path, verbose)
         trainer.fit()
         if evaluate:
             evaluate_run(path, split="test", checkpoint="best", verbose=verbose,
@@ -49,6 +58,19 @@ def train_run(cfg: ExperimentConfig, run_dir: Path | None = None, evaluate: bool
 
 def _has_run_files(path: Path) -> bool:
     return any(p.name != ".lock" for p in path.iterdir())
+
+
+def _logger(run_dir: Path, verbose: bool) -> None:
+    """The run's log (file + console) on rank 0; other DDP processes log nothing."""
+    if dist.is_main_process():
+        setup_logger(run_dir / "train.log", verbose)
+    else:
+        _silent_logger()
+
+
+def _silent_logger() -> None:
+    """No output at all, warnings included (Python's last-resort handler would print them)."""
+    setup_logger(None, verbose=False).addHandler(logging.NullHandler())
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -63,14 +85,17 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Experi
 def resume_run(run_dir: Path, overrides: list[str] | None = None, evaluate: bool = True,
                verbose: bool = True) -> Path:
     """Continue a stopped run from its last checkpoint (``train.iterations=`` may extend it)."""
-    cfg = load_run_config(run_dir, overrides)
-    split = Split.load(run_dir / SPLIT_FILE)
-    prepared = prepare(cfg, split)
-    with run_lock(run_dir):
+    with dist.shared_errors():
+        cfg = load_run_config(run_dir, overrides)
+        dist.setup(cfg.train.device)
+        split = Split.load(run_dir / SPLIT_FILE)
+        prepared = prepare(cfg, split)
+    with dist.main_only(run_lock, run_dir):
         trainer = Trainer(prepared, run_dir)
-        setup_logger(run_dir / "train.log", verbose)
-        # the checkpoint is verified before the overrides rewrite config.yaml
-        trainer.fit(resume=True, after_resume=trainer.write_start_files if overrides else None)
+        _logger(run_dir, verbose)
+        # the checkpoint is verified before the overrides rewrite config.yaml (rank 0)
+        rewrite = trainer.write_start_files if overrides and dist.is_main_process() else None
+        trainer.fit(resume=True, after_resume=rewrite)
         if evaluate:
             evaluate_run(run_dir, split="test", checkpoint="best", verbose=verbose,
                          prepared=prepared)
@@ -101,19 +126,31 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
     from ssmis import report
 
     if prepared is None:
-        cfg = load_run_config(run_dir)
-        prepared = prepare(cfg, Split.load(run_dir / SPLIT_FILE))
-        setup_logger(None, verbose)
+        with dist.shared_errors():
+            cfg = load_run_config(run_dir)
+            dist.setup(cfg.train.device)
+            prepared = prepare(cfg, Split.load(run_dir / SPLIT_FILE))
+        if dist.is_main_process():
+            setup_logger(None, verbose)
+        else:
+            _silent_logger()
     cfg, method, device = prepared.cfg, prepared.method, prepared.device
-    with run_lock(run_dir):
-        ckpt = checkpoint_path(run_dir, cfg, method, checkpoint)
-        meta = load_into(method, ckpt, method_name=cfg.method.name,
-                         model_name=cfg.model.name)
-        iteration = int(meta.get("step", "0"))
-        ids = getattr(prepared.split, split)
+    with dist.main_only(run_lock, run_dir):
+
+        def load() -> tuple[Path, int]:
+            path = checkpoint_path(run_dir, cfg, method, checkpoint)
+            meta = load_into(method, path, method_name=cfg.method.name,
+                             model_name=cfg.model.name)
+            return path, int(meta.get("step", "0"))
+
+        ckpt, iteration = dist.on_main(load)  # DDP: rank 0 reads it, the others receive it
+        dist.broadcast_state(method)
+        ids = dist.shard(getattr(prepared.split, split))  # DDP: this process's cases
         result, kept = evaluate_split(method, eval_cases(cfg, ids), cfg, device, split=split,
                                       checkpoint=ckpt.stem, iteration=iteration,
                                       keep_predictions=cfg.eval.overlay_cases)
+        if not dist.is_main_process():  # every process holds the gathered result
+            return result
         stem = result_stem(split, checkpoint)
         (run_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
         (run_dir / f"{stem}.md").write_text(report.metrics_table_markdown(result) + "\n")

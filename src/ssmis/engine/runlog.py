@@ -41,19 +41,25 @@ def _clean(value: Any) -> Any:
 
 
 class JsonlWriter:
-    """Append-only JSON-lines file, flushed per row so a crash loses at most one row."""
+    """Append-only JSON-lines file, flushed per row so a crash loses at most one row.
+    ``enabled=False`` (DDP ranks other than 0): opens nothing, writes nothing."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
-        self._handle = path.open("a")
+        self._handle = None
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = path.open("a")
 
     def write(self, row: dict[str, Any]) -> None:
+        if self._handle is None:
+            return
         self._handle.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
         self._handle.flush()
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
 
 def truncate_jsonl(path: Path, max_iter: int) -> None:
@@ -68,7 +74,10 @@ def truncate_jsonl(path: Path, max_iter: int) -> None:
 class TensorBoard:
     """Scalars to TensorBoard when it is installed; silently nothing otherwise."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, enabled: bool = True) -> None:
+        self._writer = None
+        if not enabled:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # tensorboard is an optional extra
@@ -91,9 +100,9 @@ class Progress:
     """A tqdm bar on a terminal; on a pipe (CI, nohup) a plain line every ~5% instead, written
     only where the shown loss was just computed (a log interval's end), never a stale one."""
 
-    def __init__(self, total: int, initial: int, desc: str) -> None:
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool = True) -> None:
         self.total = total
-        self.interactive = sys.stderr.isatty()
+        self.interactive = enabled and sys.stderr.isatty()
         self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
                          disable=not self.interactive, unit="it")
         self._every = max(total // 20, 1)

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 
 from ssmis.config import ExperimentConfig, check_method, to_yaml
+from ssmis.data.sampler import check_batch_split
 from ssmis.data.splits import Split
+from ssmis.engine import distributed as dist
 from ssmis.engine.checkpoint import (
     clean_temporary,
     find_resumable,
@@ -32,7 +34,7 @@ from ssmis.engine.checkpoint import (
     save_weights,
 )
 from ssmis.engine.data import build_split, check_data, eval_cases, train_batches
-from ssmis.engine.evaluate import validation_score
+from ssmis.engine.evaluate import ValidationScore, summarize_validation, validation_cases
 from ssmis.engine.files import CKPT_DIR, CONFIG_FILE, SELECTED, SPLIT_FILE  # noqa: F401
 from ssmis.engine.runlog import (
     LOGGER_NAME,
@@ -45,6 +47,7 @@ from ssmis.engine.schedule import learning_rate
 from ssmis.engine.seed import capture_rng_state, restore_rng_state, seed_everything
 from ssmis.errors import RunInterrupted, SSMISError
 from ssmis.methods import Method, Phase, build_method
+from ssmis.models import input_problem
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,15 +112,41 @@ class Prepared:
 
 
 def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
+    """Everything a run needs, checked before anything is written. Under DDP every process
+    builds the same method (same seed); the data files are checked by rank 0 only."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    device = dist.device_for(resolve_device(cfg.train.device))
     check_method(cfg, source="config")
     seed_everything(cfg.seed, cfg.train.deterministic)
     split = split or build_split(cfg)
     method = build_method(cfg)
-    check_data(cfg, split, need_unlabeled=method.uses_unlabeled)
+    per_process = check_process_batch(cfg, method, dist.world_size())
+    dist.on_main(check_data, cfg, split, need_unlabeled=method.uses_unlabeled)
+    if dist.use_sync_bn(cfg.train.sync_bn, device, sum(per_process), method):
+        dist.convert_sync_bn(method)
+    if dist.world_size() > 1:  # same initial weights everywhere, own random stream per process
+        seed_everything(dist.rank_seed(cfg.seed, dist.rank()), cfg.train.deterministic)
     return Prepared(cfg, split, method.to(device), device)
+
+
+def check_process_batch(cfg: ExperimentConfig, method: Method, world: int) -> tuple[int, int]:
+    """(labeled, unlabeled) samples per process: the global ``train.batch_size`` /
+    ``unlabeled_batch_size`` split over ``world`` processes. Refused (one line) when it does not
+    divide, or when the per-process batch breaks the method's batch rule
+    (:meth:`Method.batch_problem`, e.g. BCP's two equal halves)."""
+    unlabeled = cfg.train.unlabeled_batch_size if method.uses_unlabeled else 0
+    check_batch_split(cfg.train.batch_size, unlabeled, world)
+    per = (cfg.train.batch_size // world, unlabeled // world)
+    if world > 1:
+        problem = method.batch_problem(*per) if method.uses_unlabeled else None
+        if problem is None:
+            problem = input_problem(cfg.model.name, cfg.model.options, cfg.data.patch_size,
+                                    method.forward_batch(*per))
+        if problem is not None:
+            raise SSMISError(f"{problem} (per process: the global batch split over {world} "
+                             "processes)")
+    return per
 
 
 class Trainer:
@@ -147,6 +176,10 @@ class Trainer:
         self.timing: dict[str, float] = {}
         self.optimizer = self._make_optimizer()
         self.unlabeled_bs = self.cfg.train.unlabeled_batch_size if self.method.uses_unlabeled else 0
+        # DDP: rank 0 writes; the trainer steps the method through DDP (distributed.py)
+        self.main = dist.is_main_process()
+        self.world = dist.world_size()
+        self.stepper = dist.wrap(self.method, self.device)
 
     # -- set-up -----------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -182,17 +215,23 @@ class Trainer:
                   model_name=self.cfg.model.name)
 
     def save_last(self, rng: dict[str, Any]) -> None:
-        """One consistent resumable checkpoint (weights + state + manifest) at ``self.step``."""
+        """One consistent resumable checkpoint (weights + state + manifest) at ``self.step``;
+        under DDP every process's random state, written by rank 0."""
+        rng_ranks = dist.all_gather(rng)
+        self._last_save = time.monotonic()
+        if not self.main:
+            return
         save_resumable(self.ckpt_dir, self.step, self.method.state_dict(), self._metadata(), {
             "step": self.step, "optimizer": self.optimizer.state_dict(), "rng": rng,
             "best": dict(self.best), "best_iter": dict(self.best_iter),
             "val_history": [list(v) for v in self.val_history],
+            **({"rng_ranks": rng_ranks} if len(rng_ranks) > 1 else {}),
         })
         self._last_save = time.monotonic()
 
     def load_last(self) -> dict[str, Any]:
         """Restore the newest consistent checkpoint; returns its random states."""
-        if clean_temporary(self.ckpt_dir):
+        if dist.on_main(clean_temporary, self.ckpt_dir):  # DDP: rank 0 cleans, then all read
             self.log.info(f"{self.ckpt_dir}: removed temporary files of an interrupted write")
         found = find_resumable(self.ckpt_dir, self.total)
         for problem in found.skipped:
@@ -212,9 +251,24 @@ class Trainer:
         self.best_iter = {k: int(v) for k, v in state["best_iter"].items()}
         self.val_history = [(int(i), str(p), float(d)) for i, p, d in
                             state.get("val_history", [])]
-        truncate_jsonl(self.run_dir / "scalars.jsonl", self.step)
-        truncate_jsonl(self.run_dir / "val.jsonl", self.step)
-        return state["rng"]
+        if self.main:
+            truncate_jsonl(self.run_dir / "scalars.jsonl", self.step)
+            truncate_jsonl(self.run_dir / "val.jsonl", self.step)
+        return self._rank_rng(state)
+
+    def _rank_rng(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """This process's saved random state; None (fresh per-process streams, seeded from
+        the run seed, the step and the rank) when the run was saved by another number of
+        processes."""
+        if self.world == 1:
+            return state["rng"]
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.world:
+            return ranks[dist.rank()]
+        self.log.info(f"resuming on {self.world} processes (saved by "
+                      f"{len(ranks) if ranks else 1}): each process's random stream is "
+                      "re-seeded from the seed, the step and its rank")
+        return None
 
     def _phase_start(self, phase: Phase) -> int:
         start = 0
@@ -227,7 +281,22 @@ class Trainer:
     def _check_finite(self, window: list[dict[str, torch.Tensor]], state: bool) -> None:
         """Stop on a non-finite loss of any step in ``window`` and, with ``state``, on NaN/inf
         in the weights or buffers (BN statistics can overflow while the loss stays finite).
-        One host sync per check; the loss check runs at every log/validation boundary."""
+        One host sync per check; the loss check runs at every log/validation boundary. Under
+        DDP the processes compare their findings, so all stop together, with rank 0's line
+        (or the first process's that found one)."""
+        try:
+            self._check_finite_local(window, state)
+            problem = None
+        except SSMISError as err:
+            problem = str(err)
+        if self.world > 1:
+            problem = next((p for p in dist.all_gather(problem) if p is not None), None)
+            if problem is not None:
+                raise dist.SharedError(problem)
+        elif problem is not None:
+            raise SSMISError(problem)
+
+    def _check_finite_local(self, window: list[dict[str, torch.Tensor]], state: bool) -> None:
         losses = torch.stack([w["loss"].float() for w in window]) if window else None
         if losses is not None and not bool(torch.isfinite(losses).all()):
             first = int((~torch.isfinite(losses)).nonzero()[0])
@@ -251,21 +320,30 @@ class Trainer:
         if self.step >= self.total:
             self.log.info(f"run already finished ({self.step}/{self.total} iterations)")
             return self.summary()
-        batches = train_batches(cfg, self.split, self.unlabeled_bs, start_batch=self.step)
+        batches = train_batches(cfg, self.split, self.unlabeled_bs, start_batch=self.step,
+                                rank=dist.rank(), world_size=self.world)
         first_step = self.step
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         if rng is not None:
             restore_rng_state(rng)  # after the loader drew its base seed, as in a fresh run
-        scalars = JsonlWriter(self.run_dir / "scalars.jsonl")
-        val_log = JsonlWriter(self.run_dir / "val.jsonl")
-        tboard = TensorBoard(self.run_dir / "tensorboard")
-        progress = Progress(self.total, self.step, desc=f"{cfg.method.name}")
+        elif resume and self.world > 1:
+            seed_everything(dist.rank_seed(cfg.seed, dist.rank(), self.step),
+                            cfg.train.deterministic)
+        scalars = JsonlWriter(self.run_dir / "scalars.jsonl", enabled=self.main)
+        val_log = JsonlWriter(self.run_dir / "val.jsonl", enabled=self.main)
+        tboard = TensorBoard(self.run_dir / "tensorboard", enabled=self.main)
+        progress = Progress(self.total, self.step, desc=f"{cfg.method.name}", enabled=self.main)
         amp = cfg.train.amp and self.device.type == "cuda"
         interval = cfg.train.checkpoint_minutes * 60.0
         self._last_save = time.monotonic()
         self.log.info(f"training {cfg.method.name} / {cfg.model.name} on {self.device} for "
                       f"{self.total} iterations (from {self.step}); run folder {self.run_dir}")
+        if self.world > 1:
+            self.log.info(f"DDP: {self.world} processes ({dist.backend_for(cfg.train.device)}), "
+                          f"per process {self._per_process()} (labeled, unlabeled) of the "
+                          f"global batch, networks {self.stepper.networks}, SyncBatchNorm "
+                          f"{self._sync_bn()}")
         self.method.train()
         # Step losses stay on the device until a log, validation or checkpoint boundary, where
         # every step's loss is checked: one host sync per interval instead of one per iteration.
@@ -285,7 +363,7 @@ class Trainer:
                 labeled, unlabeled = next(batches)
                 labeled = _to_device(labeled, self.device)
                 unlabeled = _to_device(unlabeled, self.device) if unlabeled else None
-                losses = optimization_step(self.method, self.optimizer, labeled, unlabeled,
+                losses = optimization_step(self.stepper, self.optimizer, labeled, unlabeled,
                                            self.step, amp)
                 self.step += 1
                 detached = {k: v.detach() for k, v in losses.items()}
@@ -295,12 +373,15 @@ class Trainer:
                 log_now = self.step % cfg.train.log_every == 0 or self.step == self.total
                 validate_now = self.step % cfg.train.val_every == 0 or end_of_phase
                 timed_save = interval > 0 and time.monotonic() - self._last_save >= interval
+                if self.world > 1:  # DDP: a timer or a signal of any process stops all of them
+                    timed_save, stop.signum = dist.any_flags(timed_save, stop.signum,
+                                                             device=self.device)
                 saving = validate_now or timed_save or bool(stop.signum)
                 if log_now or saving:
                     self._check_finite(unchecked, state=saving)
                     unchecked = []
                 if log_now or validate_now:
-                    means = _window_means(window)
+                    means = dist.mean_over_ranks(_window_means(window), self.device)
                     shown_loss = means["loss"]
                 rate = progress.update(self.step, shown_loss, lr, fresh=log_now or validate_now)
                 if log_now:
@@ -314,10 +395,12 @@ class Trainer:
                 if saving:
                     self.save_last(capture_rng_state())
                 if stop.signum:
-                    raise RunInterrupted(
+                    interrupted = RunInterrupted(
                         f"{signal.Signals(stop.signum).name}: stopped at iteration {self.step}/"
                         f"{self.total}; checkpoint saved, continue with `ssmis train --resume "
                         f"{self.run_dir}`", 128 + stop.signum)
+                    interrupted.all_processes = True  # type: ignore[attr-defined]
+                    raise interrupted
         finally:
             stop.restore()
             progress.close()
@@ -340,8 +423,10 @@ class Trainer:
         if phase.init_from_best:
             previous = self.phases[self.phases.index(phase) - 1]
             path = self.ckpt_dir / f"{best_name(self.phases, previous)}.safetensors"
-            if path.is_file():
-                self._load(path)
+            if dist.on_main(path.is_file):  # DDP: rank 0 reads it, the others receive it
+                if self.main:
+                    self._load(path)
+                dist.broadcast_state(self.method)
                 self.log.info(f"phase {phase.name}: starting from {path.name}")
         self.method.on_phase_start(phase)
         if phase.reset_optimizer:
@@ -362,14 +447,13 @@ class Trainer:
             scores = {}
             for name in candidates:
                 self.method.set_predictor(name)
-                scores[name] = validation_score(self.method, eval_cases(cfg, ids), cfg,
-                                                self.device, amp)
+                scores[name] = self._val_score(ids, amp)
             choice = max(candidates, key=lambda n: scores[n].dice)
             self.method.set_predictor(choice)
             result = scores[choice]
             extra = {"predictor": choice, **{f"val_dice_{n}": v.dice for n, v in scores.items()}}
         else:
-            result = validation_score(self.method, eval_cases(cfg, ids), cfg, self.device, amp)
+            result = self._val_score(ids, amp)
         score = result.dice
         if result.absent and not getattr(self, "_absent_warned", False):
             self._absent_warned = True
@@ -386,8 +470,9 @@ class Trainer:
         for name in improved:
             self.best[name] = score
             self.best_iter[name] = self.step
-            save_weights(self.ckpt_dir / f"{name}.safetensors", self.method.state_dict(),
-                         self._metadata())
+            if self.main:
+                save_weights(self.ckpt_dir / f"{name}.safetensors", self.method.state_dict(),
+                             self._metadata())
         val_log.write({"iter": self.step, "phase": phase.name, "val_dice": score,
                        "best": SELECTED in improved, "empty_predictions": result.empty_predictions,
                        **extra})
@@ -405,6 +490,20 @@ class Trainer:
         self.log.info(f"iter {self.step}: val Dice {score:.4f} ({best_text}) "
                       f"{'[' + extra['predictor'] + '] ' if extra else ''}"
                       f"[{time.perf_counter() - t0:.1f} s]{note}")
+
+    def _val_score(self, ids: list[str], amp: bool) -> ValidationScore:
+        """Validation score of the current weights; under DDP each process scores its shard
+        of the cases and the per-case results are gathered (same cases, same order, same
+        mean on every process, so all agree on the best checkpoint)."""
+        local = validation_cases(self.method, eval_cases(self.cfg, dist.shard(ids)), self.cfg,
+                                 self.device, amp)
+        return summarize_validation(dist.unshard(local), self.cfg)
+
+    def _per_process(self) -> tuple[int, int]:
+        return (self.cfg.train.batch_size // self.world, self.unlabeled_bs // self.world)
+
+    def _sync_bn(self) -> bool:
+        return any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.method.modules())
 
     def _ties(self) -> list[int]:
         """Iterations whose validation Dice equals the selected one (more than one: a tie)."""
@@ -436,9 +535,16 @@ class Trainer:
                    if len(ties) == len([v for v in self.val_history if v[1] in
                                         {p.name for p in self.phases if self._selection_pool(p)}])
                    else ""))
+        labeled, unlabeled = self._per_process()
+        info["world_size"] = self.world  # processes of this session (DDP)
+        info["batch_per_process"] = {"labeled": labeled, "unlabeled": unlabeled}
+        info["global_batch"] = {"labeled": self.cfg.train.batch_size,
+                                "unlabeled": self.unlabeled_bs}
+        info["sync_bn"] = self._sync_bn()
         if self.timing:  # this session's iterations; validation and checkpoints included
             info["timing"] = self.timing
-        (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=2) + "\n")
+        if self.main:
+            (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=2) + "\n")
         return info
 
 
@@ -475,7 +581,8 @@ def optimization_step(method: Any, optimizer: torch.optim.Optimizer, labeled: di
                       unlabeled: dict[str, Any] | None, step: int,
                       amp: bool) -> dict[str, torch.Tensor]:
     """One training iteration: the method's losses (bf16 autocast when ``amp``), backward, the
-    optimizer step and the method's end-of-step hook (EMA). The benchmarks time this too."""
+    optimizer step and the method's end-of-step hook (EMA). The benchmarks time this too.
+    ``method``: the method, or under DDP its :class:`~ssmis.engine.distributed.DDPStep`."""
     with torch.autocast(labeled["image"].device.type, dtype=torch.bfloat16, enabled=amp):
         losses = method.training_step(labeled, unlabeled, step)
     optimizer.zero_grad(set_to_none=True)

@@ -81,6 +81,9 @@ class Method(nn.Module):
     uses_unlabeled: ClassVar[bool] = True
     #: spatial dimensionalities the method supports (2D-only methods set ``(2,)``)
     spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
+    #: DDP: some trainable parameter gets no gradient in some step (e.g. a layer used only in
+    #: one phase), so DDP must look for unused parameters after each forward
+    ddp_find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__()
@@ -161,6 +164,15 @@ class Method(nn.Module):
         groups may carry ``lr_scale``: the engine sets their lr to ``scale x`` the scheduled
         ``train.lr``."""
         return None
+
+    def ddp_networks(self) -> list[str]:
+        """Attribute names of the networks the optimizer trains (e.g. ``['student']``,
+        ``['net1', 'net2']``): under DDP their gradients are averaged over the processes.
+        EMA teachers and frozen modules are not listed; they stay unwrapped and are updated
+        from the synchronised students. Default: every child module with a parameter that
+        requires a gradient (the engine checks that no trainable parameter is left out)."""
+        return [name for name, child in self.named_children()
+                if any(p.requires_grad for p in child.parameters())]
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the optimizer updates; methods with EMA teachers exclude them."""

@@ -128,6 +128,7 @@ class CVBM(TwoPhaseMethod):
     summary = ("CVBM: BCP plus a background decoder, mixing layer and bidirectional consistency "
                "(Cao et al. 2025)")
     Params = CVBMParams
+    ddp_find_unused_parameters = True  # the mixing layer gets no gradient in pre-training
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

@@ -305,6 +305,8 @@ class SynFoC(ChoosablePredictor, Method):
                "fused pseudo-labels, consensus-divergence (Qinghe et al. 2025)")
     Params = SynFoCParams
     spatial_dims = (2,)
+    #: SAM's prompt encoder and IoU head are trainable but unused by the prompt-free head
+    ddp_find_unused_parameters = True
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

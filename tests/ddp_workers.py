@@ -153,3 +153,17 @@ def train_worker(rank: int, world: int, port: int, raw_cfg: dict[str, Any], run_
         raise
     finally:
         dist.teardown()
+
+
+def init_failure_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Join a group whose rendezvous port is taken: the one line :func:`setup` raises."""
+    torchrun_env(rank, world, port)
+    from ssmis.engine import distributed as dist
+    from ssmis.errors import SSMISError
+
+    try:
+        dist.setup("cpu")
+        message = "no error"
+    except SSMISError as err:
+        message = str(err)
+    Path(out).write_text(message)

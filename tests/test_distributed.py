@@ -154,6 +154,24 @@ def test_gpus_beyond_the_machine_is_one_line(phantom_root: Path, tmp_path: Path,
     assert not (tmp_path / "tiny").exists()  # nothing written
 
 
+def test_a_process_group_that_cannot_start_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:  # the rendezvous port is in use: rank 0 cannot serve it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = tmp_path / "error.txt"
+        proc = mp.get_context(START).Process(target=ddp_workers.init_failure_worker,
+                                             args=(0, 2, port, str(out)))
+        proc.start()
+        proc.join(60)
+    message = out.read_text()
+    assert message.startswith(f"torch.distributed: could not start the gloo process group "
+                              f"(rank 0 of 2, MASTER_ADDR=127.0.0.1:{port}): ")
+    assert "\n" not in message
+
+
 # -- every method under DDP -------------------------------------------------------------------
 def test_every_method_trains_under_ddp_with_identical_weights_after_each_step(
     tmp_path: Path,

@@ -283,15 +283,17 @@ def test_a_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(
 
 @pytest.mark.slow
 def test_torchrun_launches_ssmis_train(phantom_root: Path, tmp_path: Path) -> None:
-    """``python -m torch.distributed.run --nproc-per-node 2 -m ssmis train`` end to end."""
+    """``ssmis train --gpus 2``'s relaunch through torch.distributed.run (here with gloo CPU
+    processes), and ``python -m torch.distributed.run ... -m ssmis train`` by hand."""
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config(phantom_root, tmp_path, batch_size=4,
                                                device="cpu", threads=1)))
     run = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "ssmis", "train", str(path), "--run-dir", str(run), "--quiet"],
-        capture_output=True, text=True, cwd=REPO, timeout=300)
+    code = ("import sys; from ssmis.engine.distributed import relaunch; "
+            f"sys.exit(relaunch(['train', {str(path)!r}, '--run-dir', {str(run)!r}, "
+            "'--quiet'], 2, cpu=True))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((run / "metrics.json").read_text())["processes"] == 2
     assert json.loads((run / "train_summary.json").read_text())["world_size"] == 2

@@ -200,6 +200,9 @@ def _relaunch_train(args: argparse.Namespace, cpu: bool = False) -> int:
 
     argv = ["train"]
     if args.resume is not None:
+        if args.config and "=" not in args.config:
+            raise SSMISError("train --resume RUN_DIR takes no config file (the run's own "
+                             "config.yaml is used); give only key=value overrides")
         load_run_config(args.resume, [o for o in [args.config, *args.overrides] if o])
         argv += ["--resume", str(args.resume)]
         if args.config:

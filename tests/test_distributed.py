@@ -247,7 +247,7 @@ def test_two_processes_with_half_batches_equal_one_process_with_the_global_batch
 def test_a_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(
     phantom_root: Path, tmp_path: Path, test_methods: None,
 ) -> None:
-    from ssmis.engine.checkpoint import load_state
+    from ssmis.engine.checkpoint import find_resumable
     from ssmis.engine.run import resume_run
 
     raw = tiny_config(phantom_root, tmp_path, iterations=6, val_every=2, batch_size=4,
@@ -258,7 +258,7 @@ def test_a_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(
     # process 1 is SIGKILLed in its 5th iteration; process 0 is left to notice on its own
     codes = _spawn_until_exit(ddp_workers.train_worker, raw, str(part), False, [], 4, False)
     assert codes[1] == -9 and codes[0] not in (0, None), codes
-    assert load_state(part / "checkpoints/last_state.pt")["step"] == 4
+    assert find_resumable(part / "checkpoints", 6).step == 4
     assert not list((part / "checkpoints").glob(".*tmp")), "half-written checkpoint left"
     assert not (part / "train_summary.json").exists()
     assert "another process of this run has probably stopped" in (

@@ -47,17 +47,19 @@ class FrozenBNSupervised(Supervised):
 
 
 class DyingSupervised(Supervised):
-    """Supervised whose rank-1 process kills itself (SIGKILL) at ``DIE_AT`` (the kill test)."""
+    """Supervised whose rank-1 process sends itself ``signum`` (SIGKILL: the kill test;
+    SIGTERM: the stop test) in step ``die_at``."""
 
     name = "test_dies"
     die_at: int | None = None
+    signum: int = 9
 
     def training_step(self, labeled, unlabeled, step):  # type: ignore[override]
         from ssmis.engine import distributed as dist
 
         if DyingSupervised.die_at is not None and step == DyingSupervised.die_at \
                 and dist.rank() == 1:
-            os.kill(os.getpid(), 9)
+            os.kill(os.getpid(), DyingSupervised.signum)
         return super().training_step(labeled, unlabeled, step)
 
 
@@ -133,11 +135,11 @@ def methods_worker(rank: int, world: int, port: int, out: str, cases: list[tuple
 # -- engine runs --------------------------------------------------------------------------------
 def train_worker(rank: int, world: int, port: int, raw_cfg: dict[str, Any], run_dir: str,
                  resume: bool, overrides: list[str], die_at: int | None,
-                 evaluate: bool) -> None:
+                 evaluate: bool, signum: int = 9) -> None:
     """``train_run`` (or ``resume_run``) as one process of a ``world``-process DDP run."""
     torchrun_env(rank, world, port)
     register_test_methods()
-    DyingSupervised.die_at = die_at
+    DyingSupervised.die_at, DyingSupervised.signum = die_at, signum
     from ssmis.config import validate_config
     from ssmis.engine import distributed as dist
     from ssmis.engine.run import resume_run, train_run

@@ -244,14 +244,14 @@ def test_two_processes_with_half_batches_equal_one_process_with_the_global_batch
     assert (two / "overlays_test.png").is_file()
 
 
-def test_a_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(
+def test_killed_or_stopped_ddp_runs_resume_to_the_weights_of_an_uninterrupted_one(
     phantom_root: Path, tmp_path: Path, test_methods: None,
 ) -> None:
     from ssmis.engine.checkpoint import find_resumable
     from ssmis.engine.run import resume_run
 
     raw = tiny_config(phantom_root, tmp_path, iterations=6, val_every=2, batch_size=4,
-                      device="cpu")
+                      device="cpu", checkpoint_minutes=0)
     raw["method"] = {"name": "test_dies"}  # supervised; dropout on: per-process random streams
     full, part = tmp_path / "full", tmp_path / "part"
     _spawn(ddp_workers.train_worker, raw, str(full), False, [], None, False)
@@ -273,6 +273,21 @@ def test_a_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(
     rows = [json.loads(x)["iter"] for x in (part / "scalars.jsonl").read_text().splitlines()]
     assert rows == [1, 2, 3, 4, 5, 6]
     assert json.loads((part / "train_summary.json").read_text())["world_size"] == 2
+
+    # SIGTERM to process 1 alone, in its 2nd iteration: both stop after that iteration with
+    # one checkpoint (the processes agree on the stop), and the run resumes exactly
+    stopped = tmp_path / "stopped"
+    codes = _spawn_until_exit(ddp_workers.train_worker, raw, str(stopped), False, [], 1, False,
+                              15)
+    assert codes == [1, 1], codes  # both raised RunInterrupted (the CLI exits with 143)
+    for rank in (0, 1):
+        assert (tmp_path / f"stopped-error-rank{rank}.txt").read_text().startswith(
+            "RunInterrupted: SIGTERM: stopped at iteration 2/6; checkpoint saved")
+    assert find_resumable(stopped / "checkpoints", 6).step == 2
+    _spawn(ddp_workers.train_worker, {}, str(stopped), True, [], None, False)
+    b = _weights(stopped)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
     # ... and on another number of processes (here 1): the same global batches, new streams
     resume_run(other, [], evaluate=False, verbose=False)

@@ -34,7 +34,12 @@ from ssmis.engine.checkpoint import (
     save_weights,
 )
 from ssmis.engine.data import build_split, check_data, eval_cases, train_batches
-from ssmis.engine.evaluate import ValidationScore, summarize_validation, validation_cases
+from ssmis.engine.evaluate import (
+    ValidationScore,
+    summarize_validation,
+    validation_cases,
+    validation_score,
+)
 from ssmis.engine.files import CKPT_DIR, CONFIG_FILE, SELECTED, SPLIT_FILE  # noqa: F401
 from ssmis.engine.runlog import (
     LOGGER_NAME,
@@ -495,6 +500,9 @@ class Trainer:
         """Validation score of the current weights; under DDP each process scores its shard
         of the cases and the per-case results are gathered (same cases, same order, same
         mean on every process, so all agree on the best checkpoint)."""
+        if self.world == 1:
+            return validation_score(self.method, eval_cases(self.cfg, ids), self.cfg,
+                                    self.device, amp)
         local = validation_cases(self.method, eval_cases(self.cfg, dist.shard(ids)), self.cfg,
                                  self.device, amp)
         return summarize_validation(dist.unshard(local), self.cfg)

@@ -32,7 +32,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "root": "",  # filled in with the generated folder
         "num_classes": 4,
         "class_names": {1: "RV", 2: "Myo", 3: "LV"},
-        "labeled_slices": 4,  # half a phantom patient: few labels, 124 unlabeled slices
+        "labeled_slices": 2,  # a quarter of a phantom patient: few labels, 126 unlabeled
         "patch_size": list(PHANTOM_SIZE),
         "cache": True,
     },

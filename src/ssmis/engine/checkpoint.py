@@ -230,9 +230,17 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         SSMISError: missing file, unreadable header, or tensors that do not match the checksum
             written with them (flipped or truncated bytes).
     """
+    return _load_verified(path, _header(path))
+
+
+def _header(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise SSMISError(f"{path}: checkpoint not found")
-    meta = read_metadata(path)
+    return read_metadata(path)
+
+
+def _load_verified(path: Path, meta: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The tensors of ``path`` checked against the checksum in its metadata ``meta``."""
     try:
         tensors = load_file(str(path))
     except Exception:  # safetensors raises several types for a damaged file
@@ -262,12 +270,12 @@ def load_into(method: torch.nn.Module, path: Path, *, method_name: str,
         SSMISError: one line naming ``path`` when it is damaged, holds another method's or
             model's weights, or misses / adds a tensor or has one of another shape.
     """
-    tensors = load_weights(path)
-    meta = read_metadata(path)
+    meta = _header(path)  # another method's weights are refused before reading the tensors
     found = (meta.get("method"), meta.get("model"))
     if None not in found and found != (method_name, model_name):
         raise SSMISError(f"{path}: weights of method '{found[0]}' / model '{found[1]}'; this run "
                          f"is '{method_name}' / '{model_name}'")
+    tensors = _load_verified(path, meta)
     expected = method.state_dict()
     extra = sorted(set(tensors) - set(expected))
     if extra:

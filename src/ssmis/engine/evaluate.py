@@ -67,6 +67,11 @@ def segment(predict_fn, image: np.ndarray, ndim: int, cfg: ExperimentConfig,
     return pred
 
 
+def occurs_in(label: np.ndarray, structures: dict[str, list[int]]) -> list[bool]:
+    """Per structure (class or region of class ids), whether ``label`` holds any of its voxels."""
+    return [bool(class_mask(label, ids).any()) for ids in structures.values()]
+
+
 def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int,
                    regions: dict[str, list[int]] | None = None) -> list[float]:
     """Dice of classes 1..C-1, or of each region (a union of classes), 1.0 when both masks are
@@ -105,7 +110,7 @@ def validation_cases(method: Method, cases: Iterator[EvalCase], cfg: ExperimentC
         for case in cases:
             pred = predict_case(method, case, cfg, device, amp)
             out.append((dice_per_class(pred, case.label, cfg.data.num_classes, cfg.eval.regions),
-                        [bool(class_mask(case.label, ids).any()) for ids in structures.values()],
+                        occurs_in(case.label, structures),
                         not pred.any()))
     finally:
         method.train(was_training)
@@ -173,8 +178,8 @@ def evaluate_split(
     spacing_note = "voxel units"
     present = dict.fromkeys(structures, False)
     for case in cases:
-        for key, ids in structures.items():
-            present[key] = present[key] or bool(class_mask(case.label, ids).any())
+        for key, seen in zip(structures, occurs_in(case.label, structures), strict=True):
+            present[key] = present[key] or seen
         pred = predict_case(method, case, cfg, device, amp=cfg.train.amp)
         spacing = case.spacing if cfg.eval.unit == "mm" else None
         if cfg.eval.unit == "mm" and spacing is None:

@@ -23,6 +23,7 @@ from ssmis.engine.trainer import (
     SPLIT_FILE,
     Trainer,
     best_name,
+    has_run_files,
     new_run_dir,
     prepare,
 )
@@ -42,7 +43,7 @@ def train_run(cfg: ExperimentConfig, run_dir: Path | None = None, evaluate: bool
         prepared = prepare(cfg, split)
         path = dist.on_main(new_run_dir, cfg, run_dir)
     with dist.main_only(run_lock, path):
-        if run_dir is not None and dist.on_main(_has_run_files, path):  # another run came first
+        if run_dir is not None and dist.on_main(has_run_files, path):  # another run came first
             raise dist.SharedError(f"{path}: run folder exists and is not empty (use --resume "
                                    "to continue it, or choose another --run-dir)")
         trainer = Trainer(prepared, path)
@@ -54,10 +55,6 @@ def train_run(cfg: ExperimentConfig, run_dir: Path | None = None, evaluate: bool
             evaluate_run(path, split="test", checkpoint="best", verbose=verbose,
                          prepared=prepared)
     return path
-
-
-def _has_run_files(path: Path) -> bool:
-    return any(p.name != ".lock" for p in path.iterdir())
 
 
 def _logger(run_dir: Path, verbose: bool) -> None:

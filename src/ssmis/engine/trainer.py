@@ -74,7 +74,7 @@ def new_run_dir(cfg: ExperimentConfig, requested: Path | None) -> Path:
     if requested is not None:
         if requested.exists() and not requested.is_dir():
             raise SSMISError(f"{requested}: --run-dir is a file, expected a folder")
-        if requested.exists() and _has_files(requested):
+        if requested.exists() and has_run_files(requested):
             raise SSMISError(f"{requested}: run folder exists and is not empty "
                              "(use --resume to continue it, or choose another --run-dir)")
         _mkdir(requested)
@@ -93,7 +93,8 @@ def new_run_dir(cfg: ExperimentConfig, requested: Path | None) -> Path:
             raise SSMISError(f"{path}: cannot create the run folder ({err.strerror})") from None
 
 
-def _has_files(folder: Path) -> bool:
+def has_run_files(folder: Path) -> bool:
+    """Whether ``folder`` holds anything but the run lock."""
     from ssmis.engine.runlock import LOCK_FILE
 
     return any(p.name != LOCK_FILE for p in folder.iterdir())

@@ -10,7 +10,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from ssmis.metrics import binary_metrics
+from ssmis.eval.metrics import binary_metrics
 
 
 def main() -> None:

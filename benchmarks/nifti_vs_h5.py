@@ -31,7 +31,7 @@ from ssmis.data.datasets import load_eval_cases
 from ssmis.data.h5 import la_volume_path, read_list
 from ssmis.data.owndata import CaseReader, scan
 from ssmis.datatools import loose_data_config
-from ssmis.metrics import case_metrics
+from ssmis.eval.metrics import case_metrics
 
 LA = Path(__file__).resolve().parents[2] / "shared" / "data" / "la_sample"
 SPACING = 0.625

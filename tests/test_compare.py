@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from ssmis.cli import main
-from ssmis.compare import compare_runs, comparison_rows, load_run_result
 from ssmis.errors import SSMISError
+from ssmis.eval.compare import compare_runs, comparison_rows, load_run_result
 
 
 def _stat(mean: float | None) -> dict:

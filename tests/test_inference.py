@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssmis.inference import (
+from ssmis.eval.inference import (
     largest_connected_component,
     predict_slicewise,
     predict_sliding_window,

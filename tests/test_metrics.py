@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
-from ssmis.metrics import binary_metrics, case_metrics, summarize
+from ssmis.eval.metrics import binary_metrics, case_metrics, summarize
 
 
 def _blob(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Mixed-domain SSL (the SynFoC setting) end to end for any method: labeled cases from one
 domain only, unlabeled from all, test metrics per domain plus the mean, and the per-domain
-table of ``ssmis.report`` (one Dice column per domain, then mean Dice, Jaccard, HD95, ASD)."""
+table of ``ssmis.eval.report`` (one Dice column per domain, then mean Dice, Jaccard, HD95, ASD)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from ssmis import report
 from ssmis.cli import main
+from ssmis.eval import report
 
 DOMAINS = ("siteA", "siteB", "siteC")
 

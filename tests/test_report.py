@@ -1,4 +1,4 @@
-"""Tables and pictures of ssmis.report, from a small hand-made metrics result."""
+"""Tables and pictures of ssmis.eval.report, from a small hand-made metrics result."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ssmis import report
+from ssmis.eval import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -539,8 +539,8 @@ def test_absent_classes_are_reported_apart_and_tables_show_counts(
 def test_a_model_that_predicts_nothing_shows_its_undefined_distances() -> None:
     import numpy as np
 
-    from ssmis.metrics import case_metrics, summarize
-    from ssmis.report import metrics_table_text
+    from ssmis.eval.metrics import case_metrics, summarize
+    from ssmis.eval.report import metrics_table_text
 
     label = np.zeros((8, 8), np.uint8)
     label[2:5, 2:5] = 1

@@ -294,8 +294,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ssmis.compare import compare_runs
     from ssmis.engine.files import result_stem
+    from ssmis.eval.compare import compare_runs
 
     table = compare_runs(args.runs, markdown=args.markdown,
                          metrics_file=f"{result_stem(args.split, args.checkpoint)}.json")

@@ -86,7 +86,7 @@ def _summary(run: Path) -> dict[str, Any]:
 
 def comparison_text(results: dict[str, dict[str, Any]], runs: dict[str, Path]) -> str:
     """The printed comparison: per method Dice per class and mean, HD95, then the gain."""
-    from ssmis.report import text_table
+    from ssmis.eval.report import text_table
 
     classes = list(next(iter(results.values()))["per_class"])
     header = ["method", *[f"{c} Dice (%)" for c in classes], "mean Dice (%)",

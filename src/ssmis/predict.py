@@ -203,7 +203,7 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
     from ssmis.engine.checkpoint import load_into
     from ssmis.engine.evaluate import segment
     from ssmis.engine.trainer import CONFIG_FILE, resolve_device
-    from ssmis.inference import flip_tta
+    from ssmis.eval.inference import flip_tta
     from ssmis.methods import build_method
 
     run_dir, ckpt = resolve_checkpoint(checkpoint)
@@ -295,7 +295,7 @@ def _write_png(targets: list[Path], pred: np.ndarray, raw: np.ndarray) -> list[P
 
     Image.fromarray(pred.astype(np.uint8)).save(targets[0])
     if len(targets) > 1:
-        from ssmis.report import class_color
+        from ssmis.eval.report import class_color
 
         base = raw.astype(np.float32)
         if base.ndim == 2:

@@ -19,15 +19,19 @@ from ssmis import __version__
 from ssmis.config import ExperimentConfig
 from ssmis.data.datasets import EvalCase
 from ssmis.engine import distributed as dist
-from ssmis.inference import largest_connected_component, predict_slicewise, predict_sliding_window
-from ssmis.methods.base import Method
-from ssmis.metrics import (
+from ssmis.eval.inference import (
+    largest_connected_component,
+    predict_slicewise,
+    predict_sliding_window,
+)
+from ssmis.eval.metrics import (
     EMPTY_RULES,
     METRIC_DEFINITIONS,
     case_metrics,
     class_mask,
     summarize,
 )
+from ssmis.methods.base import Method
 
 
 def predict_case(method: Method, case: EvalCase, cfg: ExperimentConfig,

@@ -120,7 +120,7 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
     The files are named by :func:`result_stem`. Raises SSMISError for a missing or damaged
     checkpoint, or while another process holds the run folder.
     """
-    from ssmis import report
+    from ssmis.eval import report
 
     if prepared is None:
         with dist.shared_errors():
@@ -162,7 +162,7 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
 
 
 def _pictures(run_dir: Path, cfg: ExperimentConfig, kept, split: str) -> None:
-    from ssmis import report
+    from ssmis.eval import report
 
     scalars = run_dir / "scalars.jsonl"
     if scalars.is_file() and scalars.stat().st_size > 0:

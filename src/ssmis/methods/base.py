@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from ssmis.config import ExperimentConfig, TrainConfig, format_validation_error
 from ssmis.errors import SSMISError
 from ssmis.models import build_model
+from ssmis.validation import format_validation_error
+
+if TYPE_CHECKING:  # the config asks this registry; the registry never imports the config
+    from ssmis.config import ExperimentConfig, TrainConfig
 
 Batch = dict[str, Any]
 

@@ -77,14 +77,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ssmis.config import TrainConfig
 from ssmis.errors import SSMISError
 from ssmis.losses import dice_loss
 from ssmis.methods.base import Batch, ChoosablePredictor, Method, MethodParams
@@ -93,6 +92,9 @@ from ssmis.mixing import cutmix_box
 from ssmis.models import build_model
 from ssmis.optim import CombinedOptimizer
 from ssmis.ramps import sigmoid_rampup
+
+if TYPE_CHECKING:
+    from ssmis.config import TrainConfig
 
 DICE_SMOOTH = 1e-10
 

@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from ssmis.components import largest_component_per_class_torch
-from ssmis.inference import largest_connected_component
+from ssmis.eval.inference import largest_connected_component
 from ssmis.methods.base import MethodParams
 
 BufferPolicy = Literal["own", "ema"]

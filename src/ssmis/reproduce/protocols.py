@@ -182,14 +182,14 @@ def _evaluate_protocols(run_dir: Path, overlay_cases: int,
     from ssmis.engine.data import eval_cases
     from ssmis.engine.evaluate import git_commit, predict_case
     from ssmis.engine.trainer import prepare
-    from ssmis.metrics import (
+    from ssmis.eval.metrics import (
         EMPTY_RULES,
         METRIC_DEFINITIONS,
         case_metrics,
         class_mask,
         summarize,
     )
-    from ssmis.report import pick_slice
+    from ssmis.eval.report import pick_slice
 
     source = str(run_dir / "config.yaml")
     raw = read_yaml(run_dir / "config.yaml")

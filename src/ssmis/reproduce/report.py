@@ -165,7 +165,7 @@ def _curves(cells: list[dict[str, Any]], title: str) -> bytes | None:
 def _overlays(cells: list[dict[str, Any]], title: str) -> bytes | None:
     """The same test cases (first seed's honest checkpoint) for every method, beside the
     reference: rows are cases, columns the reference then each method."""
-    from ssmis.report import label_to_rgba
+    from ssmis.eval.report import label_to_rgba
 
     shown = []
     for cell in cells:

@@ -24,8 +24,8 @@ import numpy as np
 import yaml
 
 from ssmis.errors import SSMISError
-from ssmis.metrics import domain_average
-from ssmis.report import METRICS, markdown_table, metric_titles, text_table
+from ssmis.eval.metrics import domain_average
+from ssmis.eval.report import METRICS, markdown_table, metric_titles, text_table
 
 __all__ = ["RunResult", "comparison_rows", "compare_runs", "load_run_result"]
 

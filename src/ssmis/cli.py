@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
                           description="Tools for your own data (nnU-Net NIfTI folders, image/mask "
                                       "folders) and the h5 layouts.")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.add_parser("layouts", help="list the registered data layouts (data.layout values)",
+                    description="Every registered data layout with its patch dimensionality "
+                                "and how it stores a dataset.")
     insp = dsub.add_parser("inspect", help="layout, cases, shapes, spacings, labels, problems",
                            description="Detect the layout and print cases, labeled/unlabeled "
                                        "counts, shapes, spacings, intensity ranges, label values,"
@@ -244,6 +247,14 @@ def _count_or_fraction(text: str | None, name: str) -> tuple[int | None, float |
 def _cmd_data(args: argparse.Namespace) -> int:
     from ssmis import datatools
 
+    if args.data_command == "layouts":
+        from ssmis.data.layouts import LAYOUTS
+
+        width = max(len(n) for n in LAYOUTS)
+        for name, cls in sorted(LAYOUTS.items()):
+            dims = "/".join(f"{d}D" for d in cls.patch_dims)
+            print(f"{name:<{width}}  {dims:<5}  {cls.description}")
+        return 0
     if args.data_command == "inspect":
         return datatools.inspect_dataset(
             args.path, mask_values=datatools.parse_mask_values(args.mask_values),
@@ -280,7 +291,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         out = datatools.prepare(args.path, args.out, list(args.overrides), **fields)
         print(f"wrote {out} (train with data.layout=prepared data.root={out})")
         return 0
-    raise SSMISError("data: expected an action: inspect, split or prepare")
+    raise SSMISError("data: expected an action: layouts, inspect, split or prepare")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -22,18 +22,18 @@ class _Section(BaseModel):
 
 
 Normalization = Literal["auto", "zscore", "ct", "scale", "none"]
-OWN_LAYOUTS = ("nifti", "images", "prepared")
 
 
 class DataConfig(_Section):
     """Where the data is and how it is split into labeled / unlabeled / val / test."""
 
-    layout: Literal["acdc_h5", "la_h5", "brats_h5", "nifti", "images", "prepared"] = Field(
-        description="acdc_h5: SSL4MIS 2D slices + volumes; la_h5: UA-MT 3D volumes; brats_h5: "
+    layout: str = Field(
+        description="how the dataset is stored (a registered layout, ssmis.data.layouts): "
+                    "acdc_h5: SSL4MIS 2D slices + volumes; la_h5: UA-MT 3D volumes; brats_h5: "
                     "SSL4MIS BraTS2019 (data/<id>.h5, train/val/test.txt); nifti: "
                     "nnU-Net folder (imagesTr/labelsTr/...); images: PNG/JPG/TIF image + mask "
                     "folders (optionally one folder per domain); prepared: `ssmis data prepare` "
-                    "output"
+                    "output; `ssmis data layouts` lists them all"
     )
     root: Path
     num_classes: int = Field(ge=2)
@@ -119,37 +119,15 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
-        if self.layout == "acdc_h5":
-            if (self.labeled_patients is None) == (self.labeled_slices is None):
-                raise ValueError("data: give exactly one of labeled_patients / labeled_slices")
-            if len(self.patch_size) != 2:
-                raise ValueError("data.patch_size: expected 2 values [H, W] for acdc_h5")
-        if self.layout == "la_h5":
-            if self.labeled_count is None:
-                raise ValueError("data.labeled_count: required for la_h5")
-            if self.val_count is None:
-                raise ValueError(
-                    "data.val_count: required for la_h5 (cases carved from train.list)"
-                )
-            if len(self.patch_size) != 3:
-                raise ValueError("data.patch_size: expected 3 values [X, Y, Z] for la_h5")
-        if self.layout == "brats_h5":
-            if self.labeled_count is None and self.split_file is None:
-                raise ValueError("data.labeled_count: required for brats_h5 (the first ids of "
-                                 "train.txt; SSL4MIS uses 25)")
-            if len(self.patch_size) != 3:
-                raise ValueError("data.patch_size: expected 3 values [X, Y, Z] for brats_h5")
-        if self.layout in OWN_LAYOUTS and self.split_file is None:
-            chosen = [n for n in ("labeled_count", "labeled_fraction", "labeled_cases")
-                      if getattr(self, n) is not None]
-            if len(chosen) != 1:
-                raise ValueError("data: give exactly one of labeled_count / labeled_fraction / "
-                                 f"labeled_cases (or data.split_file) for {self.layout}")
-            if self.val_count is None and self.val_fraction is None:
-                raise ValueError(f"data.val_count: give val_count or val_fraction for "
-                                 f"{self.layout} (validation cases carved from labeled cases)")
-        if self.layout == "images" and len(self.patch_size) != 2:
-            raise ValueError("data.patch_size: expected 2 values [H, W] for images")
+        from ssmis.data.layouts import get_layout  # the registry never imports this module
+
+        try:
+            layout = get_layout(self.layout)
+        except SSMISError as err:
+            raise ValueError(str(err)) from None
+        problem = layout.config_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
         if any(p < 1 for p in self.patch_size):
             raise ValueError(f"data.patch_size: {self.patch_size}: expected sizes >= 1")
         if self.spacing is not None and len(self.spacing) not in (2, 3):

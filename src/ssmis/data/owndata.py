@@ -57,6 +57,11 @@ class Catalog:
     channel_names: list[str] = field(default_factory=list)
     label_names: dict[int, str] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: how :class:`CaseReader` decodes the files: nifti | images | prepared (default: layout)
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        self.kind = self.kind or self.layout
 
     def get(self, case: str) -> CaseInfo:
         if case not in self.cases:
@@ -101,49 +106,48 @@ def strip_ending(name: str, endings: Sequence[str]) -> str | None:
 
 
 def detect_layout(root: Path, images_dir: str = "images") -> str:
+    """The registered layout (:mod:`ssmis.data.layouts`) whose marker files are under ``root``.
+
+    Raises:
+        SSMISError: ``root`` is missing, a file, or matches no layout.
+    """
+    from ssmis.data.layouts import detect_layout as detect
+
     root = Path(root)
     if root.is_file():
         raise SSMISError(f"{root}: expected a dataset folder, got a file")
     if not root.is_dir():
         raise SSMISError(f"{root}: folder not found")
-    if (root / PREPARED_MANIFEST).is_file():
-        return "prepared"
-    if (root / "imagesTr").is_dir():
-        return "nifti"
-    if (root / "train_slices.list").is_file():
-        return "acdc_h5"
-    if (root / LA_FOLDER).is_dir():
-        return "la_h5"
-    if (root / "train.txt").is_file() and (root / "test.txt").is_file():
-        return "brats_h5"
-    if (root / images_dir).is_dir() or any((d / images_dir).is_dir() for d in root.iterdir()
-                                           if d.is_dir()):
-        return "images"
-    raise SSMISError(f"{root}: unknown dataset layout (expected imagesTr/ (nnU-Net NIfTI), "
-                     f"{images_dir}/ + masks/ folders, train_slices.list (ACDC h5), "
-                     f"'{LA_FOLDER}/' (LA h5), train.txt + test.txt (BraTS h5) or "
-                     f"{PREPARED_MANIFEST})")
+    found = detect(root)
+    if found is None and images_dir != "images" and (
+            (root / images_dir).is_dir()
+            or any((d / images_dir).is_dir() for d in root.iterdir() if d.is_dir())):
+        found = "images"
+    if found is None:
+        raise SSMISError(f"{root}: unknown dataset layout (expected imagesTr/ (nnU-Net NIfTI), "
+                         f"{images_dir}/ + masks/ folders, train_slices.list (ACDC h5), "
+                         f"'{LA_FOLDER}/' (LA h5), train.txt + test.txt (BraTS h5) or "
+                         f"{PREPARED_MANIFEST})")
+    return found
 
 
 def scan(layout: str, root: Path, data_cfg: Any = None,
          problems: list[str] | None = None) -> Catalog:
-    """Catalog of the cases under ``root``; ``data_cfg`` supplies folder names (DataConfig)."""
+    """Catalog of the cases under ``root`` by the registered layout ``layout`` (a
+    :class:`~ssmis.data.layouts.CatalogLayout`); ``data_cfg`` supplies folder names.
+
+    Raises:
+        SSMISError: ``root`` is not a folder, or the layout has no case catalog.
+    """
+    from ssmis.data.layouts import CatalogLayout, get_layout
+
     root = Path(root)
     if not root.is_dir():
         raise SSMISError(f"data.root: folder {root} not found")
-    if layout == "nifti":
-        return scan_nifti(root, problems)
-    if layout == "images":
-        kw = {}
-        if data_cfg is not None:
-            kw = {"images_dir": data_cfg.images_dir, "masks_dir": data_cfg.masks_dir,
-                  "unlabeled_dir": data_cfg.unlabeled_dir,
-                  "test_images_dir": getattr(data_cfg, "test_images_dir", None),
-                  "test_masks_dir": getattr(data_cfg, "test_masks_dir", None)}
-        return scan_images(root, problems=problems, **kw)
-    if layout == "prepared":
-        return scan_prepared(root)
-    raise SSMISError(f"layout '{layout}' has no case catalog")
+    cls = get_layout(layout)
+    if not issubclass(cls, CatalogLayout):
+        raise SSMISError(f"layout '{layout}' has no case catalog")
+    return cls.scan(root, data_cfg, problems)
 
 
 # --------------------------------------------------------------------------- nnU-Net NIfTI
@@ -452,7 +456,7 @@ class CaseReader:
 
     def __init__(self, catalog: Catalog, data_cfg: Any, slice_axis: int | None = None) -> None:
         self.catalog = catalog
-        self.layout = catalog.layout
+        self.layout = catalog.kind  # the file kind, not the layout's name
         self.in_channels = data_cfg.in_channels
         self.num_classes = data_cfg.num_classes
         self.mask_values = data_cfg.mask_values
@@ -461,10 +465,10 @@ class CaseReader:
         self.spacing_override = tuple(data_cfg.spacing) if data_cfg.spacing else None
         names = catalog.channel_names
         self.norms = [data_cfg.normalization_for(c, names[c] if c < len(names) else None,
-                                                 from_image_file=catalog.layout == "images")
+                                                 from_image_file=catalog.kind == "images")
                       for c in range(self.in_channels)]
         self.slice_axis = slice_axis
-        if catalog.layout == "prepared":
+        if catalog.kind == "prepared":
             self._check_prepared(data_cfg)
 
     def _check_prepared(self, data_cfg: Any) -> None:
@@ -631,7 +635,7 @@ def prepare_dataset(catalog: Catalog, data_cfg: Any, out: Path, progress: bool =
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise SSMISError(f"{out}: output folder exists and is not empty")
-    if catalog.layout == "prepared":
+    if catalog.kind == "prepared":
         raise SSMISError(f"{catalog.root}: already a prepared dataset")
     reader = CaseReader(catalog, data_cfg)
     for case in catalog.cases:  # headers first: cheap errors before any writing

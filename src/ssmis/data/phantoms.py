@@ -267,3 +267,22 @@ def make_phantom_dataset(
                       ("test", test)):
         (root / f"{name}.list").write_text("".join(f"{i}\n" for i in ids))
     return root
+
+
+def blob_volume(rng: np.random.Generator, shape: tuple[int, ...]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy image with one bright box-shaped foreground object and its 0/1 label.
+
+    Used by the layouts' tiny synthetic copies (:meth:`ssmis.data.layouts.Layout.
+    write_example`). Returns ``(image float32, label uint8)``, both of ``shape`` (2D or 3D);
+    the object spans a third of each axis at a random position.
+    """
+    label = np.zeros(shape, dtype=np.uint8)
+    box = []
+    for n in shape:
+        size = max(2, n // 3)
+        start = int(rng.integers(0, max(1, n - size)))
+        box.append(slice(start, start + size))
+    label[tuple(box)] = 1
+    image = (label * 2.0 + rng.normal(0.0, 0.3, shape)).astype(np.float32)
+    return image, label

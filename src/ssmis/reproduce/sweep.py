@@ -87,8 +87,12 @@ class Job:
 
 
 def labeled_key(layout: str) -> str:
-    """The config key of 'how many labeled cases' for a layout (ACDC counts patients)."""
-    return "data.labeled_patients" if layout == "acdc_h5" else "data.labeled_count"
+    """The config key of 'how many labeled cases' for a layout (ACDC counts patients), as the
+    registered layout declares it (:attr:`ssmis.data.layouts.Layout.labeled_key`)."""
+    from ssmis.data.layouts import LAYOUTS
+
+    cls = LAYOUTS.get(layout)
+    return cls.labeled_key if cls is not None else "data.labeled_count"
 
 
 def method_config(config: Path, method: str) -> Path:

@@ -1,0 +1,60 @@
+"""``brats_h5``: the SSL4MIS BraTS2019 layout (``data/<id>.h5`` FLAIR + whole-tumour label,
+``train.txt`` / ``val.txt`` / ``test.txt``), used by CML and ALHVR (source: HiLab-git/SSL4MIS,
+``code/dataloaders/brats2019.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssmis.data.h5 import brats_volume_path, read_list
+from ssmis.data.layouts.base import CaseEntry
+from ssmis.data.layouts.h5 import H5Layout, write_h5, write_list
+from ssmis.data.splits import Split, brats_split
+
+
+class BraTSH5(H5Layout):
+    """3D volumes; the first ``data.labeled_count`` ids of ``train.txt`` are labeled."""
+
+    name = "brats_h5"
+    description = "SSL4MIS BraTS2019: data/<id>.h5, train.txt / val.txt / test.txt"
+    patch_dims = (3,)
+
+    @classmethod
+    def config_problem(cls, data: Any) -> str | None:
+        if data.labeled_count is None and data.split_file is None:
+            return ("data.labeled_count: required for brats_h5 (the first ids of train.txt; "
+                    "SSL4MIS uses 25)")
+        return super().config_problem(data)
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return (root / "train.txt").is_file() and (root / "test.txt").is_file()
+
+    @classmethod
+    def write_example(cls, root: Path) -> dict[str, Any]:
+        from ssmis.data.phantoms import blob_volume
+
+        names = {"train": [f"BraTS19_TCIA_{i:03d}_1" for i in range(4)],
+                 "val": ["BraTS19_CBICA_000_1"], "test": ["BraTS19_2013_0_1"]}
+        k = 0
+        for split, ids in names.items():
+            write_list(root / f"{split}.txt", ids)
+            for case in ids:
+                image, label = blob_volume(np.random.default_rng(k), (24, 24, 16))
+                write_h5(brats_volume_path(root, case), image, label)
+                k += 1
+        return {"layout": cls.name, "root": str(root), "num_classes": 2, "labeled_count": 2,
+                "patch_size": [16, 16, 16]}
+
+    def train_path(self, case: str) -> Path:
+        return brats_volume_path(self.root, case)
+
+    def cases(self) -> list[CaseEntry]:
+        return [CaseEntry(i, i, subset, True) for subset in ("train", "val", "test")
+                for i in read_list(self.root / f"{subset}.txt")]
+
+    def protocol_split(self) -> Split:
+        return brats_split(self.root, labeled_count=self.data.labeled_count or 0)

@@ -1,0 +1,138 @@
+"""Shared logic of the layouts whose cases come from a scanned folder (a
+:class:`~ssmis.data.owndata.Catalog`) and are read by a :class:`~ssmis.data.owndata.CaseReader`:
+the user's own data (``nifti``, ``images``, ``prepared``) and public datasets kept in their
+released file format."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ssmis.data.layouts.base import CaseEntry, Layout
+from ssmis.data.owndata import CaseReader, Catalog
+from ssmis.data.spacing import check_spacing_order
+from ssmis.data.splits import Split, split_from_catalog
+from ssmis.errors import SSMISError
+
+
+class CatalogLayout(Layout):
+    """A layout backed by a scanned catalog; subclasses implement :meth:`scan`.
+
+    The split follows the own-data rules (``data.labeled_count`` / ``labeled_fraction`` /
+    ``labeled_cases``, ``val_count`` / ``val_fraction``, ``test_*``; :func:`ssmis.data.splits.
+    ssl_split`). 2D training on volumes slices along ``data.slice_axis``.
+    """
+
+    def __init__(self, data: Any) -> None:
+        super().__init__(data)
+        self._catalog: Catalog | None = None
+        self._reader: CaseReader | None = None
+
+    @classmethod
+    def scan(cls, root: Path, data: Any = None, problems: list[str] | None = None) -> Catalog:
+        """Catalog of the cases under ``root`` (``data`` supplies folder names; with a
+        ``problems`` list, fixable problems are collected instead of raised)."""
+        raise NotImplementedError
+
+    @classmethod
+    def config_problem(cls, data: Any) -> str | None:
+        if data.split_file is None:
+            chosen = [n for n in ("labeled_count", "labeled_fraction", "labeled_cases")
+                      if getattr(data, n) is not None]
+            if len(chosen) != 1:
+                return ("data: give exactly one of labeled_count / labeled_fraction / "
+                        f"labeled_cases (or data.split_file) for {cls.name}")
+            if data.val_count is None and data.val_fraction is None:
+                return (f"data.val_count: give val_count or val_fraction for {cls.name} "
+                        "(validation cases carved from labeled cases)")
+        return super().config_problem(data)
+
+    @property
+    def catalog(self) -> Catalog:
+        """The scanned catalog (scanned once)."""
+        if self._catalog is None:
+            if not self.root.is_dir():
+                raise SSMISError(f"data.root: folder {self.root} not found")
+            self._catalog = self.scan(self.root, self.data)
+        return self._catalog
+
+    @property
+    def reader(self) -> CaseReader:
+        """Reader with the config's channels, normalisation and mask mapping; 2D models on
+        volumes get the ``data.slice_axis`` moved first."""
+        if self._reader is None:
+            axis = self.data.slice_axis if self.data.spatial_dims == 2 else None
+            self._reader = CaseReader(self.catalog, self.data, slice_axis=axis)
+        return self._reader
+
+    def cases(self) -> list[CaseEntry]:
+        return [CaseEntry(c.case, c.case, c.subset, c.label is not None, c.domain)
+                for c in self.catalog.cases.values()]
+
+    def protocol_split(self) -> Split:
+        return split_from_catalog(self.catalog, self.data)
+
+    def check_split(self, split: Split, source: str) -> None:
+        """Disjoint lists; every id exists; labeled, val and test cases have labels."""
+        super().check_split(split, source)
+        catalog = self.catalog
+        for name in ("labeled", "unlabeled", "val", "test"):
+            for case in getattr(split, name):
+                if case not in catalog.cases:
+                    raise SSMISError(f"{source}: case '{case}' ({name}) is not in "
+                                     f"{catalog.root}")
+                if name != "unlabeled" and catalog.cases[case].label is None:
+                    raise SSMISError(f"{source}: case '{case}' is in '{name}' but has no label")
+
+    def check_files(self, split: Split, need_unlabeled: bool) -> None:
+        """Headers of every case first (channels, shapes, image/label agreement), then the
+        spacing's axis order, then the values."""
+        reader = self.reader
+        groups = [(split.labeled, True), (split.val, True), (split.test, True)]
+        if need_unlabeled:
+            groups.append((split.unlabeled, False))
+        for ids, with_label in groups:
+            for case in ids:
+                shape = reader.spatial_shape(case, with_label=with_label)
+                if self.data.spatial_dims == 3 and len(shape) != 3:
+                    info = reader.catalog.get(case)
+                    raise SSMISError(f"{info.images[0]}: shape {tuple(shape)}, a 3D model "
+                                     f"(data.patch_size {self.data.patch_size}) needs 3D "
+                                     "volumes")
+        if self.data.spacing and self.data.spacing_check:
+            info = reader.catalog.get(split.val[0])
+            check_spacing_order(self.data.spacing, reader.spatial_shape(split.val[0]),
+                                str(info.images[0]))
+        for ids, with_label in groups:
+            for case in ids:
+                reader.load_raw(case, with_label=with_label)
+
+    def _items(self, ids: list[str]) -> list[tuple[str, int | None]]:
+        """Training items: whole cases (3D, 2D pictures) or ``(case, slice)`` of volumes."""
+        if self.data.spatial_dims == 3:
+            return [(case, None) for case in ids]
+        items: list[tuple[str, int | None]] = []
+        for case in ids:
+            if len(self.reader.spatial_shape(case)) == 2:
+                items.append((case, None))
+            else:
+                items.extend((case, k) for k in range(self.reader.num_slices(case)))
+        return items
+
+    def train_dataset(self, ids: list[str], transform, with_label: bool):
+        from ssmis.data.datasets import CaseDataset
+
+        return CaseDataset(self.reader, self._items(ids), transform, with_label=with_label,
+                           cache=self.data.cache)
+
+    def eval_cases(self, ids: list[str]) -> Iterator:
+        """Whole cases, one at a time; single-channel images without their channel axis."""
+        from ssmis.data.datasets import EvalCase
+
+        for case in ids:
+            arrays = self.reader.load(case, with_label=True)
+            assert arrays.label is not None
+            image = arrays.image[0] if arrays.image.shape[0] == 1 else arrays.image
+            yield EvalCase(case=case, image=image, label=arrays.label, spacing=arrays.spacing,
+                           domain=arrays.domain)

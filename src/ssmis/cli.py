@@ -90,9 +90,16 @@ def _parser() -> argparse.ArgumentParser:
                            description="Detect the layout and print cases, labeled/unlabeled "
                                        "counts, shapes, spacings, intensity ranges, label values,"
                                        " class frequencies, domains and every problem found. "
+                                       "With an experiment YAML (PATH or --config) its data "
+                                       "section is checked as training uses it: folders, "
+                                       "patterns, ROI, mask values, split. "
                                        "Exit status 1 when a problem was found.")
-    insp.add_argument("path", type=Path, help="dataset folder")
-    insp.add_argument("--mask-values", help="VALUE:CLASS pairs, e.g. 0:0,255:1")
+    insp.add_argument("path", type=Path, nargs="?",
+                      help="dataset folder, or an experiment YAML")
+    insp.add_argument("overrides", nargs="*", help="key.sub=value overrides (with a YAML)")
+    insp.add_argument("--config", type=Path, help="experiment YAML whose data section to check")
+    insp.add_argument("--mask-values", help="VALUE:CLASS pairs or LOW-HIGH:CLASS ranges, e.g. "
+                                            "0:0,255:1 or 0-127:0,128-255:1")
     insp.add_argument("--num-classes", type=int, help="flag label values >= this")
     insp.add_argument("--all", action="store_true", help="list every case")
     spl = dsub.add_parser("split", help="write a labeled/unlabeled/val/test split file",
@@ -123,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("overrides", nargs="*", help="key.sub=value overrides (with a YAML)")
     prep.add_argument("--out", type=Path, required=True)
     prep.add_argument("--normalization", help="zscore | ct | scale | none | auto (default)")
-    prep.add_argument("--mask-values", help="VALUE:CLASS pairs, e.g. 0:0,255:1")
+    prep.add_argument("--mask-values", help="VALUE:CLASS pairs or LOW-HIGH:CLASS ranges, e.g. "
+                                            "0:0,255:1 or 0-127:0,128-255:1")
     prep.add_argument("--num-classes", type=int)
     prep.add_argument("--in-channels", type=int)
 
@@ -256,9 +264,25 @@ def _cmd_data(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {dims:<5}  {cls.description}")
         return 0
     if args.data_command == "inspect":
-        return datatools.inspect_dataset(
-            args.path, mask_values=datatools.parse_mask_values(args.mask_values),
-            num_classes=args.num_classes, show_all=args.all)
+        config_path, overrides = args.config, list(args.overrides)
+        if config_path is not None and args.path is not None:
+            overrides.insert(0, str(args.path))  # `inspect --config CFG key=value`
+        elif args.path is not None and args.path.suffix in (".yaml", ".yml"):
+            config_path = args.path
+        elif overrides:
+            raise SSMISError(f"data inspect: overrides {overrides[0]!r} need a config YAML")
+        if config_path is None:
+            return datatools.inspect_dataset(
+                args.path, mask_values=datatools.parse_mask_values(args.mask_values),
+                num_classes=args.num_classes, show_all=args.all)
+        if args.mask_values is not None or args.num_classes is not None:
+            raise SSMISError("data inspect --config takes mask values and classes from the "
+                             "config; change them with overrides such as "
+                             "data.mask_values=0:0,255:1")
+        from ssmis.config import load_config
+
+        return datatools.inspect_dataset(config=load_config(config_path, overrides),
+                                         show_all=args.all)
     if args.data_command == "split":
         fields: dict = {}
         if args.path.suffix not in (".yaml", ".yml"):

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ssmis.errors import SSMISError
 from ssmis.validation import format_validation_error
@@ -99,9 +106,6 @@ class DataConfig(_Section):
                                     "maximum, e.g. 255), none; auto: ct for channels named CT, "
                                     "scale for image files, else zscore")
     intensity_window: list[float] = Field(default=[-1000.0, 1000.0], min_length=2, max_length=2)
-    mask_values: dict[int, int] | None = Field(
-        default=None, description="mask pixel value -> class, e.g. {0: 0, 255: 1}; "
-                                  "null = values are class indices")
     slice_axis: int = Field(default=2, ge=0, le=2,
                             description="2D training on volumes: the axis that is sliced")
     images_dir: str = "images"
@@ -116,6 +120,40 @@ class DataConfig(_Section):
         default=None, min_length=3, max_length=3,
         description="colour masks (M&Ms): class of a pixel whose R, G, B channel is set (> 127), "
                     "later channels win, e.g. [1, 2, 3]; other pixels are 0")
+    # --- mask values, file pairing and ROI (images layout; mask_values also nifti) ------------
+    mask_values: dict[int | str, int] | None = Field(
+        default=None, description="mask pixel value -> class: exact values {0: 0, 255: 1}, "
+                                  "inclusive ranges {'0-127': 0, '128-255': 1} (a threshold), "
+                                  "or the string '0-127:0,128-255:1'; palette (indexed) PNG/GIF "
+                                  "masks give their indices; null = values are class indices")
+    mask_snap: Literal["auto", "nearest", "off"] = Field(
+        default="auto", description="mask values not in data.mask_values: nearest maps each to "
+                                    "the class of the nearest declared value, off stops with "
+                                    "an error, auto is nearest for lossy masks (JPEG, WebP) "
+                                    "and off otherwise; `ssmis data inspect` reports how many "
+                                    "pixels were snapped")
+    image_pattern: str = Field(
+        default="{id}", description="images layout: file stem of an image, {id} the case id "
+                                    "shared with its mask, * any text (DRIVE: '{id}_*' for "
+                                    "21_training.tif), or a regular expression with (?P<id>...)")
+    mask_pattern: str = Field(default="{id}",
+                              description="file stem of a mask (DRIVE: '{id}_manual1')")
+    roi_dir: str | None = Field(
+        default=None, description="images layout: folder beside masks_dir with one region-of-"
+                                  "interest (field of view) mask per image (DRIVE: 'mask'); "
+                                  "metrics count only pixels inside it (non-zero)")
+    roi_pattern: str = Field(default="{id}",
+                             description="file stem of an ROI mask (DRIVE: '{id}_*_mask')")
+    test_roi_dir: str | None = Field(default=None,
+                                     description="ROI masks of test_images_dir")
+
+    @field_validator("mask_values", mode="before")
+    @classmethod
+    def _mask_values(cls, value: Any) -> dict[int | str, int] | None:
+        """Any spelling (exact values, ranges, a VALUE:CLASS string) -> {int | 'lo-hi': class}."""
+        from ssmis.data.masks import normalize_mask_values  # numpy only
+
+        return normalize_mask_values(value)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -149,6 +187,16 @@ class DataConfig(_Section):
                              f"data.in_channels = {self.in_channels}")
         if (self.test_images_dir is None) != (self.test_masks_dir is None):
             raise ValueError("data.test_masks_dir: give both test_images_dir and test_masks_dir")
+        if self.roi_dir is not None and self.test_images_dir is not None \
+                and self.test_roi_dir is None:
+            raise ValueError("data.test_roi_dir: with data.roi_dir and test_images_dir, give "
+                             "the ROI folder of the test images too (or they are scored on "
+                             "every pixel)")
+        for name in ("image_pattern", "mask_pattern", "roi_pattern"):
+            text = getattr(self, name)
+            if "(?P<id>" not in text and text.count("{id}") != 1:
+                raise ValueError(f"data.{name}: '{text}' must contain '{{id}}' once (e.g. "
+                                 "'{id}_training'), or be a regular expression with (?P<id>...)")
         if self.mask_rgb_classes is not None:
             if self.mask_values is not None:
                 raise ValueError("data.mask_rgb_classes: not together with data.mask_values")

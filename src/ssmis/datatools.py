@@ -21,16 +21,18 @@ from ssmis.errors import SSMISError
 _PREVIEW = 20
 
 
-def parse_mask_values(text: str | None) -> dict[int, int] | None:
-    """``"0:0,255:1"`` -> {0: 0, 255: 1}."""
+def parse_mask_values(text: str | None) -> dict[int | str, int] | None:
+    """``"0:0,255:1"`` -> {0: 0, 255: 1}; ranges ``"0-127:0,128-255:1"`` -> {"0-127": 0,
+    "128-255": 1} (:func:`ssmis.data.masks.normalize_mask_values`). SSMISError naming
+    --mask-values when the text is not understood."""
     if not text:
         return None
+    from ssmis.data.masks import normalize_mask_values
+
     try:
-        pairs = [p.split(":") for p in text.split(",") if p.strip()]
-        return {int(a): int(b) for a, b in pairs}
-    except ValueError:
-        raise SSMISError(f"--mask-values '{text}': expected VALUE:CLASS pairs, e.g. "
-                         "0:0,255:1") from None
+        return normalize_mask_values(text, "--mask-values")
+    except ValueError as exc:
+        raise SSMISError(str(exc)) from None
 
 
 def loose_data_config(layout: str, root: Path, **fields: Any) -> DataConfig:
@@ -111,47 +113,106 @@ def _own_cases(catalog: Catalog, reader: CaseReader, problems: list[str]
             problems.append(f"{info.images[0]}: image contains NaN/inf values")
         subset = info.subset if info.label is not None or info.subset != "train" \
             else "unlabeled"
+        dtype, rng = arrays.source_dtype, arrays.source_range
+        if dtype is None and catalog.layout == "nifti":
+            from ssmis.data.owndata import read_nifti
+
+            dtype = str(read_nifti(info.images[0], header_only=True)[3].get_data_dtype())
+        if rng is None:
+            rng = (float(np.nanmin(arrays.image)), float(np.nanmax(arrays.image)))
         yield {"case": info.case, "subset": subset, "domain": info.domain,
-               "image": arrays.image, "label": arrays.label, "spacing": arrays.spacing}
+               "image": arrays.image, "label": arrays.label, "spacing": arrays.spacing,
+               "dtype": dtype, "range": rng, "label_file": info.label, "roi": arrays.roi,
+               "snapped": arrays.snapped}
 
 
-def inspect_dataset(root: Path, *, layout: str | None = None, mask_values: dict | None = None,
-                    num_classes: int | None = None, show_all: bool = False,
-                    out=print) -> int:
-    """Print what is in a dataset and every problem found; 1 when there is any problem."""
+def _mask_summary(masks: list[tuple[Path, int, int, set[int]]], mask_values: Any, snap: str,
+                  problems: list[str]) -> list[str]:
+    """Lines on lossy (JPEG) masks from (mask file, snapped pixels, pixels, label values) of
+    each labeled case: how many pixels were snapped, or (no mapping declared) the hint to
+    declare their values, appended to ``problems``."""
+    from ssmis.data.masks import LOSSY_MASK_EXTS, describe
+
+    lossy = [m for m in masks if m[0].suffix.lower() in LOSSY_MASK_EXTS]
+    lines = []
+    snapped = [m for m in masks if m[1]]
+    if snapped:
+        n, pixels = sum(m[1] for m in snapped), sum(m[2] for m in snapped)
+        lines.append(f"masks   {n} pixel(s) in {len(snapped)} mask(s) ({100.0 * n / pixels:.2f}% "
+                     f"of their pixels) had undeclared values, snapped to the nearest of "
+                     f"{describe(mask_values or {})} (data.mask_snap: {snap})")
+    elif lossy and mask_values:
+        lines.append(f"masks   {len(lossy)} lossy mask(s) ({lossy[0][0].suffix}), every value "
+                     f"already one of {describe(mask_values)}")
+    if lossy and not mask_values:
+        values = set().union(*(m[3] for m in lossy))
+        if len(values) > 2:
+            problems.append(f"{lossy[0][0].parent}: {len(lossy)} lossy mask(s) "
+                            f"({lossy[0][0].suffix}) with {len(values)} distinct values: "
+                            "declare the classes with --mask-values 0:0,255:1 (lossy values are "
+                            "snapped to the nearest) or ranges 0-127:0,128-255:1")
+    return lines
+
+
+def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
+                    mask_values: Any = None, num_classes: int | None = None,
+                    show_all: bool = False, out=print, config: Any = None) -> int:
+    """Print what is in a dataset and every problem found; 1 when there is any problem.
+
+    ``config`` (an :class:`~ssmis.config.ExperimentConfig`) supplies the root, layout, folder
+    names, patterns, ROI folder, mask mapping, class count and normalisation, so they are
+    checked as training would use them, and its split is drawn and counted. Without it the
+    layout is detected and ``mask_values`` / ``num_classes`` are the only settings. Per case it
+    prints the subset, domain, shape, spacing, the image file's dtype and value range (before
+    normalisation) and the label values.
+    """
+    data_cfg = config.data if config is not None else None
+    if data_cfg is not None:
+        root, layout = Path(data_cfg.root), data_cfg.layout
+        mask_values, num_classes = data_cfg.mask_values, data_cfg.num_classes
+    if root is None:
+        raise SSMISError("data inspect: give a dataset folder or --config CONFIG.yaml")
     root = Path(root)
     layout = layout or detect_layout(root)
     problems: list[str] = []
     out(f"dataset {root}")
-    out(f"layout  {layout}")
+    out(f"layout  {layout}" + ("" if config is None else " (from the config)"))
     expected: set[int] | None = None
+    catalog: Catalog | None = None
+    snap = "auto"
     if layout in ("acdc_h5", "la_h5", "brats_h5"):
-        rows = _h5_cases(layout, root, problems)
+        rows: Iterator[dict[str, Any]] = _h5_cases(layout, root, problems)
         if num_classes:
             expected = set(range(num_classes))
     else:
-        catalog = scan(layout, root, problems=problems)
+        catalog = scan(layout, root, data_cfg, problems=problems)
         if catalog.channel_names:
             out(f"channels {catalog.channel_names}")
         if catalog.label_names:
             out(f"labels  {dict(sorted(catalog.label_names.items()))}")
             expected = set(catalog.label_names)
         if mask_values:
-            expected = set(mask_values.values())
+            expected = {int(c) for c in mask_values.values()}
         elif num_classes:
             expected = set(range(num_classes))
-        cfg = loose_data_config(layout, root, in_channels=_channels_of(catalog),
-                                normalization="auto" if layout == "prepared" else "none",
-                                mask_values=mask_values,
-                                num_classes=None)
-        cfg.__dict__["num_classes"] = None  # report label values rather than reject them
+        if data_cfg is not None:
+            cfg = data_cfg
+            snap = cfg.mask_snap
+        else:
+            cfg = loose_data_config(layout, root, in_channels=_channels_of(catalog),
+                                    normalization="auto" if layout == "prepared" else "none",
+                                    mask_values=mask_values, num_classes=None)
+            cfg.__dict__["num_classes"] = None  # report label values rather than reject them
         reader = CaseReader(catalog, cfg)
         rows = _own_cases(catalog, reader, problems)
     counts: Counter[str] = Counter()
     domains: Counter[str] = Counter()
     voxels: Counter[int] = Counter()
-    header = f"{'case':<28} {'subset':<9} {'domain':<10} {'shape':<18} {'spacing':<22} " \
-             f"{'intensity':<22} labels"
+    dtypes: Counter[str] = Counter()
+    header = f"{'case':<28} {'subset':<9} {'domain':<10} {'shape':<18} {'spacing':<14} " \
+             f"{'dtype':<8} {'values':<20} labels"
+    masks: list[tuple[Path, int, int, set[int]]] = []
+    low, high = np.inf, -np.inf
     shown = 0
     for shown, row in enumerate(rows):  # noqa: B007 (used after the loop)
         counts[row["subset"]] += 1
@@ -160,14 +221,24 @@ def inspect_dataset(root: Path, *, layout: str | None = None, mask_values: dict 
         image, label = row["image"], row["label"]
         values = ""
         if label is not None:
-            uniq, n = np.unique(label, return_counts=True)
+            scored = label if row.get("roi") is None else label[row["roi"]]
+            uniq, n = np.unique(scored, return_counts=True)
             voxels.update({int(u): int(c) for u, c in zip(uniq, n, strict=True)})
-            values = " ".join(str(int(u)) for u in uniq)
+            values = " ".join(str(int(u)) for u in np.unique(label))
+            if len(values) > 40:
+                values = values[:37] + "..."
             if expected is not None:
-                bad = sorted(int(u) for u in uniq if int(u) not in expected)
+                bad = sorted(int(u) for u in np.unique(label) if int(u) not in expected)
                 if bad:
-                    problems.append(f"case '{row['case']}': unexpected label value(s) {bad}, "
-                                    f"expected {sorted(expected)}")
+                    problems.append(f"case '{row['case']}': unexpected label value(s) "
+                                    f"{bad[:12]}, expected {sorted(expected)}")
+        rng = row.get("range") or (float(np.nanmin(image)), float(np.nanmax(image)))
+        low, high = min(low, rng[0]), max(high, rng[1])
+        dtype = row.get("dtype") or str(image.dtype)
+        dtypes[dtype] += 1
+        if row.get("label_file") is not None and label is not None:
+            masks.append((row["label_file"], row["snapped"], int(label.size),
+                          {int(u) for u in uniq}))
         if shown == 0:
             out(header)
         if show_all or shown < _PREVIEW:
@@ -175,19 +246,42 @@ def inspect_dataset(root: Path, *, layout: str | None = None, mask_values: dict 
             shape = "x".join(str(s) for s in image.shape[1:])
             if image.shape[0] > 1:
                 shape += f" ({image.shape[0]}ch)"
-            rng = f"[{float(np.nanmin(image)):.4g}, {float(np.nanmax(image)):.4g}]"
+            if row.get("roi") is not None:
+                shape += " roi"
             out(f"{row['case']:<28} {row['subset']:<9} {str(row['domain'] or '-'):<10} "
-                f"{shape:<18} {spacing:<22} {rng:<22} {values}")
+                f"{shape:<18} {spacing:<14} {dtype:<8} {f'[{rng[0]:.4g}, {rng[1]:.4g}]':<20} "
+                f"{values}")
         elif shown == _PREVIEW:
             out("... (more cases; --all lists every one)")
     total = sum(counts.values())
     out(f"cases   {total}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     if domains:
         out("domains " + ", ".join(f"{k} ({v})" for k, v in sorted(domains.items())))
+    if dtypes:
+        out("images  " + ", ".join(f"{k} ({v})" for k, v in sorted(dtypes.items()))
+            + f", values {low:.6g}..{high:.6g} in the files (before normalisation)")
     if voxels:
         n = sum(voxels.values())
-        out("classes " + ", ".join(f"{k}: {100.0 * v / n:.2f}%" for k, v in sorted(voxels.items()))
-            + " (voxels of labeled cases)")
+        roi_note = " inside the ROI" if catalog is not None and any(
+            c.roi is not None for c in catalog.cases.values()) else ""
+        shares = [f"{k}: {100.0 * v / n:.2f}%" for k, v in sorted(voxels.items())]
+        if len(shares) > 16:
+            shares = shares[:8] + [f"... ({len(shares) - 16} more values)"] + shares[-8:]
+        out("classes " + ", ".join(shares) + f" (voxels of labeled cases{roi_note})")
+    for line in _mask_summary(masks, mask_values, snap, problems):
+        out(line)
+    if config is not None and catalog is not None and layout in ("nifti", "images", "prepared"):
+        from ssmis.data.splits import split_from_catalog
+
+        try:
+            split = split_from_catalog(catalog, data_cfg) if data_cfg.split_file is None \
+                else None
+            if split is not None:
+                out(f"split   labeled {len(split.labeled)}, unlabeled {len(split.unlabeled)}, "
+                    f"val {len(split.val)}, test {len(split.test)} (data.split_seed "
+                    f"{data_cfg.split_seed})")
+        except SSMISError as err:
+            problems.append(str(err))
     if problems:
         out(f"problems ({len(problems)}):")
         for p in problems:

@@ -158,13 +158,15 @@ def collate_two_stream(items: list[dict[str, Any]]) -> tuple[dict[str, Any], dic
 
 @dataclass
 class EvalCase:
-    """One whole validation/test volume with its ground truth."""
+    """One whole validation/test volume with its ground truth; ``roi`` (bool, shaped like
+    ``label``) marks the pixels that are scored (field of view), None = all."""
 
     case: str
     image: np.ndarray
     label: np.ndarray
     spacing: tuple[float, ...] | None
     domain: str | None = None
+    roi: np.ndarray | None = None
 
 
 def load_eval_cases(

@@ -6,9 +6,14 @@
   extension, ``domains``: case -> domain). A training image without a label is unlabeled.
   Arrays stay in the file's voxel order; spacing comes from the header, the affine is kept so
   that predictions are written with the input's geometry.
-* ``images``: ``images/`` + ``masks/`` (same file stem) + optional ``unlabeled/``, either
-  directly under the root or inside one folder per domain (hospital, scanner). Mask pixel values
-  are mapped to classes by ``data.mask_values`` (e.g. ``{0: 0, 255: 1}``).
+* ``images``: ``images/`` + ``masks/`` + optional ``unlabeled/`` (and an optional ROI folder,
+  ``data.roi_dir``), either directly under the root or inside one folder per domain (hospital,
+  scanner); folders named ``train``/``training`` and ``test``/``testing`` are subsets, not
+  domains. Image, mask and ROI files are paired by the ``{id}`` of ``data.image_pattern`` /
+  ``mask_pattern`` / ``roi_pattern`` (default: the same file stem; DRIVE: ``{id}_training`` /
+  ``{id}_manual1``). Palette PNG/GIF masks are read as their indices; mask pixel values are
+  mapped to classes by ``data.mask_values`` (``{0: 0, 255: 1}`` or ranges ``0-127:0,128-255:1``,
+  :mod:`ssmis.data.masks`), lossy (JPEG) masks snapped to the nearest declared value.
 * ``prepared``: the output of ``ssmis data prepare``: one compressed ``.npz`` per case (float16
   normalised image, uint8 label) and a manifest, so training does not decode NIfTI/JPEG.
 
@@ -28,10 +33,13 @@ from typing import Any
 import numpy as np
 
 from ssmis.data.h5 import LA_FOLDER, _label_to_int
+from ssmis.data.masks import LOSSY_MASK_EXTS, describe, lookup_classes, normalize_mask_values
 from ssmis.errors import SSMISError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+#: folders of an images dataset that name a subset rather than a domain (DRIVE: training/, test/)
+SUBSET_FOLDERS = {"train": "train", "training": "train", "test": "test", "testing": "test"}
 PREPARED_MANIFEST = "ssmis_prepared.json"
 PREPARED_FORMAT = "ssmis-prepared-1"
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -39,7 +47,8 @@ _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 @dataclass
 class CaseInfo:
-    """One case on disk: its channel files, label file (None = unlabeled), domain, subset."""
+    """One case on disk: its channel files, label file (None = unlabeled), domain, subset, and
+    its region-of-interest mask file (field of view; None = the whole image is scored)."""
 
     case: str
     images: list[Path]
@@ -47,6 +56,7 @@ class CaseInfo:
     domain: str | None = None
     subset: str = "train"  # train | test | unlabeled
     shape: tuple[int, ...] | None = None  # known without reading (prepared manifest)
+    roi: Path | None = None
 
 
 @dataclass
@@ -78,7 +88,13 @@ class Catalog:
 
 @dataclass
 class CaseArrays:
-    """A loaded case: image (C, *spatial) float32, label (*spatial) int64 or None."""
+    """A loaded case: image (C, *spatial) float32, label (*spatial) int64 or None.
+
+    ``roi`` (*spatial) bool marks the pixels that are scored (None: all); ``source_dtype`` and
+    ``source_range`` (min, max) describe the image file's values before normalisation;
+    ``snapped`` counts the mask pixels whose value was not a declared one and was snapped to
+    the nearest (lossy masks, ``data.mask_snap``).
+    """
 
     case: str
     image: np.ndarray
@@ -86,6 +102,10 @@ class CaseArrays:
     spacing: tuple[float, ...] | None
     affine: np.ndarray | None = None
     domain: str | None = None
+    roi: np.ndarray | None = None
+    source_dtype: str | None = None
+    source_range: tuple[float, float] | None = None
+    snapped: int = 0
 
 
 def _problem(problems: list[str] | None, message: str) -> None:
@@ -234,67 +254,191 @@ def scan_nifti(root: Path, problems: list[str] | None = None) -> Catalog:
 # --------------------------------------------------------------------------- image folders
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
+class NamePattern:
+    """How a file stem carries the case id: ``{id}`` plus literal text and ``*`` wildcards
+    (``{id}_training``, ``{id}_*``), or a regular expression with a group ``(?P<id>...)``.
+
+    Raises SSMISError naming ``field`` when the pattern has no (or two) ``{id}`` or is not a
+    valid regular expression.
+    """
+
+    def __init__(self, text: str = "{id}", field: str = "data.image_pattern") -> None:
+        self.text, self.field = text, field
+        if "(?P<id>" in text:
+            try:
+                self.regex = re.compile(text)
+            except re.error as exc:
+                raise SSMISError(f"{field}: '{text}' is not a valid regular expression "
+                                 f"({exc})") from None
+            self.literal = False
+            return
+        if text.count("{id}") != 1:
+            raise SSMISError(f"{field}: '{text}' must contain '{{id}}' once (e.g. "
+                             "'{id}_training'), or be a regular expression with (?P<id>...)")
+        parts = [re.escape(p).replace(r"\*", ".*") for p in text.split("{id}")]
+        self.regex = re.compile(parts[0] + "(?P<id>.+?)" + parts[1])
+        self.literal = "*" not in text
+
+    def id_of(self, stem: str) -> str | None:
+        """The case id in a file stem, or None when the stem does not match."""
+        match = self.regex.fullmatch(stem)
+        return match["id"] if match else None
+
+    def name_for(self, case_id: str) -> str:
+        """A readable file stem for ``case_id`` (for messages)."""
+        if "(?P<id>" in self.text:
+            return f"<a name matching {self.text} with id {case_id}>"
+        return self.text.replace("{id}", case_id)
+
+
+def _image_files(folder: Path, pattern: NamePattern | None = None,
+                 problems: list[str] | None = None, any_name: bool = False
+                 ) -> dict[str, Path]:
+    """{case id: file} of the picture files (``IMAGE_EXTS``) in ``folder`` ({} if missing).
+
+    ``pattern`` (default: the whole stem) gives the id; a file that does not match it is a
+    problem unless ``any_name`` (then its stem is the id), and so is a second file with the
+    same id. Hidden files (``.name``) are skipped.
+    """
     out: dict[str, Path] = {}
-    if folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
-                out.setdefault(path.stem, path)
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTS \
+                or path.name.startswith("."):
+            continue
+        key = path.stem if pattern is None else pattern.id_of(path.stem)
+        if key is None:
+            if not any_name:
+                _problem(problems, f"{path}: name does not match {pattern.field} "  # type: ignore[union-attr]
+                                   f"'{pattern.text}'")  # type: ignore[union-attr]
+                continue
+            key = path.stem
+        if key in out:
+            _problem(problems, f"{path}: case id '{key}' also names {out[key].name}; keep one "
+                               "file per case in a folder")
+            continue
+        out[key] = path
     return out
+
+
+def scan_images_options(data_cfg: Any) -> dict[str, Any]:
+    """The :func:`scan_images` keyword arguments a DataConfig sets (folders, name patterns,
+    ROI folders); fields the config does not have keep their defaults."""
+    names = ("images_dir", "masks_dir", "unlabeled_dir", "test_images_dir", "test_masks_dir",
+             "image_pattern", "mask_pattern", "roi_dir", "roi_pattern", "test_roi_dir")
+    return {n: getattr(data_cfg, n) for n in names if getattr(data_cfg, n, None) is not None}
 
 
 def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks",
                 unlabeled_dir: str = "unlabeled", problems: list[str] | None = None,
-                test_images_dir: str | None = None, test_masks_dir: str | None = None
-                ) -> Catalog:
+                test_images_dir: str | None = None, test_masks_dir: str | None = None,
+                *, image_pattern: str = "{id}", mask_pattern: str = "{id}",
+                roi_dir: str | None = None, roi_pattern: str = "{id}",
+                test_roi_dir: str | None = None) -> Catalog:
+    """Catalog of an ``images`` dataset (layout in the module docstring).
+
+    ``root`` holds ``images_dir`` directly, or in one folder per domain; folders named
+    ``train``/``training`` hold training cases and ``test``/``testing`` labeled test cases
+    (ids ``test/<id>``), without a domain. Files are paired by the id of the patterns
+    (:class:`NamePattern`); ``roi_dir`` (beside ``masks_dir``) holds one ROI mask per image.
+    ``test_images_dir`` / ``test_masks_dir`` / ``test_roi_dir``: labeled test images inside each
+    folder (ids ``[<domain>/]test/<id>``). Every user-fixable problem raises SSMISError naming
+    the file, or is appended to ``problems`` when given.
+    """
+    root = Path(root)
+    pats = {"image": NamePattern(image_pattern, "data.image_pattern"),
+            "mask": NamePattern(mask_pattern, "data.mask_pattern"),
+            "roi": NamePattern(roi_pattern, "data.roi_pattern")}
+    groups: list[tuple[str | None, str, Path]]
     if (root / images_dir).is_dir():
-        groups: list[tuple[str | None, Path]] = [(None, root)]
+        groups = [(None, "train", root)]
     else:
-        groups = [(d.name, d) for d in sorted(root.iterdir())
-                  if d.is_dir() and (d / images_dir).is_dir()]
+        groups = []
+        for d in sorted(root.iterdir()):
+            if d.is_dir() and (d / images_dir).is_dir():
+                subset = SUBSET_FOLDERS.get(d.name.lower())
+                groups.append((None, subset, d) if subset else (d.name, "train", d))
     if not groups:
         raise SSMISError(f"{root}: no {images_dir}/ folder (directly or in one folder per "
                          "domain)")
     catalog = Catalog("images", root, {})
-    for domain, folder in groups:
-        masks = _image_files(folder / masks_dir)
-        images = _image_files(folder / images_dir)
-        for stem, path in images.items():
-            case = stem if domain is None else f"{domain}/{stem}"
-            mask = masks.get(stem)
-            if mask is None:
-                _problem(problems, f"{path}: no mask {folder / masks_dir}/{stem}.* (put "
-                                   f"unlabeled images in {unlabeled_dir}/)")
-                continue
-            catalog.cases[case] = CaseInfo(case, [path], mask, domain, "train")
-        for stem, path in masks.items():
-            if stem not in images:
-                _problem(problems, f"{path}: mask without an image in {folder / images_dir}/")
-        for stem, path in _image_files(folder / unlabeled_dir).items():
-            case = stem if domain is None else f"{domain}/{stem}"
-            if case in catalog.cases:
-                _problem(problems, f"{path}: '{stem}' is also a labeled image")
-                continue
-            catalog.cases[case] = CaseInfo(case, [path], None, domain, "unlabeled")
-        if test_images_dir is not None and test_masks_dir is not None:
-            _scan_test_images(catalog, domain, folder / test_images_dir,
-                              folder / test_masks_dir, problems)
-    if not catalog.cases:
+    for field_name, sub in (("data.test_images_dir", test_images_dir),
+                            ("data.test_masks_dir", test_masks_dir),
+                            ("data.roi_dir", roi_dir), ("data.test_roi_dir", test_roi_dir)):
+        if sub is not None and not any((folder / sub).is_dir() for _, _, folder in groups):
+            _problem(problems, f"{field_name}: no folder '{sub}' in {root}"
+                               + (" or its domain folders" if groups[0][0] else ""))
+    for domain, subset, folder in groups:
+        prefix = ("" if domain is None else f"{domain}/") + ("test/" if subset == "test" else "")
+        unlabeled = (_image_files(folder / unlabeled_dir, pats["image"], problems, any_name=True)
+                     if subset == "train" else {})
+        rois = _scan_image_group(catalog, domain, subset, prefix, folder / images_dir,
+                                 folder / masks_dir, folder / roi_dir if roi_dir else None,
+                                 pats, problems, set(unlabeled))
+        if subset == "train":
+            for key, path in unlabeled.items():
+                case = prefix + key
+                if case in catalog.cases:
+                    _problem(problems, f"{path}: '{key}' is also a labeled image")
+                    continue
+                catalog.cases[case] = CaseInfo(case, [path], None, domain, "unlabeled",
+                                               roi=rois.get(key))
+        if test_images_dir is not None and test_masks_dir is not None \
+                and (folder / test_images_dir).is_dir():
+            _scan_image_group(catalog, domain, "test", prefix + "test/",
+                              folder / test_images_dir, folder / test_masks_dir,
+                              folder / test_roi_dir if test_roi_dir else None, pats, problems)
+    if not catalog.cases and not problems:
         _problem(problems, f"{root}: no images ({', '.join(IMAGE_EXTS)}) in {images_dir}/")
     return catalog
 
 
-def _scan_test_images(catalog: Catalog, domain: str | None, images: Path, masks: Path,
-                      problems: list[str] | None) -> None:
-    """Labeled test images shipped in their own folders (SynFoC layouts: ``test/image``)."""
-    mask_files = _image_files(masks)
-    for stem, path in _image_files(images).items():
-        case = f"test/{stem}" if domain is None else f"{domain}/test/{stem}"
-        mask = mask_files.get(stem)
+def _scan_image_group(catalog: Catalog, domain: str | None, subset: str, prefix: str,
+                      images_folder: Path, masks_folder: Path, roi_folder: Path | None,
+                      pats: dict[str, NamePattern], problems: list[str] | None,
+                      other_ids: set[str] | frozenset[str] = frozenset()) -> dict[str, Path]:
+    """The labeled images of one folder (training or test), paired with masks and ROIs;
+    returns the ROI files by id (``other_ids``: unlabeled images that may have one too)."""
+    images = _image_files(images_folder, pats["image"], problems)
+    what = "test mask" if subset == "test" else "mask"
+    if not masks_folder.is_dir():
+        if images:
+            hint = "" if subset == "test" else ", or put unlabeled images in unlabeled/"
+            _problem(problems, f"{masks_folder}: folder not found, the {len(images)} image(s) "
+                               f"in {images_folder} have no {what}s: set data.masks_dir (and "
+                               f"data.mask_pattern for other file names; `ssmis data inspect "
+                               f"--config CONFIG.yaml` checks them){hint}")
+        return {}
+    masks = _image_files(masks_folder, pats["mask"], problems)
+    rois: dict[str, Path] = {}
+    if roi_folder is not None:
+        if roi_folder.is_dir():
+            rois = _image_files(roi_folder, pats["roi"], problems)
+        elif images:
+            _problem(problems, f"{roi_folder}: ROI folder not found (data.roi_dir)")
+            return {}
+    for key, path in images.items():
+        mask = masks.get(key)
         if mask is None:
-            _problem(problems, f"{path}: no test mask {masks}/{stem}.*")
+            hint = " (put unlabeled images in unlabeled/)" if subset == "train" else ""
+            _problem(problems, f"{path}: no {what} {masks_folder}/"
+                               f"{pats['mask'].name_for(key)}.*{hint}")
             continue
-        catalog.cases[case] = CaseInfo(case, [path], mask, domain, "test")
+        roi = rois.get(key)
+        if roi_folder is not None and roi is None:
+            _problem(problems, f"{path}: no ROI mask {roi_folder}/{pats['roi'].name_for(key)}.*")
+            continue
+        catalog.cases[prefix + key] = CaseInfo(prefix + key, [path], mask, domain, subset,
+                                               roi=roi)
+    for key, path in masks.items():
+        if key not in images:
+            _problem(problems, f"{path}: mask without an image in {images_folder}/ (case id "
+                               f"'{key}', {pats['image'].field} '{pats['image'].text}')")
+    for key, path in rois.items():
+        if key not in images and key not in other_ids:
+            _problem(problems, f"{path}: ROI mask without an image in {images_folder}/")
+    return rois
 
 
 # --------------------------------------------------------------------------- prepared
@@ -351,7 +495,16 @@ def read_nifti(path: Path, header_only: bool = False):
 
 
 def read_picture(path: Path, mode: str | None = None) -> np.ndarray:
-    """Pixels of a PNG/JPG/TIF as (H, W) or (H, W, 3); ``mode`` 'L'/'RGB' converts."""
+    """Pixels of a PNG/JPG/TIF/BMP/GIF file at their stored values and dtype.
+
+    ``mode``: None (masks) keeps the stored values: palette (indexed, mode P) images give their
+    indices when the palette holds colours (class colour maps: PASCAL VOC, REFUGE) and the grey
+    level when every used entry is grey (what a viewer shows: GIF stores every picture with a
+    palette); RGBA/CMYK give RGB, 1-bit 0/255; 'L' gives (H, W): colour converted to grey;
+    'RGB' gives (H, W, 3): grey repeated. 16-bit images stay uint16 (0..65535), 32-bit integer
+    int32 and float float32 in every mode, so nothing is clipped at 255. Raises SSMISError
+    naming the file when it is missing or not a readable image.
+    """
     from PIL import Image
 
     path = Path(path)
@@ -360,12 +513,19 @@ def read_picture(path: Path, mode: str | None = None) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit grey, float
+                values = np.asarray(img)
+                if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+                    values = values.astype(np.uint16)  # PNG holds at most 16 bits
+                else:
+                    values = values.astype(values.dtype.newbyteorder("="))
+                return np.repeat(values[..., None], 3, axis=-1) if mode == "RGB" else values
             if mode is not None and img.mode != mode:
-                if mode == "L" and img.mode.startswith("I"):
-                    return np.asarray(img)  # 16-bit grey: keep the values
                 img = img.convert(mode)
-            elif img.mode in ("P", "RGBA", "LA", "CMYK", "1"):
-                img = img.convert("RGB" if img.mode in ("RGBA", "CMYK") else "L")
+            elif mode is None and img.mode in ("P", "PA"):
+                return _palette_values(img)
+            elif img.mode in ("RGBA", "LA", "CMYK", "1", "YCbCr", "LAB", "HSV"):
+                img = img.convert("L" if img.mode in ("LA", "1") else "RGB")
             return np.asarray(img)
     except SSMISError:
         raise
@@ -374,8 +534,21 @@ def read_picture(path: Path, mode: str | None = None) -> np.ndarray:
         raise SSMISError(f"{path}: not a readable image ({reason})") from None
 
 
+def _palette_values(img: Any) -> np.ndarray:
+    """(H, W) uint8 of a mode P/PA image: the indices, or the grey levels of a grey palette."""
+    indices = np.asarray(img)
+    indices = indices[..., 0] if indices.ndim == 3 else indices
+    palette = np.asarray(img.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+    used = np.unique(indices)
+    if used.size and int(used[-1]) < len(palette):
+        colours = palette[used]
+        if (colours[:, 0] == colours[:, 1]).all() and (colours[:, 1] == colours[:, 2]).all():
+            return colours[:, 0][np.searchsorted(used, indices)]
+    return indices
+
+
 def picture_size(path: Path) -> tuple[tuple[int, int], str]:
-    """((H, W), mode) from the header only."""
+    """((H, W), PIL mode) from the header only; SSMISError naming the file if unreadable."""
     from PIL import Image
 
     if not Path(path).is_file():
@@ -388,28 +561,92 @@ def picture_size(path: Path) -> tuple[tuple[int, int], str]:
         raise SSMISError(f"{path}: not a readable image ({reason})") from None
 
 
-def map_mask(path: Path, raw: np.ndarray, mask_values: dict[int, int] | None,
-             num_classes: int | None) -> np.ndarray:
-    """Mask pixel values -> class indices (int64), rejecting values outside the mapping."""
+def snap_for(setting: str | bool, path: Path) -> bool:
+    """Whether mask values of ``path`` are snapped: ``data.mask_snap`` nearest (always), off
+    (never) or auto (lossy files: JPEG, WebP)."""
+    if isinstance(setting, bool):
+        return setting
+    if setting == "auto":
+        return Path(path).suffix.lower() in LOSSY_MASK_EXTS
+    return setting == "nearest"
+
+
+def map_mask(path: Path, raw: np.ndarray, mask_values: Any, num_classes: int | None,
+             snap: bool = False) -> np.ndarray:
+    """Mask pixel values (H, W) / (*spatial), or a grey (H, W, 3) -> class indices (int64).
+
+    ``mask_values``: None (values are the classes), or any spelling accepted by
+    :func:`ssmis.data.masks.normalize_mask_values` (exact values and ranges). ``snap`` maps
+    undeclared values to the class of the nearest declared value (lossy masks). Raises
+    SSMISError naming ``path`` for a colour mask, a value outside the mapping or a class outside
+    0..num_classes-1.
+    """
+    return mapped_mask(path, raw, mask_values, num_classes, snap)[0]
+
+
+def mapped_mask(path: Path, raw: np.ndarray, mask_values: Any, num_classes: int | None,
+                snap: bool = False) -> tuple[np.ndarray, int]:
+    """:func:`map_mask` and the number of pixels whose value was snapped."""
     if raw.ndim == 3 and raw.shape[-1] in (3, 4):
         if not (np.array_equal(raw[..., 0], raw[..., 1])
                 and np.array_equal(raw[..., 0], raw[..., 2])):
             raise SSMISError(f"{path}: colour mask, expected one value per pixel (grey or "
-                             "indexed PNG)")
+                             "indexed PNG; colour masks: data.mask_rgb_classes)")
         raw = raw[..., 0]
+    lossy = Path(path).suffix.lower() in LOSSY_MASK_EXTS
     if mask_values is None:
-        return _label_to_int(path, raw, num_classes)
-    if raw.dtype.kind == "f" and not np.array_equal(raw, np.round(raw)):
-        raise SSMISError(f"{path}: mask has non-integer values")
-    values = np.unique(raw)
-    unknown = [int(v) for v in values if int(v) not in mask_values]
-    if unknown:
-        raise SSMISError(f"{path}: mask value(s) {unknown[:12]} not in data.mask_values "
-                         f"{sorted(mask_values)}")
-    out = np.zeros(raw.shape, dtype=np.int64)
-    for v in values:
-        out[raw == v] = mask_values[int(v)]
-    return out
+        if not snap or num_classes is None:
+            try:
+                return _label_to_int(path, raw, num_classes), 0
+            except SSMISError as err:
+                if not lossy:
+                    raise
+                raise SSMISError(f"{err}; a JPEG mask is lossy: declare its values with "
+                                 "data.mask_values, e.g. {0: 0, 255: 1} (snapped to the "
+                                 "nearest) or 0-127:0,128-255:1") from None
+        mask_values = {c: c for c in range(num_classes)}
+    try:
+        mapping = normalize_mask_values(mask_values)
+    except ValueError as exc:
+        raise SSMISError(str(exc)) from None
+    assert mapping is not None
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise SSMISError(f"{path}: mask has NaN/inf values")
+    values, inverse = np.unique(raw, return_inverse=True)
+    classes, snapped = lookup_classes(values, mapping, snap)
+    unknown = values[classes < 0]
+    if unknown.size:
+        shown = [v.item() for v in unknown[:12]]
+        hint = ""
+        if unknown.size > 4:
+            hint = ("; a resized or lossy mask? data.mask_snap: nearest snaps each value to the "
+                    "nearest declared one, or give ranges such as 0-127:0,128-255:1")
+        raise SSMISError(f"{path}: mask value(s) {shown}{' ...' if unknown.size > 12 else ''} "
+                         f"not in data.mask_values {describe(mapping)}{hint}")
+    out = classes[inverse.reshape(raw.shape)]
+    if num_classes is not None and out.size and out.max() >= num_classes:
+        raise SSMISError(f"{path}: class {int(out.max())} from data.mask_values, expected "
+                         f"0..{num_classes - 1} (data.num_classes = {num_classes})")
+    n_snapped = int(np.bincount(inverse.ravel(), minlength=len(values))[snapped].sum()) \
+        if snapped.any() else 0
+    return out, n_snapped
+
+
+def read_roi(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
+    """ROI (field of view) mask file -> bool (H, W): any non-zero value is inside.
+
+    Raises SSMISError naming ``path`` when its size differs from ``shape`` (the image's, named
+    by ``image``) or when it marks no pixel.
+    """
+    raw = read_picture(path, None)
+    roi = raw.any(axis=-1) if raw.ndim == 3 else raw != 0
+    if roi.shape != tuple(shape):
+        raise SSMISError(f"{path}: ROI size {roi.shape[1]}x{roi.shape[0]} differs from image "
+                         f"{Path(image).name} {shape[1]}x{shape[0]}")
+    if not roi.any():
+        raise SSMISError(f"{path}: ROI mask is empty (every pixel 0), expected the pixels to "
+                         "score as non-zero")
+    return roi
 
 
 def map_rgb_mask(raw: np.ndarray, classes: Sequence[int]) -> np.ndarray:
@@ -460,6 +697,7 @@ class CaseReader:
         self.in_channels = data_cfg.in_channels
         self.num_classes = data_cfg.num_classes
         self.mask_values = data_cfg.mask_values
+        self.mask_snap = getattr(data_cfg, "mask_snap", "auto")
         self.mask_rgb_classes = getattr(data_cfg, "mask_rgb_classes", None)
         self.window = tuple(data_cfg.intensity_window)
         self.spacing_override = tuple(data_cfg.spacing) if data_cfg.spacing else None
@@ -512,6 +750,11 @@ class CaseReader:
             msize, _ = picture_size(info.label)
             if msize != size:
                 raise SSMISError(f"{info.label}: mask size {msize[1]}x{msize[0]} differs from "
+                                 f"image {info.images[0].name} {size[1]}x{size[0]}")
+        if with_label and info.roi is not None:
+            rsize, _ = picture_size(info.roi)
+            if rsize != size:
+                raise SSMISError(f"{info.roi}: ROI size {rsize[1]}x{rsize[0]} differs from "
                                  f"image {info.images[0].name} {size[1]}x{size[0]}")
         return size
 
@@ -582,7 +825,7 @@ class CaseReader:
         pixels = raw if raw.ndim == 3 else raw[..., None]
         image = np.stack([normalize(pixels[..., c], self.norms[c], self.window, raw.dtype)
                           for c in range(pixels.shape[-1])])
-        label = None
+        label, snapped = None, 0
         if with_label:
             assert info.label is not None
             rgb = self.mask_rgb_classes is not None
@@ -593,9 +836,15 @@ class CaseReader:
             if rgb:
                 label = map_rgb_mask(mask, self.mask_rgb_classes)
             else:
-                label = map_mask(info.label, mask, self.mask_values, self.num_classes)
+                label, snapped = mapped_mask(info.label, mask, self.mask_values,
+                                             self.num_classes,
+                                             snap=snap_for(self.mask_snap, info.label))
+        roi = read_roi(info.roi, raw.shape[:2], path) if info.roi is not None else None
         spacing = tuple(self.spacing_override[-2:]) if self.spacing_override else None
-        return CaseArrays(info.case, image, label, spacing, None, info.domain)
+        source_range = (float(raw.min()), float(raw.max())) if raw.size else None
+        return CaseArrays(info.case, image, label, spacing, None, info.domain, roi=roi,
+                          source_dtype=str(raw.dtype), source_range=source_range,
+                          snapped=snapped)
 
     def _load_prepared(self, info: CaseInfo, with_label: bool) -> CaseArrays:
         path = info.images[0]
@@ -607,11 +856,13 @@ class CaseReader:
                 label = z["label"].astype(np.int64) if with_label else None
                 spacing = tuple(float(s) for s in z["spacing"]) if z["spacing"].size else None
                 affine = z["affine"] if z["affine"].size else None
+                roi = z["roi"].astype(bool) if "roi" in z.files and z["roi"].size else None
         except Exception as exc:
             raise SSMISError(f"{path}: not a readable prepared case ({exc})") from None
         if self.spacing_override is not None:
             spacing = self._override(spacing)
-        return CaseArrays(info.case, image, label, spacing, affine, info.domain)
+        return CaseArrays(info.case, image, label, spacing, affine, info.domain, roi=roi,
+                          source_dtype="float16")
 
 
 def move_slice_axis(arrays: CaseArrays, axis: int) -> CaseArrays:
@@ -622,9 +873,12 @@ def move_slice_axis(arrays: CaseArrays, axis: int) -> CaseArrays:
     if spacing is not None and len(spacing) == 3:
         order = [axis] + [a for a in range(3) if a != axis]
         spacing = tuple(spacing[a] for a in order)
+    roi = np.ascontiguousarray(np.moveaxis(arrays.roi, axis, 0)) \
+        if arrays.roi is not None else None
     return CaseArrays(arrays.case, np.ascontiguousarray(image),
                       np.ascontiguousarray(label) if label is not None else None, spacing,
-                      arrays.affine, arrays.domain)
+                      arrays.affine, arrays.domain, roi=roi, source_dtype=arrays.source_dtype,
+                      source_range=arrays.source_range, snapped=arrays.snapped)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -659,6 +913,7 @@ def prepare_dataset(catalog: Catalog, data_cfg: Any, out: Path, progress: bool =
             out / "cases" / name, image=arrays.image.astype(np.float16),
             label=label.astype(np.uint8),
             spacing=np.asarray(arrays.spacing or (), dtype=np.float64),
+            roi=arrays.roi.astype(np.uint8) if arrays.roi is not None else np.zeros(0, np.uint8),
             affine=np.asarray(arrays.affine if arrays.affine is not None else (), np.float64))
         entries.append({"case": info.case, "file": name, "label": info.label is not None,
                         "domain": info.domain, "subset": info.subset,

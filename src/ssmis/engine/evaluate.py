@@ -71,6 +71,14 @@ def segment(predict_fn, image: np.ndarray, ndim: int, cfg: ExperimentConfig,
     return pred
 
 
+def within_roi(pred: np.ndarray, case: EvalCase) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, reference) with every pixel outside ``case.roi`` set to background, so the
+    metrics count only the region of interest (DRIVE's field of view); unchanged without ROI."""
+    if case.roi is None:
+        return pred, case.label
+    return np.where(case.roi, pred, 0), np.where(case.roi, case.label, 0)
+
+
 def occurs_in(label: np.ndarray, structures: dict[str, list[int]]) -> list[bool]:
     """Per structure (class or region of class ids), whether ``label`` holds any of its voxels."""
     return [bool(class_mask(label, ids).any()) for ids in structures.values()]
@@ -112,9 +120,9 @@ def validation_cases(method: Method, cases: Iterator[EvalCase], cfg: ExperimentC
     out: list[tuple[list[float], list[bool], bool]] = []
     try:
         for case in cases:
-            pred = predict_case(method, case, cfg, device, amp)
-            out.append((dice_per_class(pred, case.label, cfg.data.num_classes, cfg.eval.regions),
-                        occurs_in(case.label, structures),
+            pred, label = within_roi(predict_case(method, case, cfg, device, amp), case)
+            out.append((dice_per_class(pred, label, cfg.data.num_classes, cfg.eval.regions),
+                        occurs_in(label, structures),
                         not pred.any()))
     finally:
         method.train(was_training)
@@ -184,16 +192,19 @@ def evaluate_split(
     for case in cases:
         for key, seen in zip(structures, occurs_in(case.label, structures), strict=True):
             present[key] = present[key] or seen
-        pred = predict_case(method, case, cfg, device, amp=cfg.train.amp)
+        pred, label = within_roi(predict_case(method, case, cfg, device, amp=cfg.train.amp),
+                                 case)
         spacing = case.spacing if cfg.eval.unit == "mm" else None
         if cfg.eval.unit == "mm" and spacing is None:
             spacing_note = "voxel units: no spacing known (set data.spacing)"
         elif spacing is not None:
             spacing_note = "mm, from data.spacing / headers"
-        values = case_metrics(pred, case.label, structures, spacing,
+        values = case_metrics(pred, label, structures, spacing,
                               empty_rule=cfg.eval.empty_rule, hd95_mode=cfg.eval.hd95_mode)
         per_case.append({"case": case.case, "domain": case.domain,
                          "metrics": {str(k): v for k, v in values.items()}})
+        if case.roi is not None:
+            per_case[-1]["within_roi"] = True
         if len(kept) < keep_predictions:
             kept.append((case, pred))
     # DDP: ``cases`` was this process's shard; every process gets all cases, in order
@@ -216,4 +227,7 @@ def evaluate_split(
     }
     if cfg.eval.regions:
         result["regions"] = structures
+    if any(p.get("within_roi") for p in per_case):
+        result["roi"] = ("metrics count only the pixels inside each case's ROI mask "
+                         "(data.roi_dir); cases marked within_roi")
     return result, kept

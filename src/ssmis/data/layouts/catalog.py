@@ -135,4 +135,4 @@ class CatalogLayout(Layout):
             assert arrays.label is not None
             image = arrays.image[0] if arrays.image.shape[0] == 1 else arrays.image
             yield EvalCase(case=case, image=image, label=arrays.label, spacing=arrays.spacing,
-                           domain=arrays.domain)
+                           domain=arrays.domain, roi=arrays.roi)

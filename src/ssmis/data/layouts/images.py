@@ -1,4 +1,4 @@
-"""``images``: 2D pictures (PNG/JPG/TIF/BMP) in ``images/`` + ``masks/`` (+ ``unlabeled/``),
+"""``images``: 2D pictures (PNG/JPG/TIF/BMP/GIF) in ``images/`` + ``masks/`` (+ ``unlabeled/``),
 directly under the root or in one folder per domain (:func:`ssmis.data.owndata.scan_images`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ssmis.data.layouts.catalog import CatalogLayout
-from ssmis.data.owndata import Catalog, scan_images
+from ssmis.data.owndata import Catalog, scan_images, scan_images_options
 
 
 class ImagesLayout(CatalogLayout):
@@ -26,12 +26,7 @@ class ImagesLayout(CatalogLayout):
 
     @classmethod
     def scan(cls, root: Path, data: Any = None, problems: list[str] | None = None) -> Catalog:
-        kw: dict[str, Any] = {}
-        if data is not None:
-            kw = {"images_dir": data.images_dir, "masks_dir": data.masks_dir,
-                  "unlabeled_dir": data.unlabeled_dir,
-                  "test_images_dir": getattr(data, "test_images_dir", None),
-                  "test_masks_dir": getattr(data, "test_masks_dir", None)}
+        kw = scan_images_options(data) if data is not None else {}
         return scan_images(root, problems=problems, **kw)
 
     @classmethod

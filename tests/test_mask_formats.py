@@ -17,7 +17,14 @@ from PIL import Image
 from ssmis.cli import main
 from ssmis.config import DataConfig, validate_config
 from ssmis.data.masks import lookup_classes, normalize_mask_values
-from ssmis.data.owndata import CaseReader, map_mask, read_picture, scan, scan_images
+from ssmis.data.owndata import (
+    CaseReader,
+    map_mask,
+    prepare_dataset,
+    read_picture,
+    scan,
+    scan_images,
+)
 from ssmis.errors import SSMISError
 
 SIZE = (40, 48)  # H, W
@@ -69,7 +76,7 @@ def _palette_dataset(root: Path, ext: str) -> dict[str, np.ndarray]:
     return truth
 
 
-@pytest.mark.parametrize("ext", [".png", ".gif"])
+@pytest.mark.parametrize("ext", [".png", ".gif", ".tif"])
 def test_palette_masks_read_as_indices_and_gif_masks_found(tmp_path: Path, ext: str) -> None:
     truth = _palette_dataset(tmp_path, ext)
     assert np.asarray(Image.open(tmp_path / "masks" / f"eye0{ext}").convert("L")).max() == 150
@@ -77,16 +84,6 @@ def test_palette_masks_read_as_indices_and_gif_masks_found(tmp_path: Path, ext: 
     assert set(labels) == set(truth)
     for case, index in truth.items():
         np.testing.assert_array_equal(labels[case], index)
-
-
-def test_tif_masks_found(tmp_path: Path) -> None:
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
-    mask = _disk(10).astype(np.uint8)
-    Image.fromarray(_rgb(mask, 0)).save(tmp_path / "images" / "a.tif")
-    Image.fromarray(mask * 255).save(tmp_path / "masks" / "a.tif")
-    labels = _labels(tmp_path, num_classes=2, mask_values={0: 0, 255: 1})
-    np.testing.assert_array_equal(labels["a"], mask)
 
 
 def _jpeg_dataset(root: Path, n: int = 2) -> dict[str, np.ndarray]:
@@ -238,6 +235,11 @@ def test_drive_naming_pairs_tif_gif_and_fov(tmp_path: Path) -> None:
     np.testing.assert_array_equal(arrays.label, truth["test/01"])
     np.testing.assert_array_equal(arrays.roi, _disk(18))
     assert arrays.image.shape == (3, *SIZE)
+    # a prepared copy keeps the ROI
+    prepared = prepare_dataset(catalog, cfg, tmp_path / "prepared", progress=False)
+    again = CaseReader(scan("prepared", prepared), cfg).load("test/01", with_label=True)
+    np.testing.assert_array_equal(again.roi, _disk(18))
+    np.testing.assert_array_equal(again.label, truth["test/01"])
 
 
 def test_pairing_problems_name_the_file(tmp_path: Path) -> None:

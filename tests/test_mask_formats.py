@@ -342,3 +342,23 @@ def test_inspect_training_and_test_folders_are_not_domains(
     out = capsys.readouterr().out
     assert "domains" not in out and "cases   4: test 2, train 2" in out
     assert "test/1" in out
+
+
+def test_drive_trains_and_scores_inside_the_fov(tmp_path: Path) -> None:
+    """DRIVE as downloaded, a config and nothing else: train, then test metrics inside the FOV."""
+    import json
+
+    root = tmp_path / "DRIVE"
+    make_drive(root)
+    cfg = {"name": "drive", "seed": 1, "output_dir": str(tmp_path / "runs"),
+           "data": {**DRIVE_DATA, "root": str(root)},
+           "model": {"name": "unet2d", "options": {"widths": [4, 4, 8, 8, 8]}},
+           "train": {"iterations": 2, "batch_size": 1, "val_every": 2, "threads": 1},
+           "eval": {"unit": "voxel", "overlay_cases": 1}}
+    path = tmp_path / "drive.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--run-dir", str(run), "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [c["case"] for c in metrics["per_case"]] == ["test/01", "test/02"]
+    assert all(c["within_roi"] for c in metrics["per_case"]) and "ROI" in metrics["roi"]

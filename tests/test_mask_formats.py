@@ -185,6 +185,11 @@ def test_16bit_png_keeps_its_range(tmp_path: Path, channels: int,
     assert main(["data", "inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "uint16" in out and f"{raw.max()}" in out
+    # one 8-bit file among 16-bit ones: scale would put them on different intensity scales
+    Image.fromarray((raw // 256).astype(np.uint8)).save(tmp_path / "images" / "c.png")
+    Image.fromarray(mask.astype(np.uint8)).save(tmp_path / "masks" / "c.png")
+    assert main(["data", "inspect", str(tmp_path)]) == 1
+    assert "images mix uint16 and uint8 files" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- item 3: DRIVE

@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   ssmis train --resume runs/acdc_supervised_cpu/20261123-101500-seed1337
   ssmis evaluate runs/acdc_supervised_cpu/20261123-101500-seed1337 --split test
   ssmis data inspect data/my_nifti                 layout, cases, spacings, labels, problems
+  ssmis data inspect --config configs/examples/drive.yaml   checks the config's data section
   ssmis data split data/my_nifti --labeled 4 --val 2 --test 2 --out splits.json
   ssmis data prepare configs/examples/nifti.yaml --out data/my_nifti_prepared
   ssmis predict runs/nifti_example/20261123-101500-seed1337 scans/ --out masks/ --tta

@@ -127,7 +127,8 @@ class DataConfig(_Section):
                                   "or the string '0-127:0,128-255:1'; palette (indexed) PNG/GIF "
                                   "masks give their indices; null = values are class indices")
     mask_snap: Literal["auto", "nearest", "off"] = Field(
-        default="auto", description="mask values not in data.mask_values: nearest maps each to "
+        default="auto", description="image masks with values not in data.mask_values: "
+                                    "nearest maps each to "
                                     "the class of the nearest declared value, off stops with "
                                     "an error, auto is nearest for lossy masks (JPEG, WebP) "
                                     "and off otherwise; `ssmis data inspect` reports how many "

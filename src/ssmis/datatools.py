@@ -260,6 +260,13 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
     if dtypes:
         out("images  " + ", ".join(f"{k} ({v})" for k, v in sorted(dtypes.items()))
             + f", values {low:.6g}..{high:.6g} in the files (before normalisation)")
+        ints = sorted(k for k in dtypes if np.dtype(k).kind in "iu")
+        if catalog is not None and catalog.kind == "images" and len(ints) > 1:
+            maxima = ", ".join(f"{np.iinfo(np.dtype(k)).max}" for k in ints)
+            problems.append(f"{root}: images mix {' and '.join(ints)} files: normalization "
+                            f"scale divides each by its type's maximum ({maxima}), so the same "
+                            "tissue gets different intensities; convert them to one bit depth "
+                            "or set data.normalization: zscore")
     if voxels:
         n = sum(voxels.values())
         roi_note = " inside the ROI" if catalog is not None and any(

@@ -347,6 +347,12 @@ def test_inspect_training_and_test_folders_are_not_domains(
     out = capsys.readouterr().out
     assert "domains" not in out and "cases   4: test 2, train 2" in out
     assert "test/1" in out
+    # training images directly under the root, test/ beside them
+    for sub in ("images", "masks"):
+        (tmp_path / "training" / sub).rename(tmp_path / sub)
+    catalog = scan_images(tmp_path)
+    assert {c: i.subset for c, i in catalog.cases.items()} == {
+        "0": "train", "1": "train", "test/0": "test", "test/1": "test"}
 
 
 def test_drive_trains_and_scores_inside_the_fov(tmp_path: Path) -> None:

@@ -351,8 +351,11 @@ def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks"
             "mask": NamePattern(mask_pattern, "data.mask_pattern"),
             "roi": NamePattern(roi_pattern, "data.roi_pattern")}
     groups: list[tuple[str | None, str, Path]]
-    if (root / images_dir).is_dir():
-        groups = [(None, "train", root)]
+    if (root / images_dir).is_dir():  # + test/ beside images/ (root/test/images/...)
+        groups = [(None, "train", root)] + [
+            (None, "test", d) for d in sorted(root.iterdir())
+            if d.is_dir() and SUBSET_FOLDERS.get(d.name.lower()) == "test"
+            and (d / images_dir).is_dir()]
     else:
         groups = []
         for d in sorted(root.iterdir()):

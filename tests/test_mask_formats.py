@@ -109,6 +109,10 @@ def test_jpeg_masks_snapped_to_declared_values(tmp_path: Path) -> None:
     for case, mask in truth.items():
         assert set(np.unique(labels[case])) == {0, 1}
         assert (labels[case] == mask).mean() > 0.99
+    # no declared values: one line naming the file, saying why and what to declare
+    with pytest.raises(SSMISError, match=r"f0\.jpg: label has values .* a JPEG mask is lossy: "
+                                         r"declare its values with data.mask_values"):
+        _labels(tmp_path, num_classes=2)
     # snapping off: one line naming the mask file and both ways out
     with pytest.raises(SSMISError, match=r"f0\.jpg: mask value\(s\) \[.*mask_snap: nearest"):
         _labels(tmp_path, num_classes=2, mask_values={0: 0, 255: 1}, mask_snap="off")

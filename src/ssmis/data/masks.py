@@ -99,11 +99,6 @@ def _span(key: int | str) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def declared_classes(mapping: Mapping[int | str, int]) -> set[int]:
-    """The classes a mapping produces."""
-    return {int(c) for c in mapping.values()}
-
-
 def describe(mapping: Mapping[int | str, int]) -> str:
     """``0:0,255:1`` style text of a mapping (for messages)."""
     return ",".join(f"{k}:{c}" for k, c in sorted(mapping.items(),

@@ -839,9 +839,12 @@ class CaseReader:
             if rgb:
                 label = map_rgb_mask(mask, self.mask_rgb_classes)
             else:
+                # auto snaps lossy masks to declared values only: snapping 0/255 JPEG values
+                # to the class indices 0/1 would make every grey 1
+                snap = snap_for(self.mask_snap, info.label) \
+                    if self.mask_values is not None or self.mask_snap == "nearest" else False
                 label, snapped = mapped_mask(info.label, mask, self.mask_values,
-                                             self.num_classes,
-                                             snap=snap_for(self.mask_snap, info.label))
+                                             self.num_classes, snap=snap)
         roi = read_roi(info.roi, raw.shape[:2], path) if info.roi is not None else None
         spacing = tuple(self.spacing_override[-2:]) if self.spacing_override else None
         source_range = (float(raw.min()), float(raw.max())) if raw.size else None

@@ -10,10 +10,11 @@
   ``data.roi_dir``), either directly under the root or inside one folder per domain (hospital,
   scanner); folders named ``train``/``training`` and ``test``/``testing`` are subsets, not
   domains. Image, mask and ROI files are paired by the ``{id}`` of ``data.image_pattern`` /
-  ``mask_pattern`` / ``roi_pattern`` (default: the same file stem; DRIVE: ``{id}_training`` /
-  ``{id}_manual1``). Palette PNG/GIF masks are read as their indices; mask pixel values are
-  mapped to classes by ``data.mask_values`` (``{0: 0, 255: 1}`` or ranges ``0-127:0,128-255:1``,
-  :mod:`ssmis.data.masks`), lossy (JPEG) masks snapped to the nearest declared value.
+  ``mask_pattern`` / ``roi_pattern`` (default: the same file stem; DRIVE: ``{id}_*`` /
+  ``{id}_manual1`` / ``{id}_*_mask``). Palette PNG/GIF masks are read as their indices; mask
+  pixel values are mapped to classes by ``data.mask_values`` (``{0: 0, 255: 1}`` or ranges
+  ``0-127:0,128-255:1``, :mod:`ssmis.data.masks`), lossy (JPEG) masks snapped to the nearest
+  declared value.
 * ``prepared``: the output of ``ssmis data prepare``: one compressed ``.npz`` per case (float16
   normalised image, uint8 label) and a manifest, so training does not decode NIfTI/JPEG.
 
@@ -270,14 +271,12 @@ class NamePattern:
             except re.error as exc:
                 raise SSMISError(f"{field}: '{text}' is not a valid regular expression "
                                  f"({exc})") from None
-            self.literal = False
             return
         if text.count("{id}") != 1:
             raise SSMISError(f"{field}: '{text}' must contain '{{id}}' once (e.g. "
                              "'{id}_training'), or be a regular expression with (?P<id>...)")
         parts = [re.escape(p).replace(r"\*", ".*") for p in text.split("{id}")]
         self.regex = re.compile(parts[0] + "(?P<id>.+?)" + parts[1])
-        self.literal = "*" not in text
 
     def id_of(self, stem: str) -> str | None:
         """The case id in a file stem, or None when the stem does not match."""
@@ -308,12 +307,10 @@ def _image_files(folder: Path, pattern: NamePattern | None = None,
                 or path.name.startswith("."):
             continue
         key = path.stem if pattern is None else pattern.id_of(path.stem)
-        if key is None:
-            if not any_name:
-                _problem(problems, f"{path}: name does not match {pattern.field} "  # type: ignore[union-attr]
-                                   f"'{pattern.text}'")  # type: ignore[union-attr]
-                continue
-            key = path.stem
+        if key is None and pattern is not None and not any_name:
+            _problem(problems, f"{path}: name does not match {pattern.field} '{pattern.text}'")
+            continue
+        key = key or path.stem
         if key in out:
             _problem(problems, f"{path}: case id '{key}' also names {out[key].name}; keep one "
                                "file per case in a folder")

@@ -612,7 +612,13 @@ def mapped_mask(path: Path, raw: np.ndarray, mask_values: Any, num_classes: int 
     assert mapping is not None
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
         raise SSMISError(f"{path}: mask has NaN/inf values")
-    values, inverse = np.unique(raw, return_inverse=True)
+    small = raw.dtype.kind in "ub" and raw.size > 0 and int(raw.max()) <= 65535
+    if small:  # 8/16-bit: one pass with a table instead of a sort
+        counts = np.bincount(raw.ravel().astype(np.intp, copy=False))
+        values = np.flatnonzero(counts)
+        table_counts = counts[values]
+    else:
+        values, inverse, table_counts = np.unique(raw, return_inverse=True, return_counts=True)
     classes, snapped = lookup_classes(values, mapping, snap)
     unknown = values[classes < 0]
     if unknown.size:
@@ -623,13 +629,16 @@ def mapped_mask(path: Path, raw: np.ndarray, mask_values: Any, num_classes: int 
                     "nearest declared one, or give ranges such as 0-127:0,128-255:1")
         raise SSMISError(f"{path}: mask value(s) {shown}{' ...' if unknown.size > 12 else ''} "
                          f"not in data.mask_values {describe(mapping)}{hint}")
-    out = classes[inverse.reshape(raw.shape)]
+    if small:
+        table = np.zeros(int(values[-1]) + 1, dtype=np.int64)
+        table[values] = classes
+        out = table[raw]
+    else:
+        out = classes[inverse.reshape(raw.shape)]
     if num_classes is not None and out.size and out.max() >= num_classes:
         raise SSMISError(f"{path}: class {int(out.max())} from data.mask_values, expected "
                          f"0..{num_classes - 1} (data.num_classes = {num_classes})")
-    n_snapped = int(np.bincount(inverse.ravel(), minlength=len(values))[snapped].sum()) \
-        if snapped.any() else 0
-    return out, n_snapped
+    return out, int(table_counts[snapped].sum())
 
 
 def read_roi(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:

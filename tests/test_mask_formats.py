@@ -377,3 +377,18 @@ def test_drive_trains_and_scores_inside_the_fov(tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert [c["case"] for c in metrics["per_case"]] == ["test/01", "test/02"]
     assert all(c["within_roi"] for c in metrics["per_case"]) and "ROI" in metrics["roi"]
+
+
+def test_16bit_colour_png_keeps_its_values(tmp_path: Path) -> None:
+    """48-bit RGB PNG/TIFF: Pillow alone gives value >> 8; read at 16 bits (SimpleITK)."""
+    sitk = pytest.importorskip("SimpleITK")
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 65536, (*SIZE, 3)).astype(np.uint16)
+    for ext in (".png", ".tif"):
+        path = tmp_path / f"colour{ext}"
+        sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(path))
+        assert np.asarray(Image.open(path)).dtype == np.uint8  # what Pillow alone gives
+        np.testing.assert_array_equal(read_picture(path, "RGB"), rgb)
+        grey = read_picture(path, "L")
+        assert grey.dtype == np.uint16
+        np.testing.assert_allclose(grey, rgb @ np.array([0.299, 0.587, 0.114]), atol=0.5)

@@ -502,8 +502,9 @@ def read_picture(path: Path, mode: str | None = None) -> np.ndarray:
     level when every used entry is grey (what a viewer shows: GIF stores every picture with a
     palette); RGBA/CMYK give RGB, 1-bit 0/255; 'L' gives (H, W): colour converted to grey;
     'RGB' gives (H, W, 3): grey repeated. 16-bit images stay uint16 (0..65535), 32-bit integer
-    int32 and float float32 in every mode, so nothing is clipped at 255. Raises SSMISError
-    naming the file when it is missing or not a readable image.
+    int32 and float float32 in every mode, so nothing is clipped at 255; 16-bit colour PNG/TIFF
+    (48-bit RGB) stays uint16 where SimpleITK is installed (Pillow reads it at 8 bits). Raises
+    SSMISError naming the file when it is missing or not a readable image.
     """
     from PIL import Image
 
@@ -520,6 +521,13 @@ def read_picture(path: Path, mode: str | None = None) -> np.ndarray:
                 else:
                     values = values.astype(values.dtype.newbyteorder("="))
                 return np.repeat(values[..., None], 3, axis=-1) if mode == "RGB" else values
+            if _deep_colour(path, img):  # Pillow would reduce 16-bit colour to 8 bits
+                deep = _read_deep_colour(path)
+                if deep is not None:
+                    if mode == "L":  # Pillow's grey weights (ITU-R 601-2), at 16 bits
+                        grey = deep @ np.asarray([0.299, 0.587, 0.114])
+                        return np.round(grey).astype(np.uint16)
+                    return deep
             if mode is not None and img.mode != mode:
                 img = img.convert(mode)
             elif mode is None and img.mode in ("P", "PA"):
@@ -532,6 +540,32 @@ def read_picture(path: Path, mode: str | None = None) -> np.ndarray:
     except Exception as exc:  # UnidentifiedImageError, truncated files, decoder errors
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SSMISError(f"{path}: not a readable image ({reason})") from None
+
+
+def _deep_colour(path: Path, img: Any) -> bool:
+    """Whether an RGB(A) PNG or TIFF stores 16 bits per channel (Pillow decodes it to 8)."""
+    if img.mode not in ("RGB", "RGBA"):
+        return False
+    if img.format == "PNG":
+        with open(path, "rb") as f:
+            head = f.read(26)
+        return len(head) == 26 and head[24] == 16  # IHDR bit depth
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258)  # BitsPerSample
+        return bits is not None and max(np.atleast_1d(bits)) > 8
+    return False
+
+
+def _read_deep_colour(path: Path) -> np.ndarray | None:
+    """(H, W, 3) uint16 of a 16-bit colour file with SimpleITK, or None without it."""
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        return None
+    values = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    if values.ndim != 3 or values.shape[-1] < 3:
+        return None
+    return np.ascontiguousarray(values[..., :3]).astype(np.uint16, copy=False)
 
 
 def _palette_values(img: Any) -> np.ndarray:

@@ -357,6 +357,15 @@ def test_inspect_training_and_test_folders_are_not_domains(
     catalog = scan_images(tmp_path)
     assert {c: i.subset for c, i in catalog.cases.items()} == {
         "0": "train", "1": "train", "test/0": "test", "test/1": "test"}
+    # a shipped validation folder joins the training pool (the split draws validation cases)
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "test").rename(tmp_path / "validation" / "x")
+    for sub in ("images", "masks"):
+        (tmp_path / "validation" / "x" / sub).rename(tmp_path / "validation" / sub)
+    catalog = scan_images(tmp_path)
+    assert {c: (i.subset, i.domain) for c, i in catalog.cases.items()} == {
+        "0": ("train", None), "1": ("train", None), "val/0": ("train", None),
+        "val/1": ("train", None)}
 
 
 def test_drive_trains_and_scores_inside_the_fov(tmp_path: Path) -> None:

@@ -40,7 +40,11 @@ from ssmis.errors import SSMISError
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 #: folders of an images dataset that name a subset rather than a domain (DRIVE: training/, test/)
-SUBSET_FOLDERS = {"train": "train", "training": "train", "test": "test", "testing": "test"}
+#: (subset, case-id prefix); a shipped validation folder joins the training pool, from which
+#: the split draws its own validation cases
+SUBSET_FOLDERS = {"train": ("train", ""), "training": ("train", ""), "test": ("test", "test/"),
+                  "testing": ("test", "test/"), "val": ("train", "val/"),
+                  "valid": ("train", "val/"), "validation": ("train", "val/")}
 PREPARED_MANIFEST = "ssmis_prepared.json"
 PREPARED_FORMAT = "ssmis-prepared-1"
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -336,8 +340,9 @@ def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks"
     """Catalog of an ``images`` dataset (layout in the module docstring).
 
     ``root`` holds ``images_dir`` directly, or in one folder per domain; folders named
-    ``train``/``training`` hold training cases and ``test``/``testing`` labeled test cases
-    (ids ``test/<id>``), without a domain. Files are paired by the id of the patterns
+    ``train``/``training`` hold training cases, ``test``/``testing`` labeled test cases
+    (ids ``test/<id>``) and ``val``/``valid``/``validation`` training cases (ids ``val/<id>``),
+    without a domain (:data:`SUBSET_FOLDERS`). Files are paired by the id of the patterns
     (:class:`NamePattern`); ``roi_dir`` (beside ``masks_dir``) holds one ROI mask per image.
     ``test_images_dir`` / ``test_masks_dir`` / ``test_roi_dir``: labeled test images inside each
     folder (ids ``[<domain>/]test/<id>``). Every user-fixable problem raises SSMISError naming
@@ -347,18 +352,17 @@ def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks"
     pats = {"image": NamePattern(image_pattern, "data.image_pattern"),
             "mask": NamePattern(mask_pattern, "data.mask_pattern"),
             "roi": NamePattern(roi_pattern, "data.roi_pattern")}
-    groups: list[tuple[str | None, str, Path]]
-    if (root / images_dir).is_dir():  # + test/ beside images/ (root/test/images/...)
-        groups = [(None, "train", root)] + [
-            (None, "test", d) for d in sorted(root.iterdir())
-            if d.is_dir() and SUBSET_FOLDERS.get(d.name.lower()) == "test"
-            and (d / images_dir).is_dir()]
-    else:
-        groups = []
-        for d in sorted(root.iterdir()):
-            if d.is_dir() and (d / images_dir).is_dir():
-                subset = SUBSET_FOLDERS.get(d.name.lower())
-                groups.append((None, subset, d) if subset else (d.name, "train", d))
+    groups: list[tuple[str | None, str, Path, str]] = []  # (domain, subset, folder, id prefix)
+    top = (root / images_dir).is_dir()  # then only subset folders beside it (root/test/images)
+    if top:
+        groups.append((None, "train", root, ""))
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and (d / images_dir).is_dir():
+            named = SUBSET_FOLDERS.get(d.name.lower())
+            if named is not None:
+                groups.append((None, named[0], d, named[1]))
+            elif not top:
+                groups.append((d.name, "train", d, f"{d.name}/"))
     if not groups:
         raise SSMISError(f"{root}: no {images_dir}/ folder (directly or in one folder per "
                          "domain)")
@@ -366,11 +370,10 @@ def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks"
     for field_name, sub in (("data.test_images_dir", test_images_dir),
                             ("data.test_masks_dir", test_masks_dir),
                             ("data.roi_dir", roi_dir), ("data.test_roi_dir", test_roi_dir)):
-        if sub is not None and not any((folder / sub).is_dir() for _, _, folder in groups):
+        if sub is not None and not any((g[2] / sub).is_dir() for g in groups):
             _problem(problems, f"{field_name}: no folder '{sub}' in {root}"
                                + (" or its domain folders" if groups[0][0] else ""))
-    for domain, subset, folder in groups:
-        prefix = ("" if domain is None else f"{domain}/") + ("test/" if subset == "test" else "")
+    for domain, subset, folder, prefix in groups:
         unlabeled = (_image_files(folder / unlabeled_dir, pats["image"], problems, any_name=True)
                      if subset == "train" else {})
         rois = _scan_image_group(catalog, domain, subset, prefix, folder / images_dir,
@@ -428,6 +431,10 @@ def _scan_image_group(catalog: Catalog, domain: str | None, subset: str, prefix:
         roi = rois.get(key)
         if roi_folder is not None and roi is None:
             _problem(problems, f"{path}: no ROI mask {roi_folder}/{pats['roi'].name_for(key)}.*")
+            continue
+        if prefix + key in catalog.cases:
+            _problem(problems, f"{path}: case id '{prefix + key}' also names "
+                               f"{catalog.cases[prefix + key].images[0]}")
             continue
         catalog.cases[prefix + key] = CaseInfo(prefix + key, [path], mask, domain, subset,
                                                roi=roi)

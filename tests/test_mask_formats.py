@@ -327,6 +327,9 @@ def test_inspect_with_config_checks_its_keys(tmp_path: Path,
     assert "cases   6: test 2, train 4" in out
     assert "split   labeled 2, unlabeled 1, val 1, test 2" in out
     assert "inside the ROI" in out and " roi " in out
+    # the split the config draws is checked too
+    assert main(["data", "inspect", str(path), "data.labeled_count=9"]) == 1
+    assert "data.labeled_count: 9 cases requested, only 3 available" in capsys.readouterr().out
     # the positional YAML with an override, and a key that points nowhere
     assert main(["data", "inspect", str(path), "data.roi_dir=fov"]) == 1
     out = capsys.readouterr().out

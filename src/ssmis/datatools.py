@@ -154,6 +154,31 @@ def _mask_summary(masks: list[tuple[Path, int, int, set[int]]], mask_values: Any
     return lines
 
 
+def _config_split(data_cfg: Any, problems: list[str], out) -> None:
+    """Print the split a config draws (``data.split_file``, else the layout's rule), or add
+    why it cannot be drawn to ``problems``; skipped while the files have problems."""
+    if problems:
+        out("split   not drawn until the problems below are fixed")
+        return
+    from ssmis.data.layouts import get_layout
+    from ssmis.data.splits import Split
+
+    try:
+        layout = get_layout(data_cfg.layout)(data_cfg)
+        if data_cfg.split_file is not None:
+            split = Split.load(data_cfg.split_file)
+            layout.check_split(split, str(data_cfg.split_file))
+            source = f"data.split_file {data_cfg.split_file}"
+        else:
+            split = layout.protocol_split()
+            source = f"data.split_seed {data_cfg.split_seed}"
+    except SSMISError as err:
+        problems.append(str(err))
+        return
+    out(f"split   labeled {len(split.labeled)}, unlabeled {len(split.unlabeled)}, val "
+        f"{len(split.val)}, test {len(split.test)} ({source})")
+
+
 def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
                     mask_values: Any = None, num_classes: int | None = None,
                     show_all: bool = False, out=print, config: Any = None) -> int:
@@ -224,11 +249,12 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
             scored = label if row.get("roi") is None else label[row["roi"]]
             uniq, n = np.unique(scored, return_counts=True)
             voxels.update({int(u): int(c) for u, c in zip(uniq, n, strict=True)})
-            values = " ".join(str(int(u)) for u in np.unique(label))
+            label_values = [int(u) for u in np.unique(label)]
+            values = " ".join(str(u) for u in label_values)
             if len(values) > 40:
                 values = values[:37] + "..."
             if expected is not None:
-                bad = sorted(int(u) for u in np.unique(label) if int(u) not in expected)
+                bad = sorted(u for u in label_values if u not in expected)
                 if bad:
                     problems.append(f"case '{row['case']}': unexpected label value(s) "
                                     f"{bad[:12]}, expected {sorted(expected)}")
@@ -238,7 +264,7 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
         dtypes[dtype] += 1
         if row.get("label_file") is not None and label is not None:
             masks.append((row["label_file"], row["snapped"], int(label.size),
-                          {int(u) for u in uniq}))
+                          set(label_values)))
         if shown == 0:
             out(header)
         if show_all or shown < _PREVIEW:
@@ -277,18 +303,8 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
         out("classes " + ", ".join(shares) + f" (voxels of labeled cases{roi_note})")
     for line in _mask_summary(masks, mask_values, snap, problems):
         out(line)
-    if config is not None and catalog is not None and layout in ("nifti", "images", "prepared"):
-        from ssmis.data.splits import split_from_catalog
-
-        try:
-            split = split_from_catalog(catalog, data_cfg) if data_cfg.split_file is None \
-                else None
-            if split is not None:
-                out(f"split   labeled {len(split.labeled)}, unlabeled {len(split.unlabeled)}, "
-                    f"val {len(split.val)}, test {len(split.test)} (data.split_seed "
-                    f"{data_cfg.split_seed})")
-        except SSMISError as err:
-            problems.append(str(err))
+    if data_cfg is not None:
+        _config_split(data_cfg, problems, out)
     if problems:
         out(f"problems ({len(problems)}):")
         for p in problems:

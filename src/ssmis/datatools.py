@@ -160,7 +160,7 @@ def _config_split(data_cfg: Any, problems: list[str], out) -> None:
     if problems:
         out("split   not drawn until the problems below are fixed")
         return
-    from ssmis.data.layouts import get_layout
+    from ssmis.data.layouts import CatalogLayout, get_layout
     from ssmis.data.splits import Split
 
     try:
@@ -171,7 +171,8 @@ def _config_split(data_cfg: Any, problems: list[str], out) -> None:
             source = f"data.split_file {data_cfg.split_file}"
         else:
             split = layout.protocol_split()
-            source = f"data.split_seed {data_cfg.split_seed}"
+            source = (f"data.split_seed {data_cfg.split_seed}" if isinstance(layout, CatalogLayout)
+                      else "the dataset's lists")
     except SSMISError as err:
         problems.append(str(err))
         return

@@ -125,7 +125,8 @@ class DataConfig(_Section):
         default=None, description="mask pixel value -> class: exact values {0: 0, 255: 1}, "
                                   "inclusive ranges {'0-127': 0, '128-255': 1} (a threshold), "
                                   "or the string '0-127:0,128-255:1'; palette (indexed) PNG/GIF "
-                                  "masks give their indices; null = values are class indices")
+                                  "masks give their indices (a grey palette its grey levels); "
+                                  "null = values are class indices")
     mask_snap: Literal["auto", "nearest", "off"] = Field(
         default="auto", description="image masks with values not in data.mask_values: "
                                     "nearest maps each to "

@@ -190,10 +190,10 @@ def evaluate_split(
     spacing_note = "voxel units"
     present = dict.fromkeys(structures, False)
     for case in cases:
-        for key, seen in zip(structures, occurs_in(case.label, structures), strict=True):
-            present[key] = present[key] or seen
         pred, label = within_roi(predict_case(method, case, cfg, device, amp=cfg.train.amp),
                                  case)
+        for key, seen in zip(structures, occurs_in(label, structures), strict=True):
+            present[key] = present[key] or seen
         spacing = case.spacing if cfg.eval.unit == "mm" else None
         if cfg.eval.unit == "mm" and spacing is None:
             spacing_note = "voxel units: no spacing known (set data.spacing)"

@@ -149,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     pred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pred.add_argument("--tta", action="store_true", help="average over flips (slower)")
+    pred.add_argument("--threads", type=int, default=None,
+                      help="torch CPU threads (default: the run's train.threads, else picked "
+                           "from the CPUs this process may use, as in training)")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
 
     comp = sub.add_parser("compare", help="one table of several runs, mean ± std over seeds",
@@ -324,7 +327,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     written = predict_files(args.checkpoint, list(args.inputs), args.out,
                             overwrite=args.overwrite, overlay=args.overlay, device=args.device,
-                            tta=args.tta, progress=not args.quiet)
+                            tta=args.tta, progress=not args.quiet, threads=args.threads)
     print(f"wrote {len(written)} file(s) to {args.out}")
     return 0
 

@@ -273,7 +273,11 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=False, description="bfloat16 autocast on CUDA")
     deterministic: bool = True
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+    threads: int | None = Field(
+        default=None, ge=1, description="torch CPU threads (also used by `ssmis predict`); "
+        "null = picked at start from the CPUs this process may use (affinity, cgroup quota, "
+        "processes of this job on the machine) and those left idle by other work (load "
+        "average): see ssmis.engine.threads")
     checkpoint_minutes: float = Field(
         default=30.0, ge=0, description="also save a resumable checkpoint every this many "
                                         "minutes of training (0: only at validation); SIGINT/"

@@ -199,13 +199,22 @@ def _load_job(job: Job, cfg: ExperimentConfig, reader) -> tuple[np.ndarray, obje
 
 def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite: bool = False,
                   overlay: bool = False, device: str = "auto", tta: bool = False,
-                  progress: bool = True) -> list[Path]:
+                  progress: bool = True, threads: int | None = None) -> list[Path]:
+    """Segment ``inputs`` (files or folders) with the run's checkpoint; writes into ``out``.
+
+    ``threads``: torch CPU threads; None = the run's ``train.threads``, else the automatic
+    pick of :mod:`ssmis.engine.threads`. Returns the written paths. Raises SSMISError (one
+    line, before anything is written) for unreadable inputs or outputs that exist.
+    """
     from ssmis.engine.checkpoint import load_into
     from ssmis.engine.evaluate import segment
+    from ssmis.engine.threads import apply_threads
     from ssmis.engine.trainer import CONFIG_FILE, resolve_device
     from ssmis.eval.inference import flip_tta
     from ssmis.methods import build_method
 
+    if threads is not None and threads < 1:
+        raise SSMISError(f"--threads {threads}: expected a number >= 1")
     run_dir, ckpt = resolve_checkpoint(checkpoint)
     cfg = validate_config(read_yaml(run_dir / CONFIG_FILE), source=str(run_dir / CONFIG_FILE))
     d = cfg.data
@@ -229,6 +238,7 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
             planned[target] = job.inputs[0]
     reader = _reader_settings(cfg)
     dev = resolve_device(device)
+    apply_threads(threads or cfg.train.threads)
     method = build_method(cfg)
     if checkpoint.is_dir():
         ckpt = _best_of_last_phase(run_dir, cfg, method) or ckpt

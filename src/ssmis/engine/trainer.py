@@ -50,9 +50,11 @@ from ssmis.engine.runlog import (
 )
 from ssmis.engine.schedule import learning_rate
 from ssmis.engine.seed import capture_rng_state, restore_rng_state, seed_everything
+from ssmis.engine.threads import ThreadChoice, apply_threads
 from ssmis.errors import RunInterrupted, SSMISError
 from ssmis.methods import Method, Phase, build_method
 from ssmis.models import input_problem
+from ssmis.ramps import share_fraction
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,13 +117,14 @@ class Prepared:
     split: Split
     method: Method
     device: torch.device
+    #: torch CPU threads set for the run and why (``train.threads`` or the automatic pick)
+    threads: ThreadChoice | None = None
 
 
 def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
     """Everything a run needs, checked before anything is written. Under DDP every process
     builds the same method (same seed); the data files are checked by rank 0 only."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    threads = apply_threads(cfg.train.threads)
     device = dist.device_for(resolve_device(cfg.train.device))
     check_method(cfg, source="config")
     seed_everything(cfg.seed, cfg.train.deterministic)
@@ -133,7 +136,7 @@ def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
         dist.convert_sync_bn(method)
     if dist.world_size() > 1:  # same initial weights everywhere, own random stream per process
         seed_everything(dist.rank_seed(cfg.seed, dist.rank()), cfg.train.deterministic)
-    return Prepared(cfg, split, method.to(device), device)
+    return Prepared(cfg, split, method.to(device), device, threads)
 
 
 def check_process_batch(cfg: ExperimentConfig, method: Method, world: int) -> tuple[int, int]:
@@ -169,6 +172,7 @@ class Trainer:
         self.split = prepared.split
         self.method = prepared.method
         self.device = prepared.device
+        self.threads = prepared.threads
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / CKPT_DIR
         self.phases = self.method.phases()
@@ -199,7 +203,11 @@ class Trainer:
 
     def write_start_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(to_yaml(self.cfg))
+        # every option of the method with its default, as declared (percentages kept)
+        params = self.method.declared_params.model_dump(mode="json")
+        method = self.cfg.method.model_copy(update={"params": params})
+        (self.run_dir / CONFIG_FILE).write_text(to_yaml(self.cfg.model_copy(
+            update={"method": method})))
         self.split.save(self.run_dir / SPLIT_FILE)
 
     def phase_at(self, step: int) -> tuple[Phase, int]:
@@ -231,6 +239,7 @@ class Trainer:
             "step": self.step, "optimizer": self.optimizer.state_dict(), "rng": rng,
             "best": dict(self.best), "best_iter": dict(self.best_iter),
             "val_history": [list(v) for v in self.val_history],
+            "threads": torch.get_num_threads(),
             **({"rng_ranks": rng_ranks} if len(rng_ranks) > 1 else {}),
         })
         self._last_save = time.monotonic()
@@ -257,10 +266,25 @@ class Trainer:
         self.best_iter = {k: int(v) for k, v in state["best_iter"].items()}
         self.val_history = [(int(i), str(p), float(d)) for i, p, d in
                             state.get("val_history", [])]
+        self._resume_threads(state.get("threads"))
         if self.main:
             truncate_jsonl(self.run_dir / "scalars.jsonl", self.step)
             truncate_jsonl(self.run_dir / "val.jsonl", self.step)
         return self._rank_rng(state)
+
+    def _resume_threads(self, saved: int | None) -> None:
+        """With automatic threads, continue with the count the run was saved with when it is
+        not more than picked now (another count sums in another order: the resumed run would
+        not end with the uninterrupted run's weights)."""
+        if self.cfg.train.threads or not saved:
+            return
+        now = torch.get_num_threads()
+        if saved < now:
+            torch.set_num_threads(int(saved))
+            self.threads = ThreadChoice(int(saved), "the count the run was saved with")
+        elif saved > now:
+            self.log.info(f"torch threads: {now} (the run was saved with {saved}; the resumed "
+                          "iterations may differ in the last bits from an uninterrupted run)")
 
     def _rank_rng(self, state: dict[str, Any]) -> dict[str, Any] | None:
         """This process's saved random state; None (fresh per-process streams, seeded from
@@ -345,6 +369,10 @@ class Trainer:
         self._last_save = time.monotonic()
         self.log.info(f"training {cfg.method.name} / {cfg.model.name} on {self.device} for "
                       f"{self.total} iterations (from {self.step}); run folder {self.run_dir}")
+        self._log_schedule()
+        if self.threads is not None:
+            self.log.info(f"torch threads: {self.threads.threads} ({self.threads.reason}; "
+                          "set train.threads to choose)")
         if self.world > 1:
             self.log.info(f"DDP: {self.world} processes ({dist.backend_for(cfg.train.device)}), "
                           f"per process {self._per_process()} (labeled, unlabeled) of the "
@@ -423,6 +451,19 @@ class Trainer:
                       + (f", peak GPU memory {self.timing['peak_gpu_memory_gib']} GiB"
                          if "peak_gpu_memory_gib" in self.timing else ""))
         return self.summary()
+
+    def _log_schedule(self) -> None:
+        """The method params given as shares of the run, resolved; a warning for each
+        unsupervised term that never switches on within ``train.iterations``."""
+        declared = self.method.declared_params
+        shares = [f"{name} {value} = {getattr(self.method.params, name):g} iterations"
+                  for name, value in declared.model_dump().items()
+                  if share_fraction(value) is not None]
+        if shares:
+            self.log.info(f"method.params as shares of train.iterations = "
+                          f"{self.cfg.train.iterations}: {', '.join(shares)}")
+        for line in self.method.schedule_warnings():
+            self.log.warning(line)
 
     def _start_phase(self, phase: Phase) -> None:
         """Phase boundary: optionally restart from the previous phase's best weights."""
@@ -550,6 +591,7 @@ class Trainer:
         info["global_batch"] = {"labeled": self.cfg.train.batch_size,
                                 "unlabeled": self.unlabeled_bs}
         info["sync_bn"] = self._sync_bn()
+        info["threads"] = torch.get_num_threads()
         if self.timing:  # this session's iterations; validation and checkpoints included
             info["timing"] = self.timing
         if self.main:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ssmis.errors import SSMISError
 from ssmis.methods.alhvr import ALHVR
-from ssmis.methods.base import Batch, Method, MethodParams, Phase
+from ssmis.methods.base import Batch, Method, MethodParams, Phase, UnsupervisedTerm
 from ssmis.methods.bcp import BCP
 from ssmis.methods.cml import CML
 from ssmis.methods.cps import CPS
@@ -41,9 +43,16 @@ def get_method(name: str) -> type[Method]:
         ) from None
 
 
+def declared_params(cfg) -> dict[str, Any]:
+    """``cfg.method.params`` with every default of the method filled in, as JSON values
+    (percentages of the run kept as written): what a run's config.yaml records. Raises
+    SSMISError for an unknown method or invalid params."""
+    return get_method(cfg.method.name).parse_params(cfg.method.params).model_dump(mode="json")
+
+
 def build_method(cfg) -> Method:
     return get_method(cfg.method.name)(cfg)
 
 
-__all__ = ["METHODS", "Batch", "Method", "MethodParams", "Phase", "build_method", "get_method",
-           "register"]
+__all__ = ["METHODS", "Batch", "Method", "MethodParams", "Phase", "UnsupervisedTerm",
+           "build_method", "declared_params", "get_method", "register"]

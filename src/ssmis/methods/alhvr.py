@@ -63,9 +63,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ssmis.methods.base import Batch
+from ssmis.methods.base import Batch, UnsupervisedTerm
 from ssmis.methods.cotraining import DualNetMethod, DualNetParams, PredictMode
-from ssmis.ramps import ramped_weight
+from ssmis.ramps import ShareOrFloat, ramped_weight, run_share
 
 ENTROPY_EPS = 1e-6
 REGION_EPS = 1e-16
@@ -80,7 +80,10 @@ class ALHVRParams(DualNetParams):
     temperature: float = Field(default=0.1, gt=0, description="DTCT sharpening temperature")
     scaler: float = Field(default=1.0, gt=0, description="multiplier of the cosine logits")
     consistency: float = Field(default=0.1, ge=0, description="max unsupervised weight")
-    consistency_rampup: float = Field(default=200.0, ge=0)
+    consistency_rampup: ShareOrFloat = Field(
+        default=200.0, description="ramp length in 'epochs' of rampup_iters_per_epoch, or a "
+        "share of train.iterations ('40%': a per-iteration ramp over 40 % of the run)",
+        json_schema_extra=run_share("epochs"))
     rampup_iters_per_epoch: int = Field(default=150, ge=1)
     feature_tap: str | None = Field(
         default=None, description="decoder feature for the prototypes; null = 2D 'proj2', "
@@ -282,6 +285,16 @@ class ALHVR(DualNetMethod):
     def _upsample(self, h: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         mode = "bilinear" if h.ndim == 4 else "trilinear"
         return F.interpolate(h, size=tuple(size), mode=mode, align_corners=False)
+
+    def unsupervised_terms(self) -> list[UnsupervisedTerm]:
+        p = self.params
+
+        def weight(s: int) -> float:
+            return ramped_weight(s, p.consistency, p.consistency_rampup,
+                                 p.rampup_iters_per_epoch)
+
+        return [UnsupervisedTerm("unlabeled (DTCT + prototype)", weight, p.consistency,
+                                 ("consistency_rampup",))]
 
     def training_step(
         self, labeled: Batch, unlabeled: Batch | None, step: int

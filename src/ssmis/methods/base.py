@@ -7,7 +7,7 @@ its losses for one batch and which network(s) predict at inference.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,6 +17,7 @@ from torch import nn
 
 from ssmis.errors import SSMISError
 from ssmis.models import build_model
+from ssmis.ramps import resolve_run_shares
 from ssmis.validation import format_validation_error
 
 if TYPE_CHECKING:  # the config asks this registry; the registry never imports the config
@@ -41,6 +42,21 @@ class Phase:
     #: start from the previous phase's best-by-validation weights (BCP: self-training begins
     #: from the best pre-trained model, not the last one)
     init_from_best: bool = False
+
+
+@dataclass(frozen=True)
+class UnsupervisedTerm:
+    """A loss term on unlabeled data and its weight schedule, for the start-of-run check that
+    it switches on within ``train.iterations`` (:meth:`Method.schedule_warnings`).
+
+    ``weight(step)``: the weight at the 0-based global iteration ``step`` (0 while the term is
+    off, e.g. during pre-training); ``maximum``: the weight it ramps towards; ``params``: the
+    ``method.params`` fields that set its schedule (named in the warning)."""
+
+    name: str
+    weight: Callable[[int], float]
+    maximum: float
+    params: tuple[str, ...]
 
 
 
@@ -91,7 +107,11 @@ class Method(nn.Module):
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.params = self.parse_params(cfg.method.params)
+        #: ``method.params`` as given, every default filled in and percentages kept (what
+        #: the run's config.yaml records)
+        self.declared_params = self.parse_params(cfg.method.params)
+        #: the same with percentages of the run (``"40%"``) resolved for ``train.iterations``
+        self.params = resolve_run_shares(self.declared_params, cfg.train.iterations)
         if cfg.data.spatial_dims not in self.spatial_dims:
             dims = " or ".join(f"{d}D" for d in self.spatial_dims)
             raise SSMISError(f"method.name: {self.name} supports {dims} data only; "
@@ -147,6 +167,38 @@ class Method(nn.Module):
 
     def phases(self) -> list[Phase]:
         return [Phase("train", self.cfg.train.iterations)]
+
+    def unsupervised_terms(self) -> list[UnsupervisedTerm]:
+        """The method's loss terms on unlabeled data with their weight schedules (default:
+        none); used by :meth:`schedule_warnings`."""
+        return []
+
+    def schedule_warnings(self, threshold: float = 0.1) -> list[str]:
+        """One line per unsupervised term that never reaches ``threshold`` x its maximum
+        weight within ``train.iterations`` (e.g. SSL4MIS's mean-teacher ramp over 30,000
+        iterations in a 600-iteration run: the unlabeled data are never used). Terms whose
+        maximum is 0 (switched off on purpose) are not reported."""
+        total = self.cfg.train.iterations
+        stride = max(1, total // 20000)
+        lines = []
+        for term in self.unsupervised_terms():
+            if term.maximum <= 0:
+                continue
+            steps = [*range(0, total, stride), total - 1]
+            peak = max(term.weight(s) for s in steps)
+            if peak >= threshold * term.maximum:
+                continue
+            onset = next((s for s in range(total, 50 * total + 1, max(1, total // 10))
+                          if term.weight(s) >= threshold * term.maximum), None)
+            later = (f"; it reaches {threshold:.0%} of it at iteration {onset}" if onset
+                     else "")
+            fields = " / ".join(f"method.params.{p}" for p in term.params)
+            lines.append(
+                f"warning: {self.name}'s {term.name} weight stays at most {peak:.3g} "
+                f"({peak / term.maximum:.1%} of its maximum {term.maximum:g}) within "
+                f"train.iterations = {total}{later}: the unlabeled data barely count; set "
+                f"{fields} as a share of the run (e.g. '40%') or train longer")
+        return lines
 
     def predictor_candidates(self) -> tuple[str, ...]:
         """Names of alternative predictors the engine should score at each validation.

@@ -58,14 +58,16 @@ from ssmis.methods.cotraining import DualNetMethod, DualNetParams, cosine_discre
 from ssmis.methods.teacher import teacher_mode
 from ssmis.methods.two_phase import HalvedBatches, halves, local_step, two_phases
 from ssmis.mixing import box_mask, mix
+from ssmis.ramps import ShareOrInt, run_share
 
 
 class CMLParams(DualNetParams):
     predict_mode: Literal["net1", "net2", "average", "best"] = Field(
         default="average", description="CML averages the two subnets at inference")
-    pretrain_iterations: int = Field(
-        default=0, ge=0, description="labeled-only CutMix pre-training, carved from "
-        "train.iterations (LA 2000 of 17000, ACDC 10000 of 40000)")
+    pretrain_iterations: ShareOrInt = Field(
+        default=0, description="labeled-only CutMix pre-training, carved from "
+        "train.iterations (LA 2000 of 17000, ACDC 10000 of 40000); or a share of it ('25%')",
+        json_schema_extra=run_share("iterations"))
     reset_optimizer: bool = Field(
         default=False, description="false = as the code: phase 2 keeps the optimizer state "
         "(the engine keeps the state at the end of phase 1; the code reloads the one saved with "

@@ -30,15 +30,17 @@ import torch
 from pydantic import Field
 
 from ssmis.losses import cross_entropy, dice_loss
-from ssmis.methods.base import Batch
+from ssmis.methods.base import Batch, UnsupervisedTerm
 from ssmis.methods.cotraining import DualNetMethod, DualNetParams, init_conv_weights
-from ssmis.ramps import ramped_weight
+from ssmis.ramps import ShareOrFloat, ramped_weight, run_share
 
 
 class CPSParams(DualNetParams):
     consistency: float = Field(default=0.1, ge=0, description="max weight of the CPS loss")
-    consistency_rampup: float = Field(default=200.0, ge=0,
-                                      description="ramp length in 'epochs' of 150 iterations")
+    consistency_rampup: ShareOrFloat = Field(
+        default=200.0, description="ramp length in 'epochs' of 150 iterations, or a share of "
+        "train.iterations ('40%': a per-iteration ramp over 40 % of the run)",
+        json_schema_extra=run_share("epochs"))
     rampup_iters_per_epoch: int = Field(default=150, ge=1,
                                         description="SSL4MIS feeds iter_num // 150 to the ramp")
     ce_weight: float = Field(default=0.5, ge=0)
@@ -80,6 +82,16 @@ class CPS(DualNetMethod):
         dice = dice_loss(torch.softmax(logits, 1), label,
                          include_background=p.dice_include_background)
         return p.ce_weight * cross_entropy(logits, label) + p.dice_weight * dice
+
+    def unsupervised_terms(self) -> list[UnsupervisedTerm]:
+        p = self.params
+
+        def weight(s: int) -> float:
+            return ramped_weight(s, p.consistency, p.consistency_rampup,
+                                 p.rampup_iters_per_epoch)
+
+        return [UnsupervisedTerm("cross pseudo supervision", weight, p.consistency,
+                                 ("consistency_rampup",))]
 
     def training_step(
         self, labeled: Batch, unlabeled: Batch | None, step: int

@@ -49,20 +49,23 @@ from torch import nn
 
 from ssmis.errors import SSMISError
 from ssmis.losses import cross_entropy, linear_dice_loss, soft_cross_entropy, soft_dice_loss
-from ssmis.methods.base import Batch
+from ssmis.methods.base import Batch, UnsupervisedTerm
 from ssmis.methods.bcp import CopyPasteParams
 from ssmis.methods.copy_paste import pseudo_labels, region_loss_2d, region_loss_3d
 from ssmis.methods.teacher import largest_component_per_class, teacher_mode
 from ssmis.methods.two_phase import TwoPhaseMethod, halves
 from ssmis.mixing import box_mask, mix
-from ssmis.ramps import ramped_weight
+from ssmis.ramps import ShareOrFloat, ramped_weight, run_share
 
 
 class CVBMParams(CopyPasteParams):
     consistency: float = Field(
         default=1.0, ge=0, description="max weight of the bidirectional consistency (LA 1.0; "
         "ACDC 0.5 = the script's 5 x 0.1)")
-    consistency_rampup: float = Field(default=40.0, ge=0, description="LA 40, ACDC 200")
+    consistency_rampup: ShareOrFloat = Field(
+        default=40.0, description="LA 40, ACDC 200 'epochs' of rampup_iters_per_epoch, counted "
+        "from the start of self-training; or a share of train.iterations ('40%': a "
+        "per-iteration ramp over 40 % of the run)", json_schema_extra=run_share("epochs"))
     rampup_iters_per_epoch: int = Field(default=150, ge=1)
     up_types: list[str] | None = Field(
         default=None, description="fg/bg decoder upsampling; null = 2D bilinear/bilinear, "
@@ -266,6 +269,18 @@ class CVBM(TwoPhaseMethod):
         loss = l_fg + l_bg + weight * cons
         return {"loss": loss, "loss_fg": l_fg.detach(), "loss_bg": l_bg.detach(),
                 "loss_consistency": cons.detach(), "consistency_weight": torch.tensor(weight)}
+
+    def unsupervised_terms(self) -> list[UnsupervisedTerm]:
+        p: CVBMParams = self.params  # type: ignore[assignment]
+        pre = p.pretrain_iterations
+
+        def weight(s: int) -> float:  # off in pre-training, ramped from self-training's start
+            return 0.0 if s < pre else ramped_weight(s - pre, p.consistency,
+                                                     p.consistency_rampup,
+                                                     p.rampup_iters_per_epoch)
+
+        return [UnsupervisedTerm("bidirectional consistency", weight, p.consistency,
+                                 ("consistency_rampup", "pretrain_iterations"))]
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Foreground decoder only (no extra inference cost)."""

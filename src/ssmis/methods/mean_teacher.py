@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from ssmis.losses import cross_entropy, dice_loss
-from ssmis.methods.base import Batch, Method
+from ssmis.methods.base import Batch, Method, UnsupervisedTerm
 from ssmis.methods.teacher import (
     EMAParams,
     ema_update,
@@ -27,19 +27,21 @@ from ssmis.methods.teacher import (
     make_teacher,
     teacher_mode,
 )
-from ssmis.ramps import ramped_weight
+from ssmis.ramps import ShareOrFloat, ShareOrInt, ramped_weight, run_share
 
 
 class MeanTeacherParams(EMAParams):
     consistency: float = Field(default=0.1, ge=0, description="maximum consistency weight")
-    consistency_rampup: float = Field(
-        default=200.0, ge=0, description="ramp length in 'epochs' of rampup_iters_per_epoch "
-        "iterations (SSL4MIS ACDC 200, UA-MT LA 40)")
+    consistency_rampup: ShareOrFloat = Field(
+        default=200.0, description="ramp length in 'epochs' of rampup_iters_per_epoch "
+        "iterations (SSL4MIS ACDC 200, UA-MT LA 40), or a share of train.iterations ('40%': "
+        "a per-iteration ramp over 40 % of the run)", json_schema_extra=run_share("epochs"))
     rampup_iters_per_epoch: int = Field(
         default=150, ge=1, description="SSL4MIS feeds iter_num // 150 to the ramp")
-    consistency_start: int = Field(
-        default=0, ge=0, description="iterations with the consistency switched off "
-        "(SSL4MIS train_mean_teacher_2D: 1000)")
+    consistency_start: ShareOrInt = Field(
+        default=0, description="iterations with the consistency switched off "
+        "(SSL4MIS train_mean_teacher_2D: 1000), or a share of train.iterations ('3%')",
+        json_schema_extra=run_share("iterations"))
     noise_std: float = Field(default=0.1, ge=0, description="teacher input noise std")
     noise_clip: float = Field(default=0.2, ge=0, description="teacher input noise clamp")
     ce_weight: float = Field(default=0.5, ge=0)
@@ -77,6 +79,13 @@ class MeanTeacher(Method):
     def consistency_active(self, step: int) -> bool:
         p: MeanTeacherParams = self.params  # type: ignore[assignment]
         return step >= p.consistency_start and p.consistency > 0
+
+    def unsupervised_terms(self) -> list[UnsupervisedTerm]:
+        p: MeanTeacherParams = self.params  # type: ignore[assignment]
+        return [UnsupervisedTerm(
+            "consistency",
+            lambda s: self.consistency_weight(s) if self.consistency_active(s) else 0.0,
+            p.consistency, ("consistency_rampup", "consistency_start"))]
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:

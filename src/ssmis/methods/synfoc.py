@@ -86,12 +86,18 @@ from torch import nn
 
 from ssmis.errors import SSMISError
 from ssmis.losses import dice_loss
-from ssmis.methods.base import Batch, ChoosablePredictor, Method, MethodParams
+from ssmis.methods.base import (
+    Batch,
+    ChoosablePredictor,
+    Method,
+    MethodParams,
+    UnsupervisedTerm,
+)
 from ssmis.methods.teacher import ema_alpha, ema_update, make_teacher, teacher_mode
 from ssmis.mixing import cutmix_box
 from ssmis.models import build_model
 from ssmis.optim import CombinedOptimizer
-from ssmis.ramps import sigmoid_rampup
+from ssmis.ramps import ShareOrPositiveInt, run_share, sigmoid_rampup
 
 if TYPE_CHECKING:
     from ssmis.config import TrainConfig
@@ -114,8 +120,9 @@ class SynFoCParams(MethodParams):
     threshold: float = Field(default=0.95, ge=0, le=1, description="pseudo-label confidence")
     consistency: float = Field(default=1.0, ge=0)
     consistency_rampup: float = Field(default=200.0, ge=0)
-    rampup_iterations: int | None = Field(
-        default=None, ge=1, description="T of the ramp (null = train.iterations, the code)")
+    rampup_iterations: ShareOrPositiveInt | None = Field(
+        default=None, description="T of the ramp (null = train.iterations, the code), or a "
+        "share of train.iterations ('50%')", json_schema_extra=run_share("iterations"))
     ema_decay: float = Field(default=0.99, ge=0, le=1)
     parts: list[list[int]] | None = Field(
         default=None, description="class groups scored by the SMC Dice (null = each "
@@ -448,6 +455,14 @@ class SynFoC(ChoosablePredictor, Method):
                 "lambda": torch.tensor(lam)}
 
     @torch.no_grad()
+    def unsupervised_terms(self) -> list[UnsupervisedTerm]:
+        p: SynFoCParams = self.params  # type: ignore[assignment]
+        total = p.rampup_iterations or self.cfg.train.iterations
+        return [UnsupervisedTerm(
+            "unlabeled (lambda)", lambda s: ramp_weight(s, p.consistency, p.consistency_rampup,
+                                                        total),
+            p.consistency, ("rampup_iterations",))]
+
     def on_step_end(self, step: int) -> None:
         p: SynFoCParams = self.params  # type: ignore[assignment]
         ema_update(self.unet_teacher, self.unet, p.ema_decay, step=step, buffers="own")

@@ -22,6 +22,7 @@ from ssmis.methods.teacher import (
     ema_update,
     make_teacher,
 )
+from ssmis.ramps import ShareOrInt, run_share
 
 PRETRAIN = "pretrain"
 SELF_TRAIN = "self_train"
@@ -39,9 +40,9 @@ class TwoPhaseParams(EMAParams):
         description="null = as the authors: 'ema' (state_dict EMA) for the acdc recipe, "
         "'own' (parameters only) for la",
     )
-    pretrain_iterations: int = Field(
-        default=0, ge=0, description="first phase length, carved from train.iterations"
-    )
+    pretrain_iterations: ShareOrInt = Field(
+        default=0, description="first phase length, carved from train.iterations; or a share "
+        "of it ('25%')", json_schema_extra=run_share("iterations"))
     reset_optimizer: bool | None = Field(
         default=None,
         description="fresh SGD state for self-training; null = as the authors: ACDC (2D) keeps "

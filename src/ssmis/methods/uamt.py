@@ -25,13 +25,14 @@ from pydantic import Field, field_validator
 
 from ssmis.methods.mean_teacher import MeanTeacher, MeanTeacherParams
 from ssmis.methods.teacher import gaussian_noise, teacher_mode
-from ssmis.ramps import sigmoid_rampup
+from ssmis.ramps import ShareOrInt, run_share, sigmoid_rampup
 
 
 class UAMTParams(MeanTeacherParams):
     uncertainty_passes: int = Field(default=8, ge=2, description="T stochastic teacher passes")
-    threshold_rampup: int | None = Field(
-        default=None, ge=0, description="iterations of the threshold ramp (null = all)")
+    threshold_rampup: ShareOrInt | None = Field(
+        default=None, description="iterations of the threshold ramp (null = all), or a share "
+        "of train.iterations ('50%')", json_schema_extra=run_share("iterations"))
     threshold_log_classes: bool = Field(
         default=False, description="fix: ln(C) instead of the code's ln(2) as maximum entropy")
     normalize_by_classes: bool = Field(

@@ -176,7 +176,11 @@ def _config_differences(job: Job) -> str | None:
     from ssmis.config import load_config, read_yaml
 
     stored = read_yaml(job.path / "config.yaml")
-    wanted = load_config(Path(job.config), job.overrides).model_dump(mode="json")
+    from ssmis.methods import declared_params
+
+    cfg = load_config(Path(job.config), job.overrides)
+    wanted = cfg.model_dump(mode="json")
+    wanted["method"]["params"] = declared_params(cfg)  # config.yaml records every default
 
     def walk(a: Any, b: Any, prefix: str) -> str | None:
         if isinstance(a, dict) and isinstance(b, dict):

@@ -1,0 +1,170 @@
+"""A loop that behaves on a shared machine: thread choice, schedules that switch on, the run's
+config.yaml with every method default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ssmis.config import validate_config
+from ssmis.engine import threads
+from ssmis.engine.run import train_run
+from ssmis.errors import SSMISError
+from ssmis.methods import build_method
+from tests.conftest import tiny_config, tiny_method_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ---------------------------------------------------------------------------- 8. threads
+
+
+def test_cgroup_quota_v2_takes_the_smallest_limit_on_the_path(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "job" / "step").mkdir(parents=True)
+    (tmp_path / "job" / "cpu.max").write_text("400000 100000\n")
+    (tmp_path / "job" / "step" / "cpu.max").write_text("250000 100000\n")
+    proc = tmp_path / "proc_cgroup"
+    proc.write_text("0::/job/step\n")
+    assert threads.cgroup_cpu_limit(tmp_path, proc) == pytest.approx(2.5)
+    proc.write_text("0::/\n")
+    assert threads.cgroup_cpu_limit(tmp_path, proc) is None  # "max": no quota
+
+
+def test_cgroup_quota_v1(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.cgroup_cpu_limit(tmp_path, tmp_path / "none") == pytest.approx(1.5)
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert threads.cgroup_cpu_limit(tmp_path, tmp_path / "none") is None
+
+
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """An 8-CPU machine whose affinity, cgroup quota, load and torch default are set by the
+    test (no cgroup quota, idle, torch default 64 threads)."""
+    state = {"affinity": set(range(8)), "load": 0.0, "quota": None}
+
+    def set_quota(cpus: float | None) -> None:
+        text = "max 100000" if cpus is None else f"{int(cpus * 100000)} 100000"
+        (tmp_path / "cpu.max").write_text(text + "\n")
+
+    monkeypatch.setattr(threads, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(threads, "PROC_CGROUP", tmp_path / "no_such_file")
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: state["affinity"],
+                        raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (state["load"], 0.0, 0.0))
+    monkeypatch.setattr(threads.torch, "get_num_threads", lambda: 64)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    set_quota(None)
+    state["set_quota"] = set_quota
+    return state
+
+
+def test_threads_follow_affinity_quota_ranks_and_load(machine, monkeypatch) -> None:
+    assert threads.pick_threads().threads == 8
+    machine["affinity"] = {0, 1, 2, 3}  # taskset / SLURM --cpus-per-task 4
+    assert threads.pick_threads().threads == 4
+    machine["set_quota"](2.5)  # docker --cpus 2.5: 3 CPUs at most, partly
+    choice = threads.pick_threads()
+    assert choice.threads == 3 and "3 usable CPUs" in choice.reason
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # torchrun: 3 processes share them
+    assert threads.pick_threads().threads == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    machine["load"] = 7.6  # the 8-CPU machine is busy: 0.4 CPUs idle
+    choice = threads.pick_threads()
+    assert choice.threads == 1 and "load 7.6" in choice.reason
+
+
+def test_threads_never_raise_a_count_set_before(machine, monkeypatch) -> None:
+    monkeypatch.setattr(threads.torch, "get_num_threads", lambda: 2)  # OMP_NUM_THREADS=2
+    assert threads.pick_threads().threads == 2
+
+
+def test_explicit_threads_win() -> None:
+    choice = threads.apply_threads(1)
+    assert choice.threads == 1 and torch.get_num_threads() == 1
+
+
+# --------------------------------------------------------- 9. schedules as shares of the run
+
+
+def test_shares_of_the_run_resolve_for_train_iterations() -> None:
+    cfg = tiny_method_config("mean_teacher", {"consistency_rampup": "40%",
+                                              "consistency_start": "5%"}, iterations=600)
+    method = build_method(cfg)
+    p = method.params
+    assert p.consistency_rampup == pytest.approx(240.0) and p.rampup_iters_per_epoch == 1
+    assert p.consistency_start == 30
+    assert method.consistency_weight(240) == pytest.approx(0.1)
+    assert method.consistency_weight(120) == pytest.approx(0.1 * 0.28650479686)  # e^{-1.25}
+    assert method.declared_params.consistency_rampup == "40%"  # kept for config.yaml
+    assert method.schedule_warnings() == []
+    bcp = build_method(tiny_method_config("bcp", {"pretrain_iterations": "25%"},
+                                          iterations=600))
+    assert [ph.iterations for ph in bcp.phases()] == [150, 450]
+
+
+def test_a_share_above_100_percent_is_a_one_line_error() -> None:
+    with pytest.raises(SSMISError, match=r"method.params.pretrain_iterations: expected a "
+                                         r"percentage .* \(got '120%'\)"):
+        from ssmis.config import check_method
+
+        check_method(tiny_method_config("bcp", {"pretrain_iterations": "120%"}), "x.yaml")
+
+
+def test_a_ramp_that_never_switches_on_is_reported() -> None:
+    # SSL4MIS's recipe (off for 1,000 iterations, ramp over 200 x 150) in a 600-iteration run
+    cfg = tiny_method_config("mean_teacher", {"consistency_start": 1000}, iterations=600)
+    (line,) = build_method(cfg).schedule_warnings()
+    assert "mean_teacher's consistency weight stays at most 0 " in line
+    assert "method.params.consistency_rampup / method.params.consistency_start" in line
+    # the default ramp alone: on from the start, but 30,000 iterations long
+    cfg = tiny_method_config("mean_teacher", {}, iterations=600)
+    (line,) = build_method(cfg).schedule_warnings()
+    assert "(0.8% of its maximum 0.1)" in line
+    # CVBM: the ramp counts from self-training's start
+    cvbm = tiny_method_config("cvbm", {"pretrain_iterations": 500, "consistency_rampup": 40},
+                              iterations=600)
+    assert len(build_method(cvbm).schedule_warnings()) == 1
+    cvbm = tiny_method_config("cvbm", {"pretrain_iterations": "25%",
+                                       "consistency_rampup": "50%"}, iterations=600)
+    assert build_method(cvbm).schedule_warnings() == []
+
+
+# ------------------------------------------------------------ one run: log and config.yaml
+
+
+@pytest.fixture(scope="module")
+def mt_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("loop")
+    raw = tiny_config(phantom_root, out, iterations=4, val_every=4, unlabeled_batch_size=2)
+    raw["method"] = {"name": "mean_teacher", "params": {"consistency_start": 1000,
+                                                        "consistency_rampup": "50%"}}
+    saved = torch.get_num_threads()
+    try:
+        return train_run(validate_config(raw), out / "run", evaluate=False, verbose=False)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_run_log_names_the_threads_and_the_schedule(mt_run: Path) -> None:
+    log = (mt_run / "train.log").read_text()
+    assert "torch threads: " in log and "usable CPU" in log
+    assert "consistency_rampup 50% = 2 iterations" in log
+    assert "WARNING warning: mean_teacher's consistency weight stays at most 0 " in log
+    summary = json.loads((mt_run / "train_summary.json").read_text())
+    assert summary["threads"] >= 1
+
+
+def test_config_yaml_holds_every_method_default(mt_run: Path) -> None:
+    params = yaml.safe_load((mt_run / "config.yaml").read_text())["method"]["params"]
+    assert params["consistency_start"] == 1000 and params["consistency_rampup"] == "50%"
+    assert params["ema_decay"] == 0.99 and params["noise_std"] == 0.1
+    assert params["rampup_iters_per_epoch"] == 150 and params["dice_include_background"] is True

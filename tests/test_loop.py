@@ -4,17 +4,26 @@ config.yaml with every method default."""
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from ssmis.config import validate_config
-from ssmis.engine import threads
-from ssmis.engine.run import train_run
+from ssmis.data.datasets import EvalCase
+from ssmis.engine import runlog, threads
+from ssmis.engine.checkpoint import save_weights
+from ssmis.engine.evaluate import evaluate_split
+from ssmis.engine.run import _pictures, train_run
 from ssmis.errors import SSMISError
+from ssmis.eval.report import class_color
 from ssmis.methods import build_method
+from ssmis.predict import predict_files
 from tests.conftest import tiny_config, tiny_method_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -168,3 +177,114 @@ def test_config_yaml_holds_every_method_default(mt_run: Path) -> None:
     assert params["consistency_start"] == 1000 and params["consistency_rampup"] == "50%"
     assert params["ema_decay"] == 0.99 and params["noise_std"] == 0.1
     assert params["rampup_iters_per_epoch"] == 150 and params["dice_include_background"] is True
+
+
+# ------------------------------------------------------------------------------ 10. progress
+
+
+def test_training_progress_lines_carry_an_eta(caplog: pytest.LogCaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter(float(t) for t in range(0, 200, 2))  # two seconds per call
+    monkeypatch.setattr(runlog.time, "perf_counter", lambda: next(clock))
+    progress = runlog.Progress(total=40, initial=0, desc="t")
+    with caplog.at_level(logging.INFO, logger=runlog.LOGGER_NAME):
+        for step in range(1, 11):
+            progress.update(step, loss=0.5, lr=0.1, fresh=True)
+    progress.close()
+    # 2 iterations in 4 s: 0.5 it/s, 38 iterations to go: 76 s
+    assert caplog.records[0].getMessage().endswith("0.50 it/s  ETA 0:01:16")
+    assert runlog.format_duration(90061) == "1 day 1:01:01"
+
+
+def test_progress_lines_reach_the_log_file_under_a_terminal_bar(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    runlog.setup_logger(tmp_path / "train.log", verbose=True)
+    progress = runlog.Progress(total=2, initial=0, desc="t")
+    for step in (1, 2):
+        progress.update(step, loss=0.5, lr=0.1, fresh=True)
+    progress.close()
+    runlog.setup_logger(None, verbose=False)
+    assert "iter 2/2  loss 0.5000" in (tmp_path / "train.log").read_text()
+    assert "iter 2/2  loss" not in capsys.readouterr().err  # the bar shows it there
+
+
+def _cases(domains: list[str], size: int = 32) -> list[EvalCase]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i, domain in enumerate(domains):
+        label = np.zeros((size, size), np.int64)
+        label[8:20, 8:20] = 1 + i % 3
+        out.append(EvalCase(f"{domain}/img{i}", rng.normal(size=(size, size)).astype(np.float32),
+                            label, None, domain))
+    return out
+
+
+def test_test_evaluation_reports_progress_and_keeps_cases_of_every_domain(
+        caplog: pytest.LogCaptureFixture) -> None:
+    cfg = tiny_method_config("supervised", {})
+    method = build_method(cfg)
+    cases = _cases(["A", "A", "A", "A", "B", "B"])
+    with caplog.at_level(logging.INFO, logger=runlog.LOGGER_NAME):
+        result, kept = evaluate_split(method, iter(cases), cfg, torch.device("cpu"),
+                                      split="test", checkpoint="best", iteration=4,
+                                      keep_predictions=3, total=len(cases))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "test evaluation: 6 cases"
+    assert lines[-1].startswith("test evaluation: 6/6 cases  ") and "ETA 0:00:00" in lines[-1]
+    assert len(lines) == 7  # the start, then each case (6 cases: every ~10 % is each one)
+    # 3 pictures from 2 domains: A, B, then A again (not the first three, all from A)
+    assert [c.case for c, _ in kept] == ["A/img0", "B/img4", "A/img1"]
+    assert result["num_cases"] == 6
+
+
+def test_overlays_show_rgb_images_in_colour(tmp_path: Path) -> None:
+    cfg = tiny_method_config("supervised", {})
+    rgb = np.zeros((3, 32, 32), np.float32)
+    rgb[0, :, :16] = 1.0  # left half red, right half green
+    rgb[1, :, 16:] = 1.0
+    label = np.zeros((32, 32), np.int64)
+    case = EvalCase("siteA/img0", rgb, label, None, "siteA")
+    _pictures(tmp_path, cfg, [(case, label)], "test")
+    png = np.asarray(Image.open(tmp_path / "overlays_test.png").convert("RGB")).astype(int)
+    first_panel = png[:, : png.shape[1] // 4]
+    red = (first_panel[..., 0] > 200) & (first_panel[..., 1] < 60) & (first_panel[..., 2] < 60)
+    green = (first_panel[..., 1] > 200) & (first_panel[..., 0] < 60)
+    assert red.sum() > 1000 and green.sum() > 1000
+
+
+def test_predict_overlay_on_nifti_writes_slice_pngs(tmp_path: Path) -> None:
+    from tests.test_owndata import make_nifti, nifti_config
+
+    root = make_nifti(tmp_path / "nifti")
+    raw = nifti_config(root, tmp_path / "runs", patch_size=[16, 16], slice_axis=2)
+    raw["model"] = {"name": "unet2d", "options": {"widths": [4, 4, 8, 8, 8]}}
+    raw["eval"].pop("stride")
+    cfg = validate_config(raw)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    method = build_method(cfg)
+    with torch.no_grad():  # a model that calls everything above the mean foreground
+        last = [m for m in method.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 1.0]))
+    save_weights(run / "checkpoints" / "best.safetensors", method.state_dict(),
+                 {"step": "2", "method": "supervised", "model": "unet2d"})
+    src = root / "imagesTs" / "test00_0000.nii.gz"
+    out = tmp_path / "pred"
+    written = predict_files(run, [src], out, overlay=True, progress=False, threads=1)
+    pngs = sorted(p.name for p in written if p.suffix == ".png")
+    # 12 slices along axis 2, all foreground: slices at 1/4, 2/4, 3/4 of them
+    assert pngs == ["test00_overlay_slice3.png", "test00_overlay_slice6.png",
+                    "test00_overlay_slice9.png"]
+    picture = np.asarray(Image.open(out / pngs[0]))
+    assert picture.shape == (20, 24, 3)  # rotated: the first array axis runs left to right
+    grey_half = picture.astype(float) - 0.5 * np.asarray(class_color(1)) * 255
+    assert np.ptp(grey_half, axis=-1).max() <= 2  # 50 % grey image + 50 % class-1 blue
+    assert (picture[..., 2] > picture[..., 0] + 50).all()
+    assert torch.get_num_threads() == 1
+    (out / "test00.nii.gz").unlink()  # the slice PNGs alone are also never overwritten
+    with pytest.raises(SSMISError, match=r"test00_overlay_slice3.png: exists \(use --overwrite"):
+        predict_files(run, [src], tmp_path / "pred", overlay=True, progress=False)

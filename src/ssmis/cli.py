@@ -146,7 +146,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="NIfTI/image files or folders of them")
     pred.add_argument("--out", type=Path, required=True, help="output folder")
     pred.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    pred.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
+    pred.add_argument("--overlay", action="store_true",
+                      help="also write <name>_overlay.png (images) or a few slice PNGs "
+                           "<name>_overlay_slice<k>.png (NIfTI)")
     pred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pred.add_argument("--tta", action="store_true", help="average over flips (slower)")
     pred.add_argument("--threads", type=int, default=None,

@@ -1,13 +1,15 @@
 """``ssmis predict``: segment new NIfTI volumes or image files with a trained run.
 
 NIfTI in -> NIfTI out (uint8 class indices, the input's affine and header geometry, voxel
-order unchanged); images in -> PNG masks of class indices (optionally a colour overlay PNG).
+order unchanged), optionally with a few slice PNGs of the prediction over the image; images in
+-> PNG masks of class indices (optionally a colour overlay PNG).
 Inputs are never overwritten and existing outputs only with ``overwrite``; every output path is
 checked before the first prediction.
 """
 
 from __future__ import annotations
 
+import glob
 import re
 import sys
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from ssmis.data.owndata import (
 from ssmis.errors import SSMISError
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+#: slice PNGs written per NIfTI volume by ``--overlay``
+OVERLAY_SLICES = 3
 
 
 @dataclass
@@ -236,6 +240,10 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
                 raise SSMISError(f"{target}: two inputs give the same output "
                                  f"({planned[target]}, {job.inputs[0]})")
             planned[target] = job.inputs[0]
+        if overlay and job.kind == "nifti" and not overwrite:
+            existing = sorted(out.glob(f"{glob.escape(job.name)}_overlay_slice*.png"))
+            if existing:
+                raise SSMISError(f"{existing[0]}: exists (use --overwrite to replace it)")
     reader = _reader_settings(cfg)
     dev = resolve_device(device)
     apply_threads(threads or cfg.train.threads)
@@ -263,6 +271,9 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
             if job.kind == "nifti":
                 pred = _predict_volume(fn, image, cfg, dev)
                 written.append(_write_nifti(targets[0], pred, ref))
+                if overlay:
+                    written.extend(write_slice_overlays(out, job.name, image[0], pred,
+                                                        _overlay_axis(cfg, pred.ndim)))
             else:
                 x = image[0] if image.shape[0] == 1 else image
                 pred = segment(fn, x, 2, cfg, dev)
@@ -300,23 +311,73 @@ def _write_nifti(path: Path, pred: np.ndarray, ref) -> Path:
     return path
 
 
+def _blend(base: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8: ``base`` (0-255, grey H x W or RGB) with each class's colour at 50 %."""
+    from ssmis.eval.report import class_color
+
+    base = base.astype(np.float32)
+    if base.ndim == 2:
+        base = np.repeat(base[..., None], 3, axis=-1)
+    for k in np.unique(pred):
+        if k == 0:
+            continue
+        color = np.asarray(class_color(int(k))) * 255.0
+        mask = pred == k
+        base[mask] = 0.5 * base[mask] + 0.5 * color
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
 def _write_png(targets: list[Path], pred: np.ndarray, raw: np.ndarray) -> list[Path]:
     from PIL import Image
 
     Image.fromarray(pred.astype(np.uint8)).save(targets[0])
     if len(targets) > 1:
-        from ssmis.eval.report import class_color
-
         base = raw.astype(np.float32)
-        if base.ndim == 2:
-            base = np.repeat(base[..., None], 3, axis=-1)
         if base.max() > 255:
             base = base / base.max() * 255.0
-        for k in np.unique(pred):
-            if k == 0:
-                continue
-            color = np.asarray(class_color(int(k))) * 255.0
-            mask = pred == k
-            base[mask] = 0.5 * base[mask] + 0.5 * color
-        Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(targets[1])
+        Image.fromarray(_blend(base, pred)).save(targets[1])
     return targets
+
+
+def _overlay_axis(cfg: ExperimentConfig, ndim: int) -> int:
+    """The axis the overlay slices are cut along: a 2D model's ``data.slice_axis``, else the
+    last array axis (the axial one of a NIfTI volume in RAS-like order)."""
+    if ndim < 3:
+        return 0
+    return cfg.data.slice_axis if cfg.data.spatial_dims == 2 else ndim - 1
+
+
+def overlay_slices(pred: np.ndarray, axis: int, count: int = OVERLAY_SLICES) -> list[int]:
+    """Up to ``count`` distinct slice indices along ``axis``: spread evenly (at 1/(count+1),
+    2/(count+1), ... ) over the slices holding predicted foreground, or over the whole volume
+    when there is none."""
+    other = tuple(i for i in range(pred.ndim) if i != axis)
+    holding = np.flatnonzero((pred > 0).any(axis=other))
+    pool = holding if holding.size else np.arange(pred.shape[axis])
+    picks = [pool[min(int(len(pool) * (k + 1) / (count + 1)), len(pool) - 1)]
+             for k in range(count)]
+    return sorted({int(i) for i in picks})
+
+
+def write_slice_overlays(out: Path, name: str, image: np.ndarray, pred: np.ndarray,
+                         axis: int) -> list[Path]:
+    """``--overlay`` for a volume: ``<name>_overlay_slice<k>.png`` for the slices of
+    :func:`overlay_slices` along ``axis``: the image (first channel, 1st-99th percentile grey
+    window) with the predicted classes in the colours of ``overlays_test.png``, rotated by 90
+    degrees so that the first array axis runs left to right. A 2D array gives slice 0."""
+    from PIL import Image
+
+    from ssmis.eval.report import display_image
+
+    volume, labels = (image[None], pred[None]) if pred.ndim == 2 else (image, pred)
+    axis = 0 if pred.ndim == 2 else axis
+    written = []
+    for index in overlay_slices(labels, axis):
+        grey, style = display_image(np.take(volume, index, axis))
+        lo, hi = style["vmin"], style["vmax"]
+        base = np.clip((grey - lo) / (hi - lo), 0.0, 1.0) * 255.0
+        rgb = _blend(np.rot90(base), np.rot90(np.take(labels, index, axis)))
+        path = out / f"{name}_overlay_slice{index}.png"
+        Image.fromarray(np.ascontiguousarray(rgb)).save(path)
+        written.append(path)
+    return written

@@ -7,10 +7,10 @@ Model selection reads only the validation split; the test split is touched once,
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from ssmis import __version__
 from ssmis.config import ExperimentConfig
 from ssmis.data.datasets import EvalCase
 from ssmis.engine import distributed as dist
+from ssmis.engine.runlog import CaseProgress
 from ssmis.eval.inference import (
     largest_connected_component,
     predict_slicewise,
@@ -179,17 +180,27 @@ def git_commit() -> str:
 def evaluate_split(
     method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig, device: torch.device,
     *, split: str, checkpoint: str, iteration: int | None, keep_predictions: int = 0,
+    total: int | None = None,
 ) -> tuple[dict[str, Any], list[tuple[EvalCase, np.ndarray]]]:
-    """Full metrics on ``split``; returns the result JSON and up to ``keep_predictions`` cases."""
+    """Full metrics on ``split``; returns the result JSON and up to ``keep_predictions`` cases
+    with their predictions (for the overlay figure), spread over the domains: the first case
+    of each domain, then the second of each, ... (one domain: the first cases).
+
+    ``total``: the number of ``cases`` (this process's shard under DDP); given, progress
+    (cases done, s/case, ETA) is shown on a terminal bar and written to the run log.
+    """
     method.eval()
     structures = cfg.eval.structures(cfg.data.names())
     names = ({k: k for k in structures} if cfg.eval.regions
              else {k: cfg.data.names()[int(k)] for k in structures})
     per_case: list[dict[str, Any]] = []
-    kept: list[tuple[EvalCase, np.ndarray]] = []
+    kept: list[tuple[int, EvalCase, np.ndarray]] = []
     spacing_note = "voxel units"
     present = dict.fromkeys(structures, False)
-    for case in cases:
+    per_domain: dict[str | None, int] = {}
+    progress = CaseProgress(total or 0, f"{split} evaluation",
+                            enabled=total is not None and dist.is_main_process())
+    for index, case in enumerate(cases):
         pred, label = within_roi(predict_case(method, case, cfg, device, amp=cfg.train.amp),
                                  case)
         for key, seen in zip(structures, occurs_in(label, structures), strict=True):
@@ -205,10 +216,14 @@ def evaluate_split(
                          "metrics": {str(k): v for k, v in values.items()}})
         if case.roi is not None:
             per_case[-1]["within_roi"] = True
-        if len(kept) < keep_predictions:
-            kept.append((case, pred))
+        if per_domain.get(case.domain, 0) < keep_predictions:
+            per_domain[case.domain] = per_domain.get(case.domain, 0) + 1
+            kept.append((index, case, pred))
+        progress.advance()
+    progress.close()
     # DDP: ``cases`` was this process's shard; every process gets all cases, in order
-    per_case, kept = dist.unshard(per_case), dist.unshard_first(kept, keep_predictions)
+    per_case = dist.unshard(per_case)
+    kept_cases = _gather_kept(kept, keep_predictions)
     present = {k: any(p[k] for p in dist.all_gather(present)) for k in present}
     summary = summarize(per_case, names, absent=[k for k, seen in present.items()
                                                  if not seen and per_case])
@@ -230,4 +245,37 @@ def evaluate_split(
     if any(p.get("within_roi") for p in per_case):
         result["roi"] = ("metrics count only the pixels inside each case's ROI mask "
                          "(data.roi_dir); cases marked within_roi")
-    return result, kept
+    return result, kept_cases
+
+
+def _gather_kept(local: list[tuple[int, EvalCase, np.ndarray]], count: int
+                 ) -> list[tuple[EvalCase, np.ndarray]]:
+    """The ``count`` cases for the figure, chosen by :func:`spread_over_domains` over every
+    process's kept cases in the global case order (local case ``i`` of rank ``r`` is global
+    case ``r + world_size * i``); under DDP only the chosen ones travel."""
+    n, r = dist.world_size(), dist.rank()
+    mine = {r + n * i: (case, pred) for i, case, pred in local}
+    every = sorted(item for part in dist.all_gather([(g, c.domain) for g, (c, _) in
+                                                     mine.items()]) for item in part)
+    chosen = [g for g, _ in spread_over_domains(every, lambda item: item[1], count)]
+    parts = dist.all_gather({g: mine[g] for g in chosen if g in mine})
+    found = {g: item for part in parts for g, item in part.items()}
+    return [found[g] for g in chosen]
+
+
+T = TypeVar("T")
+
+
+def spread_over_domains(items: list[T], domain_of: Callable[[T], str | None], count: int
+                        ) -> list[T]:
+    """Up to ``count`` of ``items`` (in their order), taking the domains in turn (in the
+    order they first occur): a figure of 4 cases from 2 hospitals shows 2 of each."""
+    groups: dict[str | None, list[T]] = {}
+    for item in items:
+        groups.setdefault(domain_of(item), []).append(item)
+    picked: list[T] = []
+    depth = 0
+    while len(picked) < count and any(depth < len(g) for g in groups.values()):
+        picked.extend(g[depth] for g in groups.values() if depth < len(g))
+        depth += 1
+    return picked[:count]

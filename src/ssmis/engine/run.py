@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ssmis.config import ExperimentConfig, apply_overrides, check_paths, read_yaml, validate_config
 from ssmis.data.splits import Split
 from ssmis.engine import distributed as dist
@@ -145,7 +147,7 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
         ids = dist.shard(getattr(prepared.split, split))  # DDP: this process's cases
         result, kept = evaluate_split(method, eval_cases(cfg, ids), cfg, device, split=split,
                                       checkpoint=ckpt.stem, iteration=iteration,
-                                      keep_predictions=cfg.eval.overlay_cases)
+                                      keep_predictions=cfg.eval.overlay_cases, total=len(ids))
         if not dist.is_main_process():  # every process holds the gathered result
             return result
         stem = result_stem(split, checkpoint)
@@ -175,11 +177,14 @@ def _pictures(run_dir: Path, cfg: ExperimentConfig, kept, split: str) -> None:
     cases = []
     for case, pred in kept:
         image = case.image if case.image.ndim == case.label.ndim else case.image[0]
-        if case.label.ndim == 2:  # a 2D image case: no slice to pick
-            cases.append({"case": case.case, "image": image, "label": case.label,
-                          "pred": pred})
+        if case.label.ndim == 2:  # a 2D image case: no slice to pick; RGB shown in colour
+            if case.image.ndim == 3 and case.image.shape[0] == 3:
+                image = np.moveaxis(case.image, 0, -1)
+            cases.append({"case": case.case, "domain": case.domain, "image": image,
+                          "label": case.label, "pred": pred})
             continue
         index = report.pick_slice(case.label, axis)
-        cases.append({"case": case.case, "image": image.take(index, axis),
+        cases.append({"case": case.case, "domain": case.domain,
+                      "image": image.take(index, axis),
                       "label": case.label.take(index, axis), "pred": pred.take(index, axis)})
     report.plot_overlays(cases, run_dir / f"overlays_{split}.png", cfg.data.names())

@@ -13,6 +13,20 @@ from typing import Any
 from tqdm import tqdm
 
 LOGGER_NAME = "ssmis"
+#: ``extra={FILE_ONLY: True}``: a log record the console handler drops (a tqdm bar shows it)
+FILE_ONLY = "file_only"
+
+
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (``d days h:mm:ss`` past a day); ``?`` for an unknown or infinite time."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    whole = int(round(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{days} day{'s' * (days != 1)} {text}" if days else text
 
 
 def setup_logger(log_file: Path | None, verbose: bool = True) -> logging.Logger:
@@ -25,6 +39,8 @@ def setup_logger(log_file: Path | None, verbose: bool = True) -> logging.Logger:
     if verbose:
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(message)s"))
+        # progress lines for the log file only while a progress bar shows them on the terminal
+        console.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
         logger.addHandler(console)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +113,9 @@ class TensorBoard:
 
 
 class Progress:
-    """A tqdm bar on a terminal; on a pipe (CI, nohup) a plain line every ~5% instead, written
+    """A tqdm bar on a terminal; a plain line every ~5% with the rate and the ETA (remaining
+    iterations at the mean rate of this session, validations and checkpoints included) in the
+    run log, and on the console too when it is not a terminal (CI, nohup). Lines are written
     only where the shown loss was just computed (a log interval's end), never a stale one."""
 
     def __init__(self, total: int, initial: int, desc: str, enabled: bool = True) -> None:
@@ -119,11 +137,56 @@ class Progress:
         if self.interactive:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        elif fresh and (step - self._printed >= self._every or step == self.total):
+        if fresh and (step - self._printed >= self._every or step == self.total):
             self._printed = step
+            eta = (self.total - step) / rate if rate > 0 else float("inf")
             self._logger.info(f"iter {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
-                              f"{rate:.2f} it/s")
+                              f"{rate:.2f} it/s  ETA {format_duration(eta)}",
+                              extra={FILE_ONLY: self.interactive})
         return rate
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class CaseProgress:
+    """Progress over a known number of cases (the test evaluation): a tqdm bar on a terminal,
+    and a log line (file only while the bar shows) at the start, every ~10 % of the cases or
+    ``every_s`` seconds, and at the end: cases done, seconds per case, ETA."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True,
+                 every_s: float = 30.0) -> None:
+        self.total = total
+        self.desc = desc
+        self.enabled = enabled and total > 0
+        self.interactive = self.enabled and sys.stderr.isatty()
+        self._bar = tqdm(total=total, desc=desc, dynamic_ncols=True, unit="case",
+                         disable=not self.interactive)
+        self._every = max(total // 10, 1)
+        self._every_s = every_s
+        self._done = 0
+        self._printed = 0
+        self._t0 = self._last = time.perf_counter()
+        self._logger = logging.getLogger(LOGGER_NAME)
+        if self.enabled:
+            self._logger.info(f"{desc}: {total} case{'s' * (total != 1)}",
+                              extra={FILE_ONLY: self.interactive})
+
+    def advance(self) -> None:
+        """One more case finished."""
+        self._done += 1
+        if not self.enabled:
+            return
+        self._bar.update(1)
+        now = time.perf_counter()
+        if (self._done - self._printed >= self._every or now - self._last >= self._every_s
+                or self._done == self.total):
+            self._printed, self._last = self._done, now
+            per_case = (now - self._t0) / self._done
+            eta = per_case * max(self.total - self._done, 0)
+            self._logger.info(f"{self.desc}: {self._done}/{self.total} cases  "
+                              f"{per_case:.2f} s/case  ETA {format_duration(eta)}",
+                              extra={FILE_ONLY: self.interactive})
 
     def close(self) -> None:
         self._bar.close()

@@ -24,6 +24,7 @@ __all__ = [
     "CLASS_COLORS",
     "METRICS",
     "class_color",
+    "display_image",
     "label_to_rgba",
     "markdown_table",
     "metric_headers",
@@ -440,9 +441,24 @@ def _display_range(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def display_image(image: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """What ``imshow`` gets for a 2D slice: a grey image (H x W) with its robust window as
+    ``vmin``/``vmax``, or an RGB image (H x W x 3, e.g. colonoscopy or fundus photographs)
+    scaled to [0, 1] by one window over the three channels, so the colours keep their
+    balance."""
+    image = np.asarray(image, dtype=np.float32)
+    lo, hi = _display_range(image)
+    if image.ndim == 3 and image.shape[-1] == 3:
+        return np.clip((image - lo) / (hi - lo), 0.0, 1.0), {}
+    return image, {"cmap": "gray", "vmin": lo, "vmax": hi}
+
+
 def plot_overlays(cases: list[dict[str, Any]], out_png: Path,
                   class_names: dict[int, str] | None = None, max_cases: int = 4) -> None:
-    """Grid of image / ground truth / prediction / error map, one row per case (up to max_cases)."""
+    """Grid of image / ground truth / prediction / error map, one row per case (up to
+    max_cases), with a legend of the class colours. ``cases``: dicts with ``image`` (H x W
+    grey, or H x W x 3 RGB shown in colour), ``label`` and ``pred`` (H x W class ids), and
+    optionally ``case``, ``domain`` and ``dice`` for the row title."""
     shown = list(cases)[: max(0, max_cases)]
     columns = ("image", "ground truth", "prediction", "error (pred != label)")
     nrows = max(1, len(shown))
@@ -456,12 +472,12 @@ def plot_overlays(cases: list[dict[str, Any]], out_png: Path,
         pred = np.squeeze(np.asarray(case["pred"])).astype(np.int64)
         present.update(int(k) for k in np.unique(label) if k > 0)
         present.update(int(k) for k in np.unique(pred) if k > 0)
-        vmin, vmax = _display_range(image)
+        shown_image, style = display_image(image)
         error = np.zeros((*label.shape, 4), dtype=np.float32)
         error[pred != label] = (*_ERROR_COLOR, 0.85)
         layers = (None, label_to_rgba(label), label_to_rgba(pred), error)
         for col, (ax, layer) in enumerate(zip(axes[row], layers, strict=True)):
-            ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.imshow(shown_image, interpolation="nearest", **style)
             if layer is not None:
                 ax.imshow(layer, interpolation="nearest")
             ax.set_xticks([])
@@ -469,6 +485,8 @@ def plot_overlays(cases: list[dict[str, Any]], out_png: Path,
             if row == 0:
                 ax.set_title(columns[col], fontsize=10)
         title = str(case.get("case", f"case {row}"))
+        if case.get("domain"):
+            title += f" ({case['domain']})"
         dice = _number(case.get("dice"))
         if dice is not None:
             title += f"\nDice {dice * 100:.2f}%"

@@ -19,7 +19,7 @@ from ssmis.data.datasets import EvalCase
 from ssmis.engine import runlog, threads
 from ssmis.engine.checkpoint import save_weights
 from ssmis.engine.evaluate import evaluate_split
-from ssmis.engine.run import _pictures, train_run
+from ssmis.engine.run import _pictures, resume_run, train_run
 from ssmis.errors import SSMISError
 from ssmis.eval.report import class_color
 from ssmis.methods import build_method
@@ -288,3 +288,19 @@ def test_predict_overlay_on_nifti_writes_slice_pngs(tmp_path: Path) -> None:
     (out / "test00.nii.gz").unlink()  # the slice PNGs alone are also never overwritten
     with pytest.raises(SSMISError, match=r"test00_overlay_slice3.png: exists \(use --overwrite"):
         predict_files(run, [src], tmp_path / "pred", overlay=True, progress=False)
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_was_saved_with(
+        phantom_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    picks = iter([threads.ThreadChoice(1, "first start"), threads.ThreadChoice(2, "resume")])
+    monkeypatch.setattr(threads, "pick_threads", lambda: next(picks))
+    saved = torch.get_num_threads()
+    try:
+        cfg = validate_config(tiny_config(phantom_root, tmp_path, iterations=2, val_every=2))
+        run = train_run(cfg, tmp_path / "run", evaluate=False, verbose=False)
+        resume_run(run, ["train.iterations=4"], evaluate=False, verbose=False)
+    finally:
+        torch.set_num_threads(saved)
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["iterations"] == 4 and summary["threads"] == 1
+    assert "torch threads: 1 (the count the run was saved with" in (run / "train.log").read_text()

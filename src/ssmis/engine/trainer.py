@@ -371,8 +371,9 @@ class Trainer:
                       f"{self.total} iterations (from {self.step}); run folder {self.run_dir}")
         self._log_schedule()
         if self.threads is not None:
-            self.log.info(f"torch threads: {self.threads.threads} ({self.threads.reason}; "
-                          "set train.threads to choose)")
+            choose = "" if self.cfg.train.threads else "; set train.threads to choose"
+            self.log.info(f"torch threads: {self.threads.threads} ({self.threads.reason}"
+                          f"{choose})")
         if self.world > 1:
             self.log.info(f"DDP: {self.world} processes ({dist.backend_for(cfg.train.device)}), "
                           f"per process {self._per_process()} (labeled, unlabeled) of the "

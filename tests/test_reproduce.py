@@ -119,6 +119,10 @@ def test_budget_scales_iterations_and_iteration_counted_parameters() -> None:
     assert "method.params.pretrain_iterations=10" in tiny.overrides
     with pytest.raises(SSMISError, match="no config for method 'synfoc'"):
         budget_for(acdc, "synfoc", "cpu")
+    # SSL4MIS's Mean Teacher keeps its consistency off for 1,000 of 30,000 iterations: scaled
+    # with the run (a 600-iteration run would otherwise never switch it on)
+    mt = budget_for(acdc, "mean_teacher", "short", iterations=600)
+    assert "method.params.consistency_start=20" in mt.overrides
 
 
 def test_protocol_overrides_are_one_list_and_guard_selection() -> None:

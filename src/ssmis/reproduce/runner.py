@@ -26,7 +26,7 @@ __all__ = ["BUDGETS", "Budget", "Plan", "budget_for", "plan_reproduction"]
 BUDGETS = ("paper", "short", "cpu")
 #: Method parameters counted in iterations, scaled with ``train.iterations``.
 _ITERATION_PARAMS = ("pretrain_iterations", "rampup_iters_per_epoch", "rampup_iterations",
-                     "threshold_rampup")
+                     "threshold_rampup", "consistency_start")
 _MAX_VALIDATIONS = 50
 
 

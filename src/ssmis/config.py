@@ -297,7 +297,9 @@ class EvalConfig(_Section):
                                   "null = half the patch")
     slice_batch_size: int = Field(default=16, ge=1)
     val_max_cases: int | None = Field(default=None, ge=1, description="validate on the first N")
-    overlay_cases: int = Field(default=4, ge=0)
+    overlay_cases: int = Field(
+        default=4, ge=0, description="test cases drawn in overlays_test.png, taken from every "
+                                     "domain in turn (the first case of each, then the second)")
     selection: Literal["best_overall", "last_phase"] = Field(
         default="best_overall",
         description="which checkpoint the test split sees: best_overall = highest validation "

@@ -92,6 +92,12 @@ class DataConfig(_Section):
     labeled_cases: list[str] | None = Field(default=None, description="explicit labeled ids")
     labeled_domain: str | None = Field(default=None,
                                        description="draw labeled cases from this domain only")
+    group_by: str = Field(
+        default="auto", description="own data: cases of one group (patient) stay in one split "
+                                    "and counts/fractions count groups; auto: <patient>_slice_<k>,"
+                                    " patientNNN_frameMM and <case>_<frame> (a prefix with a "
+                                    "digit) ids are grouped; none: by case; or a regular "
+                                    "expression on the file stem whose first group is the group")
     val_domain: Literal["labeled", "all"] = Field(
         default="labeled", description="with labeled_domain: validation cases from that domain "
                                        "only (labeled) or stratified over all domains (all)")
@@ -212,6 +218,14 @@ class DataConfig(_Section):
             if bad:
                 raise ValueError(f"data.mask_values: class(es) {bad} outside 0.."
                                  f"{self.num_classes - 1} (data.num_classes = {self.num_classes})")
+        if self.group_by not in ("auto", "none"):
+            import re
+
+            try:
+                re.compile(self.group_by)
+            except re.error as err:
+                raise ValueError(f"data.group_by: '{self.group_by}' is not a regular expression "
+                                 f"({err}); expected auto, none or a pattern") from None
         lo, hi = self.intensity_window
         if hi <= lo:
             raise ValueError("data.intensity_window: expected [low, high] with low < high")

@@ -294,6 +294,12 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
                             f"scale divides each by its type's maximum ({maxima}), so the same "
                             "tissue gets different intensities; convert them to one bit depth "
                             "or set data.normalization: zscore")
+    if catalog is not None:  # h5 layouts keep patients together in their list files
+        from ssmis.data.splits import grouping_note
+
+        note = grouping_note(list(catalog.cases), getattr(data_cfg, "group_by", "auto"))
+        if note is not None:
+            out(f"warning: {note}")
     if voxels:
         n = sum(voxels.values())
         roi_note = " inside the ROI" if catalog is not None and any(

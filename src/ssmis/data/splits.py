@@ -4,12 +4,17 @@ Results in the field are only comparable when the labeled cases are the same one
 are the literature's, not a re-shuffle: ACDC takes the first slices (= first patients) of
 ``train_slices.list``; LA takes the first ``labeled_count`` ids of ``train.list``. The split of a
 run is saved as ``splits.json`` so that evaluation and resumption never recompute it.
+
+Own data is split by *group*: the slices or frames of one patient (``<patient>_slice_<k>``,
+``patientNNN_frameMM``, ``<case>_<frame>``) stay in one split (:func:`case_groups`), so that no
+patient is both trained on and tested on; ``splits.json`` then records the groups.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,26 +30,45 @@ _SLICE_SUFFIX = re.compile(r"_slice_\d+$")
 _FRAME_SUFFIX = re.compile(r"_frame\d+$")
 
 
+_GROUP_KEYS = ("group_by", "groups")
+
+
 @dataclass
 class Split:
-    """Case ids of each split; ids are file stems in the dataset's layout."""
+    """Case ids of each split; ids are file stems in the dataset's layout.
+
+    ``groups`` (own data): group name -> its case ids, for every group of more than one case
+    (cases not listed are their own group), and ``group_by`` the rule that made them
+    (``data.group_by``); None for the published h5 splits, whose lists already keep patients
+    together.
+    """
 
     labeled: list[str] = field(default_factory=list)
     unlabeled: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
+    group_by: str | None = None
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, list[str]]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.group_by is None and not self.groups:
+            del out["group_by"], out["groups"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "split") -> Split:
-        """Build from a dict, checking keys and types (``source`` names the file in errors)."""
+        """Build from a dict, checking keys and types (``source`` names the file in errors).
+
+        Raises:
+            SSMISError: a missing or unknown key, or a value of the wrong type.
+        """
         if not isinstance(data, dict):
             raise SSMISError(f"{source}: expected an object with keys {list(SPLIT_NAMES)}")
-        unknown = sorted(set(data) - set(SPLIT_NAMES))
+        unknown = sorted(set(data) - set(SPLIT_NAMES) - set(_GROUP_KEYS))
         if unknown:
-            raise SSMISError(f"{source}: unknown key(s) {unknown}, expected {list(SPLIT_NAMES)}")
+            raise SSMISError(f"{source}: unknown key(s) {unknown}, expected "
+                             f"{list(SPLIT_NAMES)} (+ optional {list(_GROUP_KEYS)})")
         lists: dict[str, list[str]] = {}
         for name in SPLIT_NAMES:
             if name not in data:
@@ -53,7 +77,15 @@ class Split:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise SSMISError(f"{source}: '{name}' must be a list of strings")
             lists[name] = list(value)
-        return cls(**lists)
+        group_by = data.get("group_by")
+        if group_by is not None and not isinstance(group_by, str):
+            raise SSMISError(f"{source}: 'group_by' must be a string or null")
+        groups = data.get("groups") or {}
+        if not isinstance(groups, dict) or not all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(c, str) for c in v)
+                for k, v in groups.items()):
+            raise SSMISError(f"{source}: 'groups' must map a group name to a list of case ids")
+        return cls(**lists, group_by=group_by, groups={k: list(v) for k, v in groups.items()})
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
@@ -84,6 +116,117 @@ class Split:
                     where = "twice in" if seen[case] == name else f"in '{seen[case]}' and"
                     raise SSMISError(f"case '{case}' is listed {where} '{name}'")
                 seen[case] = name
+        self.check_groups(val_in_unlabeled)
+
+    def check_groups(self, val_in_unlabeled: bool = False) -> None:
+        """No group (patient) may have cases both in training (labeled / unlabeled) and in val
+        or test, or in both val and test; ``val_in_unlabeled`` allows val + unlabeled.
+
+        Raises:
+            SSMISError: naming the group and two of its cases in different splits.
+        """
+        where: dict[str, str] = {}
+        for name in SPLIT_NAMES:
+            for case in getattr(self, name):
+                where.setdefault(case, name)
+        side = {"labeled": "train", "unlabeled": "train", "val": "val", "test": "test"}
+        for group, cases in self.groups.items():
+            placed = [(c, where[c]) for c in cases if c in where]
+            for case, name in placed:
+                for other, other_name in placed:
+                    a, b = side[name], side[other_name]
+                    if a == b or (val_in_unlabeled and {name, other_name} == {"val", "unlabeled"}):
+                        continue
+                    raise SSMISError(f"group '{group}': case '{case}' is in '{name}' and case "
+                                     f"'{other}' of the same group in '{other_name}'")
+
+
+#: ``data.group_by: auto``: the naming conventions of the readers, tried on a case's file stem
+#: in this order; a stem none of them shortens is its own group.
+AUTO_GROUP_RULES = (
+    ("<patient>_slice_<k>", re.compile(r"^(?P<group>.+?)_slice_?\d+$")),
+    ("patientNNN_frameMM", re.compile(r"^(?P<group>.+?)_frame_?\d+$")),
+    ("<case>_<frame>", re.compile(r"^(?P<group>[^_]*\d[^_]*)_\d+$")),
+)
+
+
+def _group_of_stem(stem: str, group_by: str) -> str:
+    if group_by == "auto":
+        out = stem
+        for _, rule in AUTO_GROUP_RULES[:2]:  # patient001_frame01_slice_3 -> patient001
+            match = rule.match(out)
+            if match:
+                out = match["group"]
+        if out == stem:
+            match = AUTO_GROUP_RULES[2][1].match(stem)
+            if match:
+                out = match["group"]
+        return out
+    match = re.search(group_by, stem)
+    if match is None:
+        return stem
+    if "group" in match.re.groupindex:
+        return match["group"]
+    return match.group(1) if match.re.groups else match.group(0)
+
+
+def case_groups(ids: Sequence[str], group_by: str = "auto") -> dict[str, str]:
+    """Case id -> group (patient) id.
+
+    ``group_by``: ``auto`` (the conventions of :data:`AUTO_GROUP_RULES`: ``p1_slice_3`` ->
+    ``p1``, ``patient001_frame01`` -> ``patient001``, ``case07_2`` -> ``case07``; an id whose
+    prefix has no digit, such as ``img_001``, is not grouped), ``none`` (every case is its own
+    group), or a regular expression searched in the file stem whose named group ``group`` (else
+    its first group, else the whole match) is the group; a stem it does not match is its own
+    group. A folder prefix of the id (the domain in the images layout) is kept: ``siteA/p1``.
+
+    Raises:
+        SSMISError: ``group_by`` is not a valid regular expression, or matches none of ``ids``.
+    """
+    if group_by == "none":
+        return {case: case for case in ids}
+    if group_by != "auto":
+        try:
+            compiled = re.compile(group_by)
+        except re.error as err:
+            raise SSMISError(f"data.group_by: '{group_by}' is not a regular expression "
+                             f"({err})") from None
+        stems = [case.rsplit("/", 1)[-1] for case in ids]
+        if ids and not any(compiled.search(s) for s in stems):
+            raise SSMISError(f"data.group_by: '{group_by}' matches none of the {len(ids)} case "
+                             f"ids (e.g. '{stems[0]}'); expected a pattern such as "
+                             "'^(.+)_slice_\\d+$' (auto, none)")
+    out: dict[str, str] = {}
+    for case in ids:
+        folder, _, stem = case.rpartition("/")
+        group = _group_of_stem(stem, group_by) or stem
+        out[case] = f"{folder}/{group}" if folder else group
+    return out
+
+
+def multi_case_groups(groups: dict[str, str]) -> dict[str, list[str]]:
+    """{group: [cases]} of the groups with more than one case (what ``splits.json`` records)."""
+    members: dict[str, list[str]] = {}
+    for case, group in groups.items():
+        members.setdefault(group, []).append(case)
+    return {g: sorted(c) for g, c in sorted(members.items()) if len(c) > 1}
+
+
+def grouping_note(ids: Sequence[str], group_by: str = "auto") -> str | None:
+    """One line for ``ssmis data inspect`` when ``ids`` look grouped (several cases per
+    patient, by ``group_by``, or by ``auto`` when ``group_by`` is ``none``), or None."""
+    multi = multi_case_groups(case_groups(ids, "auto" if group_by == "none" else group_by))
+    if not multi:
+        return None
+    name, cases = next(iter(multi.items()))
+    in_groups = sum(len(c) for c in multi.values())
+    found = (f"{in_groups} case ids look like several cases per patient ({len(multi)} groups, "
+             f"e.g. {', '.join(cases[:2])} -> {name})")
+    if group_by == "none":
+        return (f"{found}, but data.group_by: none splits by case, so one patient can be in "
+                "training and in test")
+    return (f"{found}: splits keep each group in one split and count groups (data.group_by: "
+            f"{group_by}; a regex, or none to split by case)")
 
 
 def patient_of_slice(slice_id: str) -> str:
@@ -224,19 +367,19 @@ def _count(n_pool: int, count: int | None, fraction: float | None, field: str) -
 
 def _stratified(ids: list[str], domains: dict[str, str | None],
                 rng: np.random.Generator) -> list[str]:
-    """Ids shuffled within each domain, then interleaved, so any prefix mixes the domains."""
+    """Ids shuffled within each domain, then interleaved in proportion to the domains' sizes,
+    so that any prefix holds each domain in proportion (a domain with 10 % of the ids gets about
+    10 % of the first n; equal domains alternate)."""
     groups: dict[str | None, list[str]] = {}
     for i in sorted(ids):
         groups.setdefault(domains.get(i), []).append(i)
     shuffled = [[g[j] for j in rng.permutation(len(g))]
                 for _, g in sorted(groups.items(), key=lambda kv: str(kv[0]))]
-    out: list[str] = []
-    for k in range(max((len(g) for g in shuffled), default=0)):
-        out.extend(g[k] for g in shuffled if k < len(g))
-    return out
+    keyed = [((k + 0.5) / len(g), d, g[k]) for d, g in enumerate(shuffled) for k in range(len(g))]
+    return [case for _, _, case in sorted(keyed)]
 
 
-def ssl_split(
+def _ssl_split_nodes(
     labeled_pool: list[str], unlabeled_pool: list[str], given_test: list[str],
     domains: dict[str, str | None], *, labeled_count: int | None = None,
     labeled_fraction: float | None = None, labeled_cases: list[str] | None = None,
@@ -326,13 +469,88 @@ def ssl_split(
     return split
 
 
+def ssl_split(
+    labeled_pool: list[str], unlabeled_pool: list[str], given_test: list[str],
+    domains: dict[str, str | None], *, groups: dict[str, str] | None = None,
+    group_by: str | None = None, **options: Any,
+) -> Split:
+    """A labeled / unlabeled / val / test split of any dataset, by group (patient).
+
+    ``groups``: case id -> group id (:func:`case_groups`); None or all-distinct = by case, as
+    :func:`_ssl_split_nodes` documents (``options`` are its keyword arguments: labeled_count,
+    val_count, test_fraction, seed, ...). With groups, every count and fraction counts groups,
+    a group goes whole to one of labeled / val / test (the cases of a group that holds an
+    explicit ``labeled_cases`` id, and that are not listed, stay unlabeled), and unlabeled cases
+    of a val or test group are left out of training. The returned split records ``group_by``
+    and its groups of more than one case.
+
+    Raises:
+        SSMISError: a training group that also has a case in ``given_test``, a count beyond
+            the groups available, and every error of :func:`_ssl_split_nodes`.
+    """
+    groups = groups or {}
+    every = list(labeled_pool) + list(unlabeled_pool) + list(given_test)
+    group_of = {case: groups.get(case, case) for case in every}
+    multi = multi_case_groups(group_of)
+    if not multi:
+        split = _ssl_split_nodes(labeled_pool, unlabeled_pool, given_test, domains, **options)
+        split.group_by = group_by
+        return split
+    node_of = {case: group_of[case] if group_of[case] in multi else case for case in every}
+    test_nodes = {node_of[c] for c in given_test}
+    leaked = sorted(c for c in labeled_pool if node_of[c] in test_nodes)
+    if leaked:
+        raise SSMISError(f"split: training case '{leaked[0]}' is in group "
+                         f"'{group_of[leaked[0]]}', which also has test cases; move the group "
+                         f"to one side or set data.group_by (now '{group_by}')")
+    members: dict[str, list[str]] = {}
+    for case in labeled_pool:
+        members.setdefault(node_of[case], []).append(case)
+    explicit = list(options.pop("labeled_cases", None) or [])
+    explicit_nodes = {node_of.get(c, c) for c in explicit}
+    node_pool = [n for n in members if n not in explicit_nodes]
+    node_domains = {n: domains.get(cases[0]) for n, cases in members.items()}
+    held = [c for n in explicit_nodes for c in members.get(n, []) if c not in set(explicit)]
+    # explicit labeled cases are checked (and kept) by case, their groups leave the pool
+    for case in explicit:
+        if case not in labeled_pool:
+            where = "has no label" if case in unlabeled_pool else "is not a training case"
+            raise SSMISError(f"data.labeled_cases: '{case}' {where}")
+    nodes = _ssl_split_nodes(
+        node_pool + list(explicit_nodes), [], sorted(test_nodes),
+        node_domains, labeled_cases=sorted(explicit_nodes) or None, **options)
+
+    def expand(ids: list[str]) -> list[str]:
+        return [c for n in ids for c in sorted(members.get(n, []))]
+
+    test = list(given_test) + sorted(expand([n for n in nodes.test if n not in test_nodes]))
+    labeled = explicit if explicit else expand(nodes.labeled)
+    val = sorted(expand(nodes.val))
+    out_of_training = set(nodes.test) | test_nodes
+    if options.get("val_pool", "held_out") == "held_out":
+        out_of_training |= set(nodes.val)
+    unlabeled_nodes = [n for n in nodes.unlabeled if n not in set(explicit_nodes)]
+    unlabeled = sorted(expand(unlabeled_nodes) + held) + sorted(
+        c for c in unlabeled_pool if node_of[c] not in out_of_training)
+    split = Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test, group_by=group_by,
+                  groups=multi)
+    split.check_disjoint(val_in_unlabeled=options.get("val_pool") == "unlabeled")
+    return split
+
+
 def split_from_catalog(catalog: Any, data: Any) -> Split:
     """:func:`ssl_split` of a scanned own-data catalog with the split fields of ``data``
-    (a :class:`ssmis.config.DataConfig`)."""
+    (a :class:`ssmis.config.DataConfig`), by the groups of ``data.group_by`` (default auto).
+
+    Raises:
+        SSMISError: as :func:`case_groups` and :func:`ssl_split`, naming the field.
+    """
+    group_by = getattr(data, "group_by", "auto")
     return ssl_split(
         catalog.ids("train", labeled=True),
         catalog.ids("train", labeled=False) + catalog.ids("unlabeled"),
         catalog.ids("test", labeled=True), catalog.domains(),
+        groups=case_groups(list(catalog.cases), group_by), group_by=group_by,
         labeled_count=data.labeled_count, labeled_fraction=data.labeled_fraction,
         labeled_cases=data.labeled_cases, labeled_domain=data.labeled_domain,
         val_count=data.val_count, val_fraction=data.val_fraction, val_domain=data.val_domain,

@@ -112,6 +112,11 @@ class DataConfig(_Section):
                                     "maximum, e.g. 255), none; auto: ct for channels named CT, "
                                     "scale for image files, else zscore")
     intensity_window: list[float] = Field(default=[-1000.0, 1000.0], min_length=2, max_length=2)
+    label_geometry: Literal["check", "resample"] = Field(
+        default="check", description="nifti: a label whose orientation, spacing or origin "
+                                     "differs from its image stops the run (check), or is "
+                                     "resampled onto the image grid with nearest neighbour "
+                                     "through both affines (resample)")
     slice_axis: int = Field(default=2, ge=0, le=2,
                             description="2D training on volumes: the axis that is sliced")
     images_dir: str = "images"

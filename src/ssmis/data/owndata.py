@@ -501,6 +501,63 @@ def read_nifti(path: Path, header_only: bool = False):
     return data, spacing, np.asarray(img.affine, dtype=np.float64), img
 
 
+def _grid(img: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(spacing mm, origin mm, direction cosines 3x3, orientation codes) of a NIfTI header."""
+    import nibabel as nib
+
+    affine = np.asarray(img.affine, dtype=np.float64)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    direction = affine[:3, :3] / np.where(spacing > 0, spacing, 1.0)
+    return spacing, affine[:3, 3], direction, tuple(nib.aff2axcodes(affine))
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def grid_difference(reference: Any, other: Any) -> str | None:
+    """How the voxel grid of NIfTI image ``other`` differs from ``reference`` (both nibabel
+    images, headers only), or None when they agree: orientation (axis codes), spacing (mm,
+    relative tolerance 1e-3), origin (mm, tolerance 1e-3 of the smallest voxel size) and
+    direction cosines (tolerance 1e-3). Shapes are compared elsewhere."""
+    sp_r, or_r, dir_r, ax_r = _grid(reference)
+    sp_o, or_o, dir_o, ax_o = _grid(other)
+    n = min(len(reference.shape), len(other.shape), 3)
+    parts = []
+    if ax_r != ax_o:
+        parts.append(f"orientation {''.join(ax_o)} vs {''.join(ax_r)}")
+    elif not np.allclose(dir_r, dir_o, atol=1e-3):
+        parts.append("direction cosines differ (oblique)")
+    if not np.allclose(sp_r[:n], sp_o[:n], rtol=1e-3, atol=1e-6):
+        parts.append(f"spacing {_fmt(sp_o[:n])} vs {_fmt(sp_r[:n])} mm")
+    if not np.allclose(or_r, or_o, atol=1e-3 * max(float(sp_r[:n].min()), 1e-3)):
+        parts.append(f"origin {_fmt(or_o)} vs {_fmt(or_r)} mm")
+    return "; ".join(parts) or None
+
+
+def resample_label_to(label_img: Any, image_img: Any) -> np.ndarray:
+    """Label array resampled (nearest neighbour, 0 outside) onto the voxel grid of
+    ``image_img`` through both affines (``nibabel.processing.resample_from_to``); 2D files are
+    resampled as one-slice volumes. Returns an array of the image's spatial shape."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    target_shape = tuple(int(s) for s in image_img.shape[:3])
+    data = np.asanyarray(label_img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    flat = len(target_shape) == 2
+    if flat:
+        target_shape = (*target_shape, 1)
+    if data.ndim == 2:
+        data = data[..., None]
+    source = nib.Nifti1Image(np.asarray(data), label_img.affine)
+    out = resample_from_to(source, (target_shape, image_img.affine), order=0, mode="constant",
+                           cval=0)
+    array = np.asanyarray(out.dataobj)
+    return array[..., 0] if flat else array
+
+
 def read_picture(path: Path, mode: str | None = None) -> np.ndarray:
     """Pixels of a PNG/JPG/TIF/BMP/GIF file at their stored values and dtype.
 
@@ -756,6 +813,7 @@ class CaseReader:
                                                  from_image_file=catalog.kind == "images")
                       for c in range(self.in_channels)]
         self.slice_axis = slice_axis
+        self.label_geometry = getattr(data_cfg, "label_geometry", "check")
         if catalog.kind == "prepared":
             self._check_prepared(data_cfg)
 
@@ -784,14 +842,21 @@ class CaseReader:
             if len(info.images) != self.in_channels:
                 raise SSMISError(f"{info.images[0]}: case '{case}' has {len(info.images)} "
                                  f"channel file(s), data.in_channels = {self.in_channels}")
-            shapes = [tuple(read_nifti(p, header_only=True)[3].shape[:3]) for p in info.images]
+            headers = [read_nifti(p, header_only=True)[3] for p in info.images]
+            shapes = [tuple(h.shape[:3]) for h in headers]
             shape = shapes[0]
-            for p, s in zip(info.images, shapes, strict=True):
+            for p, s, h in zip(info.images, shapes, headers, strict=True):
                 if s != shape:
                     raise SSMISError(f"{p}: shape {s} differs from {info.images[0].name} {shape}")
+                diff = grid_difference(headers[0], h)
+                if diff is not None:
+                    raise SSMISError(f"{p}: voxel grid differs from {info.images[0].name} "
+                                     f"({diff}); the channels of a case must share one grid")
             if with_label and info.label is not None:
-                ls = tuple(read_nifti(info.label, header_only=True)[3].shape[:3])
-                if ls != shape:
+                label_header = read_nifti(info.label, header_only=True)[3]
+                self._check_label_grid(info, headers[0], label_header)
+                ls = tuple(label_header.shape[:3])
+                if ls != shape and self.label_geometry != "resample":
                     raise SSMISError(f"{info.label}: label shape {ls} differs from image shape "
                                      f"{shape} ({info.images[0].name})")
             return shape
@@ -851,7 +916,10 @@ class CaseReader:
         label = None
         if with_label:
             assert info.label is not None
-            raw, _, _, _ = read_nifti(info.label)
+            raw, _, _, label_img = read_nifti(info.label)
+            image_img = read_nifti(info.images[0], header_only=True)[3]
+            if self._check_label_grid(info, image_img, label_img):
+                raw = resample_label_to(label_img, image_img)
             if raw.shape != channels[0].shape:
                 raise SSMISError(f"{info.label}: label shape {raw.shape} differs from image "
                                  f"shape {channels[0].shape} ({info.images[0].name})")
@@ -859,6 +927,24 @@ class CaseReader:
         if self.spacing_override is not None:
             spacing = self._override(spacing)
         return CaseArrays(info.case, np.stack(channels), label, spacing, affine, info.domain)
+
+    def _check_label_grid(self, info: CaseInfo, image_img: Any, label_img: Any) -> bool:
+        """True when the label must be resampled onto the image grid
+        (``data.label_geometry: resample`` and a different grid or shape).
+
+        Raises:
+            SSMISError: the label's orientation, spacing or origin differs from the image's
+                and ``data.label_geometry`` is ``check``.
+        """
+        assert info.label is not None
+        diff = grid_difference(image_img, label_img)
+        if self.label_geometry == "resample":
+            return diff is not None or tuple(label_img.shape[:3]) != tuple(image_img.shape[:3])
+        if diff is not None:
+            raise SSMISError(f"{info.label}: label grid differs from image "
+                             f"{info.images[0].name}: {diff}; fix the file or set "
+                             "data.label_geometry: resample (nearest neighbour onto the image)")
+        return False
 
     def _override(self, spacing: tuple[float, ...] | None) -> tuple[float, ...] | None:
         n = len(spacing) if spacing else len(self.spacing_override or ())

@@ -71,6 +71,12 @@ class DataConfig(_Section):
                                        "(SSL4MIS RandomGenerator 2D / UA-MT rot-flip-crop 3D) or "
                                        "synfoc (SynFoC's resize + scale-crop, rotate, flip, "
                                        "elastic; square 2D patches)")
+    resize: bool = Field(
+        default=True, description="2D models: resize each image (slice) to data.patch_size for "
+                                  "training and prediction (true: the published 2D protocols), "
+                                  "or train on random patch_size crops at native resolution "
+                                  "and predict with a 2D sliding window over the whole image "
+                                  "(false: large images, thin structures)")
     resize_filter: Literal["lanczos", "bilinear"] = Field(
         default="lanczos", description="augmentation synfoc: the image filter of the resize to "
                                        "the patch size (the authors: lanczos; bilinear for M&Ms)")
@@ -185,6 +191,12 @@ class DataConfig(_Section):
             raise ValueError("data.spacing: expected 2 or 3 values in mm")
         if self.spacing is not None and min(self.spacing) <= 0:
             raise ValueError(f"data.spacing: expected positive values in mm, got {self.spacing}")
+        if not self.resize and len(self.patch_size) != 2:
+            raise ValueError("data.resize: false is for 2D models (data.patch_size [H, W]); 3D "
+                             "models always train on crops and predict with a sliding window")
+        if not self.resize and self.augmentation == "synfoc":
+            raise ValueError("data.resize: false needs data.augmentation ssl4mis (synfoc "
+                             "resizes every image to the patch)")
         from ssmis.data.augment import check_augmentation  # numpy/scipy/PIL only, no torch
 
         problem = check_augmentation(self.augmentation, self.patch_size)
@@ -312,9 +324,17 @@ class EvalConfig(_Section):
     hd95_mode: Literal["monai", "medpy"] = "monai"
     lcc: bool = Field(default=False, description="keep the largest connected component per class")
     stride: list[int] | None = Field(
-        default=None, description="sliding-window stride (3D), 1 <= stride <= patch per axis; "
+        default=None, description="sliding-window stride (3D, and 2D with data.resize: false), "
+                                  "1 <= stride <= patch per axis; "
                                   "null = half the patch")
-    slice_batch_size: int = Field(default=16, ge=1)
+    slice_batch_size: int = Field(default=16, ge=1, description="2D: slices (or sliding "
+                                  "windows, data.resize: false) per forward pass")
+    zoom_back: Literal["auto", "labels", "probabilities"] = Field(
+        default="auto", description="2D models with data.resize: true: the prediction at the "
+                                    "patch size is zoomed back to the image as class "
+                                    "probabilities (bilinear, then argmax) or as a label map "
+                                    "(nearest: staircases, thin structures lost); auto = labels "
+                                    "for acdc_h5 (the SSL4MIS protocol), probabilities otherwise")
     val_max_cases: int | None = Field(default=None, ge=1, description="validate on the first N")
     overlay_cases: int = Field(
         default=4, ge=0, description="test cases drawn in overlays_test.png, taken from every "

@@ -3,7 +3,9 @@ config choice rather than a branch in the engine.
 
 * ``ssl4mis`` (default): SSL4MIS ``RandomGenerator`` for 2D (rot90/flip or a small rotation,
   order-0 zoom to the patch), UA-MT ``RandomRotFlip`` + ``RandomCrop`` for 3D
-  (:mod:`ssmis.data.transforms`). BCP, CVBM, CML, ALHVR, UA-MT and SSL4MIS use it.
+  (:mod:`ssmis.data.transforms`). BCP, CVBM, CML, ALHVR, UA-MT and SSL4MIS use it. With
+  ``data.resize: false`` the 2D zoom is replaced by a random crop at native resolution
+  (:class:`ssmis.data.native.NativeCrop2D`).
 * ``synfoc``: SynFoC's resize to the patch size (``data.resize_filter``: LANCZOS, or BILINEAR for
   M&Ms) and weak augmentation (scale-crop, rotate, flip, elastic;
   :class:`ssmis.data.synfoc_aug.SynFoCWeak2D`), 2D square patches only.
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ssmis.data.native import NativeCrop2D
 from ssmis.data.synfoc_aug import SynFoCWeak2D
 from ssmis.data.transforms import (
     Compose,
@@ -28,6 +31,8 @@ from ssmis.data.transforms import (
 
 def _ssl4mis(patch_size: Sequence[int], data: Any) -> Transform:
     patch = tuple(int(p) for p in patch_size)
+    if len(patch) == 2 and getattr(data, "resize", True) is False:
+        return NativeCrop2D(patch)  # data.resize: false: random crops, native resolution
     if len(patch) == 2:
         return RandomGenerator2D(patch)
     return Compose([RandomRotFlip3D(), RandomCrop3D(patch)])

@@ -24,6 +24,7 @@ from ssmis.eval.inference import (
     largest_connected_component,
     predict_slicewise,
     predict_sliding_window,
+    predict_windows_2d,
 )
 from ssmis.eval.metrics import (
     EMPTY_RULES,
@@ -51,7 +52,9 @@ def segment(predict_fn, image: np.ndarray, ndim: int, cfg: ExperimentConfig,
     """Label map of ``image`` ((*spatial) or (C, *spatial), ``ndim`` spatial axes).
 
     2D models: a volume is segmented slice by slice along its first axis, a 2D image as one
-    slice; 3D models: the sliding window.
+    slice, each resized to the patch (``data.resize: true``; zoomed back as ``eval.zoom_back``)
+    or by a 2D sliding window at native resolution (``data.resize: false``); 3D models: the
+    sliding window.
     """
     patch = tuple(cfg.data.patch_size)
     if cfg.data.spatial_dims == 2:
@@ -59,8 +62,13 @@ def segment(predict_fn, image: np.ndarray, ndim: int, cfg: ExperimentConfig,
             volume = image if ndim == 3 else image[None]
         else:
             volume = np.moveaxis(image, 0, 1) if ndim == 3 else image[None]
-        pred = predict_slicewise(predict_fn, volume, patch,
-                                 batch_size=cfg.eval.slice_batch_size, device=device)
+        if not cfg.data.resize:  # native resolution: a 2D sliding window over each image
+            pred = predict_windows_2d(predict_fn, volume, patch, cfg.eval.stride,
+                                      batch_size=cfg.eval.slice_batch_size, device=device)
+        else:
+            pred = predict_slicewise(predict_fn, volume, patch,
+                                     batch_size=cfg.eval.slice_batch_size, device=device,
+                                     zoom_back=zoom_back_of(cfg))
         if ndim == 2:
             pred = pred[0]
     else:
@@ -78,6 +86,24 @@ def within_roi(pred: np.ndarray, case: EvalCase) -> tuple[np.ndarray, np.ndarray
     if case.roi is None:
         return pred, case.label
     return np.where(case.roi, pred, 0), np.where(case.roi, case.label, 0)
+
+
+def zoom_back_of(cfg: ExperimentConfig) -> str:
+    """``eval.zoom_back`` resolved: ``auto`` is ``labels`` for acdc_h5 (the SSL4MIS protocol the
+    published ACDC numbers use), ``probabilities`` for every other layout."""
+    if cfg.eval.zoom_back != "auto":
+        return cfg.eval.zoom_back
+    return "labels" if cfg.data.layout == "acdc_h5" else "probabilities"
+
+
+def inference_note(cfg: ExperimentConfig) -> str:
+    """How predictions were made, stored with the metrics (resizing changes the numbers)."""
+    patch = "x".join(str(p) for p in cfg.data.patch_size)
+    if cfg.data.spatial_dims == 3:
+        return f"3D sliding window {patch}"
+    if not cfg.data.resize:
+        return f"2D sliding window {patch} at native resolution"
+    return f"2D, resized to {patch}, {zoom_back_of(cfg)} zoomed back"
 
 
 def occurs_in(label: np.ndarray, structures: dict[str, list[int]]) -> list[bool]:
@@ -233,7 +259,7 @@ def evaluate_split(
         "commit": git_commit(), "method": cfg.method.name, "model": cfg.model.name,
         "dataset": str(cfg.data.root), "unit": unit, "spacing": spacing_note,
         "empty_rule": cfg.eval.empty_rule, "empty_rule_text": EMPTY_RULES[cfg.eval.empty_rule],
-        "hd95_mode": cfg.eval.hd95_mode, "lcc": cfg.eval.lcc,
+        "hd95_mode": cfg.eval.hd95_mode, "lcc": cfg.eval.lcc, "inference": inference_note(cfg),
         "selection": cfg.eval.selection,
         "definitions": METRIC_DEFINITIONS,
         "classes": {str(k): v for k, v in names.items()},

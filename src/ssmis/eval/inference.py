@@ -2,7 +2,9 @@
 
 * 2D methods (ACDC): every axial slice is resized to the training size with nearest-neighbour
   zoom, segmented, and the label map zoomed back with nearest neighbour (SSL4MIS
-  ``test_single_volume``).
+  ``test_single_volume``), or (``eval.zoom_back: probabilities``, the default outside ACDC) the
+  class probabilities zoomed back bilinearly. With ``data.resize: false`` a 2D model instead
+  sees the image at native resolution through a 2D sliding window (MONAI, Gaussian-weighted).
 * 3D methods (LA, Pancreas): a sliding window with the UA-MT window positions — the volume is
   zero-padded up to the patch size, windows start every ``stride`` voxels with the last one
   flush against the far edge, softmax probabilities are averaged where windows overlap
@@ -27,6 +29,7 @@ __all__ = [
     "largest_connected_component",
     "predict_slicewise",
     "predict_sliding_window",
+    "predict_windows_2d",
     "window_starts",
 ]
 
@@ -42,12 +45,18 @@ def _zoom_nearest(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 @torch.no_grad()
 def predict_slicewise(predict_fn: PredictFn, volume: np.ndarray, input_size: Sequence[int],
-                      batch_size: int = 16, device: torch.device | str = "cpu") -> np.ndarray:
+                      batch_size: int = 16, device: torch.device | str = "cpu",
+                      zoom_back: str = "labels") -> np.ndarray:
     """Label map (D, H, W) of a volume segmented slice by slice by a 2D network.
 
     ``volume`` is (D, H, W), or (D, C, H, W) for multi-channel input. ``predict_fn`` maps a
-    (B, C, h, w) float tensor to (B, K, h, w) logits or probabilities.
+    (B, C, h, w) float tensor to (B, K, h, w) logits or probabilities. Each slice is zoomed to
+    ``input_size`` (nearest); ``zoom_back``: ``labels`` zooms the predicted label map back with
+    nearest neighbour (SSL4MIS), ``probabilities`` the softmax probabilities bilinearly, then
+    takes the argmax (no staircases, thin structures kept).
     """
+    if zoom_back not in ("labels", "probabilities"):
+        raise ValueError(f"zoom_back: '{zoom_back}', expected labels or probabilities")
     if volume.ndim not in (3, 4):
         raise ValueError("slice-wise inference expects a (D, H, W) or (D, C, H, W) volume, "
                          f"got {volume.shape}")
@@ -63,9 +72,58 @@ def predict_slicewise(predict_fn: PredictFn, volume: np.ndarray, input_size: Seq
         else:
             resized = np.stack([_zoom_nearest(s, size) for s in chunk]).astype(np.float32)
             batch = torch.from_numpy(resized).unsqueeze(1).to(device)
-        labels = predict_fn(batch).argmax(dim=1).cpu().numpy().astype(np.uint8)
+        logits = predict_fn(batch)
+        if zoom_back == "probabilities" and tuple(logits.shape[-2:]) != volume.shape[-2:]:
+            for i in range(logits.shape[0]):  # one slice at a time: full-size maps are large
+                prob = torch.softmax(logits[i:i + 1].float(), dim=1)
+                prob = torch.nn.functional.interpolate(prob, size=volume.shape[-2:],
+                                                       mode="bilinear", align_corners=True)
+                out[start + i] = prob[0].argmax(dim=0).cpu().numpy().astype(np.uint8)
+            continue
+        labels = logits.argmax(dim=1).cpu().numpy().astype(np.uint8)
         for i, lab in enumerate(labels):
             out[start + i] = _zoom_nearest(lab, volume.shape[-2:])
+    return out
+
+
+@torch.no_grad()
+def predict_windows_2d(predict_fn: PredictFn, volume: np.ndarray, patch: Sequence[int],
+                       stride: Sequence[int] | None = None, batch_size: int = 16,
+                       device: torch.device | str = "cpu") -> np.ndarray:
+    """Label map (D, H, W) of 2D images segmented at native resolution by a 2D sliding window
+    (``data.resize: false``), slice by slice.
+
+    ``volume`` is (D, H, W), or (D, C, H, W) for multi-channel input; ``patch`` (h, w) the
+    window in pixels, ``stride`` its step (default half the window). MONAI's
+    ``sliding_window_inference`` places the windows (overlap ``1 - stride / patch``), pads an
+    image smaller than the window, and averages the softmax probabilities of overlapping
+    windows with Gaussian weights; ``batch_size`` windows go through ``predict_fn`` at once on
+    ``device`` while the whole-image maps stay on the CPU.
+
+    Raises:
+        ValueError: ``volume`` is not 3D/4D, or ``patch``/``stride`` are not two sizes.
+    """
+    from monai.inferers import sliding_window_inference
+
+    if volume.ndim not in (3, 4):
+        raise ValueError("2D sliding-window inference expects a (D, H, W) or (D, C, H, W) "
+                         f"volume, got {volume.shape}")
+    size = tuple(int(p) for p in patch)
+    step = tuple(int(s) for s in stride) if stride else tuple(max(p // 2, 1) for p in size)
+    if len(size) != 2 or len(step) != 2:
+        raise ValueError(f"patch {list(size)} and stride {list(step)}: expected 2 sizes each")
+    overlap = [1.0 - s / p for s, p in zip(step, size, strict=True)]
+
+    def probabilities(batch: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(predict_fn(batch).float(), dim=1)
+
+    out = np.zeros((volume.shape[0], *volume.shape[-2:]), dtype=np.uint8)
+    for k in range(volume.shape[0]):
+        image = volume[k] if volume.ndim == 4 else volume[k][None]
+        inputs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        prob = sliding_window_inference(inputs, size, batch_size, probabilities, overlap=overlap,
+                                        mode="gaussian", sw_device=device, device="cpu")
+        out[k] = prob[0].argmax(dim=0).numpy().astype(np.uint8)
     return out
 
 

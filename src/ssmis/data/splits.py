@@ -510,14 +510,15 @@ def ssl_split(
     explicit_nodes = {node_of.get(c, c) for c in explicit}
     node_pool = [n for n in members if n not in explicit_nodes]
     node_domains = {n: domains.get(cases[0]) for n, cases in members.items()}
-    held = [c for n in explicit_nodes for c in members.get(n, []) if c not in set(explicit)]
+    held = [c for n in sorted(explicit_nodes) for c in members.get(n, [])
+            if c not in set(explicit)]
     # explicit labeled cases are checked (and kept) by case, their groups leave the pool
     for case in explicit:
         if case not in labeled_pool:
             where = "has no label" if case in unlabeled_pool else "is not a training case"
             raise SSMISError(f"data.labeled_cases: '{case}' {where}")
     nodes = _ssl_split_nodes(
-        node_pool + list(explicit_nodes), [], sorted(test_nodes),
+        node_pool + sorted(explicit_nodes), [], sorted(test_nodes),
         node_domains, labeled_cases=sorted(explicit_nodes) or None, **options)
 
     def expand(ids: list[str]) -> list[str]:

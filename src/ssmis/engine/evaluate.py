@@ -89,11 +89,14 @@ def within_roi(pred: np.ndarray, case: EvalCase) -> tuple[np.ndarray, np.ndarray
 
 
 def zoom_back_of(cfg: ExperimentConfig) -> str:
-    """``eval.zoom_back`` resolved: ``auto`` is ``labels`` for acdc_h5 (the SSL4MIS protocol the
-    published ACDC numbers use), ``probabilities`` for every other layout."""
+    """``eval.zoom_back`` resolved: ``auto`` is the layout's rule (``Layout.zoom_back``: labels
+    for acdc_h5, the SSL4MIS protocol the published ACDC numbers use; probabilities for the
+    others)."""
     if cfg.eval.zoom_back != "auto":
         return cfg.eval.zoom_back
-    return "labels" if cfg.data.layout == "acdc_h5" else "probabilities"
+    from ssmis.data.layouts import get_layout
+
+    return get_layout(cfg.data.layout).zoom_back
 
 
 def inference_note(cfg: ExperimentConfig) -> str:

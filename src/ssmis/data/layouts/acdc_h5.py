@@ -23,6 +23,7 @@ class ACDCH5(H5Layout):
     description = "SSL4MIS ACDC: 2D training slices + (Z, H, W) volumes, *.list split files"
     patch_dims = (2,)
     labeled_key = "data.labeled_patients"
+    zoom_back = "labels"  # SSL4MIS test_single_volume: the label map, nearest neighbour
 
     @classmethod
     def config_problem(cls, data: Any) -> str | None:

@@ -66,6 +66,10 @@ class Layout:
     patch_dims: ClassVar[tuple[int, ...]] = (2, 3)
     #: the config key of "how many labeled cases" (``ssmis sweep --labeled``)
     labeled_key: ClassVar[str] = "data.labeled_count"
+    #: 2D models with ``data.resize: true``: what ``eval.zoom_back: auto`` zooms back to the
+    #: image size, ``probabilities`` (bilinear, then argmax) or ``labels`` (nearest neighbour,
+    #: for a layout whose published numbers were computed that way)
+    zoom_back: ClassVar[str] = "probabilities"
 
     def __init__(self, data: Any) -> None:
         self.data = data

@@ -12,7 +12,7 @@ from typing import Any
 from ssmis.data.layouts.base import CaseEntry, Layout
 from ssmis.data.owndata import CaseReader, Catalog
 from ssmis.data.spacing import check_spacing_order
-from ssmis.data.splits import Split, split_from_catalog
+from ssmis.data.splits import Split, case_groups, split_from_catalog
 from ssmis.errors import SSMISError
 
 
@@ -67,7 +67,9 @@ class CatalogLayout(Layout):
         return self._reader
 
     def cases(self) -> list[CaseEntry]:
-        return [CaseEntry(c.case, c.case, c.subset, c.label is not None, c.domain)
+        """Every case, its group by ``data.group_by`` (:func:`ssmis.data.splits.case_groups`)."""
+        groups = case_groups(list(self.catalog.cases), getattr(self.data, "group_by", "auto"))
+        return [CaseEntry(c.case, groups[c.case], c.subset, c.label is not None, c.domain)
                 for c in self.catalog.cases.values()]
 
     def protocol_split(self) -> Split:

@@ -131,11 +131,14 @@ class Split:
                 where.setdefault(case, name)
         side = {"labeled": "train", "unlabeled": "train", "val": "val", "test": "test"}
         for group, cases in self.groups.items():
-            placed = [(c, where[c]) for c in cases if c in where]
-            for case, name in placed:
-                for other, other_name in placed:
-                    a, b = side[name], side[other_name]
-                    if a == b or (val_in_unlabeled and {name, other_name} == {"val", "unlabeled"}):
+            first: dict[str, str] = {}  # split name -> the group's first case there
+            for case in cases:
+                if case in where:
+                    first.setdefault(where[case], case)
+            for name, case in first.items():
+                for other_name, other in first.items():
+                    if side[name] == side[other_name] or (
+                            val_in_unlabeled and {name, other_name} == {"val", "unlabeled"}):
                         continue
                     raise SSMISError(f"group '{group}': case '{case}' is in '{name}' and case "
                                      f"'{other}' of the same group in '{other_name}'")

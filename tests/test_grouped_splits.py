@@ -67,6 +67,8 @@ def test_case_groups_conventions_and_patterns() -> None:
         "img_001": "img_001", "img_002": "img_002", "la_001": "la_001",
         "BraTS19_2013_10_1": "BraTS19_2013_10_1"}
     assert case_groups(ids, "none") == {c: c for c in ids}
+    brats = [f"BraTS2021_{i:05d}" for i in range(5)]  # one 'BraTS2021' group is no patient
+    assert case_groups(brats) == {c: c for c in brats}
     assert case_groups(["s1-a.png", "s1-b", "s2-a"], r"^(s\d)-") == {
         "s1-a.png": "s1", "s1-b": "s1", "s2-a": "s2"}
     with pytest.raises(SSMISError, match=r"data.group_by: '\^x\(' is not a regular expression"):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,8 +178,8 @@ def case_groups(ids: Sequence[str], group_by: str = "auto") -> dict[str, str]:
 
     ``group_by``: ``auto`` (the conventions of :data:`AUTO_GROUP_RULES`: ``p1_slice_3`` ->
     ``p1``, ``patient001_frame01`` -> ``patient001``, ``case07_2`` -> ``case07``; an id whose
-    prefix has no digit, such as ``img_001``, is not grouped, and nothing is grouped when one
-    group would hold more than half of the cases: ``BraTS2021_00000``), ``none`` (every case is
+    prefix has no digit, such as ``img_001``, is not grouped, and nothing is grouped when the
+    names give fewer than 3 groups: ``BraTS2021_00000``), ``none`` (every case is
     its own group), or a regular expression searched in the file stem whose named group
     ``group`` (else its first group, else the whole match) is the group; a stem it does not
     match is its own group. A folder prefix of the id (the domain in the images layout) is
@@ -207,10 +206,8 @@ def case_groups(ids: Sequence[str], group_by: str = "auto") -> dict[str, str]:
         folder, _, stem = case.rpartition("/")
         group = _group_of_stem(stem, group_by) or stem
         out[case] = f"{folder}/{group}" if folder else group
-    if group_by == "auto" and len(out) > 2:
-        largest = max(Counter(out.values()).values())
-        if largest > len(out) / 2:  # BraTS2021_00000..01665 -> one 'BraTS2021': not patients
-            return {case: case for case in ids}
+    if group_by == "auto" and len(set(out.values())) < min(3, len(out)):
+        return {case: case for case in ids}  # BraTS2021_00000.. -> one 'BraTS2021': no patient
     return out
 
 

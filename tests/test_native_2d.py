@@ -102,9 +102,20 @@ def test_native_crop_keeps_pixels_and_label_aligned() -> None:
     assert small.shape == (32, 48) and small_lab is not None and small_lab.shape == (32, 48)
 
 
+def test_foreground_crops_find_a_small_structure() -> None:
+    image = np.zeros((400, 400), np.float32)
+    label = np.zeros((400, 400), np.uint8)
+    label[300:303, 50:53] = 1  # 9 pixels in 160 000
+    image[label > 0] = 1.0
+    seen = {p: sum(bool(NativeCrop2D((32, 32), foreground=p)(
+        image, label, np.random.default_rng(s))[1].any()) for s in range(60)) for p in (0.0, 1.0)}
+    assert seen[1.0] == 60 and seen[0.0] < 10, seen
+
+
 def test_resize_false_is_validated_and_builds_the_crop(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, resize=False)
-    assert isinstance(build_augmentation("ssl4mis", [64, 64], cfg.data), NativeCrop2D)
+    crop = build_augmentation("ssl4mis", [64, 64], cfg.data)
+    assert isinstance(crop, NativeCrop2D) and crop.foreground == 0.33
     assert not isinstance(build_augmentation("ssl4mis", [64, 64], _cfg(tmp_path).data),
                           NativeCrop2D)
     with pytest.raises(SSMISError, match="data.resize: false needs data.augmentation ssl4mis"):

@@ -77,6 +77,10 @@ class DataConfig(_Section):
                                   "or train on random patch_size crops at native resolution "
                                   "and predict with a 2D sliding window over the whole image "
                                   "(false: large images, thin structures)")
+    crop_foreground: float = Field(
+        default=0.33, ge=0, le=1, description="data.resize: false: the probability that a "
+                                              "labeled training crop is centred on a foreground "
+                                              "pixel (nnU-Net: a third), else placed uniformly")
     resize_filter: Literal["lanczos", "bilinear"] = Field(
         default="lanczos", description="augmentation synfoc: the image filter of the resize to "
                                        "the patch size (the authors: lanczos; bilinear for M&Ms)")

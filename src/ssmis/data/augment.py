@@ -32,7 +32,8 @@ from ssmis.data.transforms import (
 def _ssl4mis(patch_size: Sequence[int], data: Any) -> Transform:
     patch = tuple(int(p) for p in patch_size)
     if len(patch) == 2 and getattr(data, "resize", True) is False:
-        return NativeCrop2D(patch)  # data.resize: false: random crops, native resolution
+        # data.resize: false: random crops at native resolution
+        return NativeCrop2D(patch, foreground=getattr(data, "crop_foreground", 0.0))
     if len(patch) == 2:
         return RandomGenerator2D(patch)
     return Compose([RandomRotFlip3D(), RandomCrop3D(patch)])

@@ -76,6 +76,8 @@ def test_case_groups_conventions_and_patterns() -> None:
     with pytest.raises(SSMISError, match="data.group_by: 'zzz' matches none of the 8 case ids"):
         case_groups(ids, "zzz")
     assert grouping_note(["img_001", "img_002"]) is None
+    slices = [f"p{p}_slice_{k}" for p in range(3) for k in range(2)]
+    assert "but data.group_by: none splits by case" in str(grouping_note(slices, "none"))
 
 
 def test_test_split_is_proportional_to_the_domains() -> None:

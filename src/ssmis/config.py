@@ -68,9 +68,10 @@ class DataConfig(_Section):
                                   "axis of a thick-slice stack (ssmis.data.spacing)")
     augmentation: str = Field(
         default="ssl4mis", description="training augmentation (ssmis.data.augment): ssl4mis "
-                                       "(SSL4MIS RandomGenerator 2D / UA-MT rot-flip-crop 3D) or "
-                                       "synfoc (SynFoC's resize + scale-crop, rotate, flip, "
-                                       "elastic; square 2D patches)")
+                                       "(SSL4MIS RandomGenerator 2D / UA-MT rot-flip-crop 3D), "
+                                       "crop (3D random crop only: the Pancreas-CT code of "
+                                       "CVBM / BCP / MC-Net) or synfoc (SynFoC's resize + "
+                                       "scale-crop, rotate, flip, elastic; square 2D patches)")
     resize: bool = Field(
         default=True, description="2D models: resize each image (slice) to data.patch_size for "
                                   "training and prediction (true: the published 2D protocols), "

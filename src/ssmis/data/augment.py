@@ -6,6 +6,9 @@ config choice rather than a branch in the engine.
   (:mod:`ssmis.data.transforms`). BCP, CVBM, CML, ALHVR, UA-MT and SSL4MIS use it. With
   ``data.resize: false`` the 2D zoom is replaced by a random crop at native resolution
   (:class:`ssmis.data.native.NativeCrop2D`).
+* ``crop``: 3D random crop only, no rotation or flip: the Pancreas-CT pipeline of CVBM
+  (``caoluyang0830/CVBM`` @ ``2ca4aad``, ``Pancreas_train.py``: ``RandomCrop`` + ``ToTensor``),
+  BCP (``DeepMed-Lab-ECNU/BCP`` @ ``7879f98``, ``code/pancreas/dataloaders.py``) and MC-Net.
 * ``synfoc``: SynFoC's resize to the patch size (``data.resize_filter``: LANCZOS, or BILINEAR for
   M&Ms) and weak augmentation (scale-crop, rotate, flip, elastic;
   :class:`ssmis.data.synfoc_aug.SynFoCWeak2D`), 2D square patches only.
@@ -39,12 +42,17 @@ def _ssl4mis(patch_size: Sequence[int], data: Any) -> Transform:
     return Compose([RandomRotFlip3D(), RandomCrop3D(patch)])
 
 
+def _crop(patch_size: Sequence[int], data: Any) -> Transform:
+    return RandomCrop3D(tuple(int(p) for p in patch_size))
+
+
 def _synfoc(patch_size: Sequence[int], data: Any) -> Transform:
     return SynFoCWeak2D(patch_size, image_filter=getattr(data, "resize_filter", "lanczos"))
 
 
 AUGMENTATIONS: dict[str, Callable[[Sequence[int], Any], Transform]] = {
     "ssl4mis": _ssl4mis,
+    "crop": _crop,
     "synfoc": _synfoc,
 }
 
@@ -55,6 +63,9 @@ def check_augmentation(name: str, patch_size: Sequence[int]) -> str | None:
     if name not in AUGMENTATIONS:
         return (f"data.augmentation: unknown augmentation '{name}', expected one of "
                 f"{', '.join(AUGMENTATIONS)}")
+    if name == "crop" and len(patch_size) != 3:
+        return (f"data.augmentation: crop is the 3D random crop of the Pancreas-CT code and "
+                f"needs a 3D data.patch_size, got {list(patch_size)}")
     if name == "synfoc" and (len(patch_size) != 2 or patch_size[0] != patch_size[1]):
         return (f"data.augmentation: synfoc needs a square 2D data.patch_size [S, S] (the "
                 f"authors' 512), got {list(patch_size)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ssmis.data.layouts.abdomenct1k import AbdomenCT1K
 from ssmis.data.layouts.acdc_h5 import ACDCH5
 from ssmis.data.layouts.base import CaseEntry, Layout
 from ssmis.data.layouts.brats_h5 import BraTSH5
@@ -17,6 +18,7 @@ from ssmis.data.layouts.catalog import CatalogLayout
 from ssmis.data.layouts.images import ImagesLayout
 from ssmis.data.layouts.la_h5 import LAH5
 from ssmis.data.layouts.nifti import NiftiLayout
+from ssmis.data.layouts.pancreas_h5 import PancreasH5
 from ssmis.data.layouts.prepared import PreparedLayout
 from ssmis.errors import SSMISError
 
@@ -37,6 +39,7 @@ def register(cls: type[Layout]) -> type[Layout]:
 
 #: in detection order: the most specific marker files first, the loose image folders last
 _BUILTIN: tuple[type[Layout], ...] = (PreparedLayout, NiftiLayout, ACDCH5, LAH5, BraTSH5,
+                                      PancreasH5, AbdomenCT1K,
                                       ImagesLayout)
 for _cls in _BUILTIN:
     register(_cls)

@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     dsub.add_parser("layouts", help="list the registered data layouts (data.layout values)",
                     description="Every registered data layout with its patch dimensionality "
                                 "and how it stores a dataset.")
+    exa = dsub.add_parser("example", help="write a layout's tiny synthetic copy",
+                          description="Write the tiny synthetic dataset a layout is tested on "
+                                      "(its exact file names, keys and dtypes) into OUT and "
+                                      "print the data section that trains on it.")
+    exa.add_argument("layout", help="a data.layout value (ssmis data layouts)")
+    exa.add_argument("out", type=Path, help="folder to write (must not exist)")
     insp = dsub.add_parser("inspect", help="layout, cases, shapes, spacings, labels, problems",
                            description="Detect the layout and print cases, labeled/unlabeled "
                                        "counts, shapes, spacings, intensity ranges, label values,"
@@ -268,6 +274,17 @@ def _cmd_data(args: argparse.Namespace) -> int:
         for name, cls in sorted(LAYOUTS.items()):
             dims = "/".join(f"{d}D" for d in cls.patch_dims)
             print(f"{name:<{width}}  {dims:<5}  {cls.description}")
+        return 0
+    if args.data_command == "example":
+        import yaml
+
+        from ssmis.data.layouts import get_layout
+
+        cls = get_layout(args.layout)
+        if args.out.exists():
+            raise SSMISError(f"{args.out}: already exists; give a new folder")
+        print(yaml.safe_dump({"data": cls.write_example(args.out)}, sort_keys=False,
+                             default_flow_style=None), end="")
         return 0
     if args.data_command == "inspect":
         config_path, overrides = args.config, list(args.overrides)

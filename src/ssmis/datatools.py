@@ -81,8 +81,11 @@ def _h5_cases(layout: str, root: Path, problems: list[str]) -> Iterator[dict[str
                   ("val", "val.list", acdc_volume_path), ("test", "test.list", acdc_volume_path)]
     elif layout == "brats_h5":
         groups = [(name, f"{name}.txt", brats_volume_path) for name in ("train", "val", "test")]
-    else:
+    elif layout == "la_h5":
         groups = [("train", "train.list", la_volume_path), ("test", "test.list", la_volume_path)]
+    else:  # any other h5 layout (pancreas_h5, plug-ins): its own case list and file paths
+        yield from _layout_h5_cases(layout, root, problems)
+        return
     for subset, list_name, path_of in groups:
         try:
             ids = read_list(root / list_name)
@@ -98,6 +101,29 @@ def _h5_cases(layout: str, root: Path, problems: list[str]) -> Iterator[dict[str
                 continue
             yield {"case": case, "subset": subset, "domain": None, "image": image[None],
                    "label": label, "spacing": None}
+
+
+def _layout_h5_cases(layout: str, root: Path, problems: list[str]
+                     ) -> Iterator[dict[str, Any]]:
+    """Cases of an :class:`~ssmis.data.layouts.h5.H5Layout` read through its interface."""
+    from ssmis.data.h5 import load_h5_case
+    from ssmis.data.layouts import get_layout
+
+    h5 = get_layout(layout)(loose_data_config(layout, root))
+    try:
+        entries = h5.cases()
+    except SSMISError as err:
+        problems.append(str(err))
+        return
+    for entry in entries:
+        path = h5.train_path(entry.case) if entry.subset == "train" else h5.eval_path(entry.case)
+        try:
+            image, label = load_h5_case(path, num_classes=None, require_label=True)
+        except SSMISError as err:
+            problems.append(str(err))
+            continue
+        yield {"case": entry.case, "subset": entry.subset, "domain": entry.domain,
+               "image": image[None], "label": label, "spacing": None}
 
 
 def _own_cases(catalog: Catalog, reader: CaseReader, problems: list[str]
@@ -206,7 +232,10 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
     expected: set[int] | None = None
     catalog: Catalog | None = None
     snap = "auto"
-    if layout in ("acdc_h5", "la_h5", "brats_h5"):
+    from ssmis.data.layouts import get_layout
+    from ssmis.data.layouts.h5 import H5Layout
+
+    if issubclass(get_layout(layout), H5Layout):
         rows: Iterator[dict[str, Any]] = _h5_cases(layout, root, problems)
         if num_classes:
             expected = set(range(num_classes))

@@ -38,7 +38,12 @@ def test_registry_files_validate_and_runnable_tables_have_configs() -> None:
         else:
             assert t.not_runnable_reason
     pancreas = find_table("cvbm-pancreas")
-    assert not pancreas.runnable and "layout" in str(pancreas.not_runnable_reason)
+    assert pancreas.runnable and (pancreas.layout, pancreas.config_dir) == ("pancreas_h5",
+                                                                            "pancreas")
+    assert pancreas.ssmis_methods() == ["supervised", "uamt", "bcp", "cvbm"]
+    abdomen = find_table("alhvr-abdomenct1k")
+    assert abdomen.runnable and abdomen.labeled_key == "data.labeled_fraction"
+    assert abdomen.setting("0.05").rows[0].dice == 84.75
     acdc = find_table("cvbm-acdc")
     assert acdc.hd95_mode == "medpy" and acdc.metrics["hd95"].unit == "voxel"
     cvbm3 = next(r for r in acdc.setting(3).rows if r.ssmis == "cvbm")
@@ -89,13 +94,22 @@ def test_bad_table_file_is_one_line_naming_file_and_field(tmp_path: Path) -> Non
         load_table(path)
 
 
-def test_reproduce_list_and_unrunnable_table(capsys: pytest.CaptureFixture[str]) -> None:
+def test_reproduce_list_and_unrunnable_table(capsys: pytest.CaptureFixture[str],
+                                            tmp_path: Path) -> None:
     assert main(["reproduce", "--list"]) == 0
     out = capsys.readouterr().out
-    assert "cvbm-acdc" in out and "NOT RUNNABLE" in out and "not transcribed" in out
-    assert main(["reproduce", "cvbm-pancreas"]) == 2
+    assert "cvbm-acdc" in out and "not transcribed" in out
+    assert "runnable (pancreas_h5, configs/pancreas)" in out
+    assert "runnable (abdomenct1k, configs/abdomenct1k)" in out
+    table = yaml.safe_load(_table_yaml())
+    table.update(runnable=False, config_dir=None, labeled_key=None,
+                 not_runnable_reason="no layout for this dataset")
+    path = tmp_path / "unrunnable.yaml"
+    path.write_text(yaml.safe_dump(table))
+    assert main(["reproduce", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ssmis: error: TABLE cvbm-pancreas: not runnable: no Pancreas-CT")
+    assert err == ("ssmis: error: TABLE phantom-test: not runnable: no layout for this "
+                   "dataset")
     assert main(["reproduce", "nope"]) == 2
     assert "not in the registry" in capsys.readouterr().err
 

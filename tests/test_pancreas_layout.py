@@ -148,3 +148,22 @@ def test_shipped_configs_name_the_table_and_its_protocol() -> None:
     assert cvbm.method.params["mask_origin_extent"] == [112, 112, 80]
     assert cvbm.method.params["pretrain_iterations"] == 3000
     assert cvbm.train.iterations == 18000
+
+
+def test_data_example_and_inspect_through_the_cli(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from ssmis.cli import main
+
+    out = tmp_path / "pancreas"
+    assert main(["data", "example", "pancreas_h5", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("data:\n  layout: pancreas_h5\n") and "labeled_count: 2" in printed
+    assert sorted(p.name for p in (out / "Pancreas_h5").iterdir())[0] == "image0001_norm.h5"
+    assert main(["data", "example", "pancreas_h5", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["data", "inspect", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "layout  pancreas_h5" in report and "cases   7: test 2, train 5" in report
+    (out / "Pancreas_h5" / "image0006_norm.h5").unlink()
+    assert main(["data", "inspect", str(out)]) == 1
+    assert "image0006_norm.h5: file not found" in capsys.readouterr().out

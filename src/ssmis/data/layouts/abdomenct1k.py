@@ -130,7 +130,7 @@ class AbdomenCT1K(CatalogLayout):
         masks holding the four organs; ``Case_00801`` (ImagePart3) has no mask."""
         spacing = (0.8, 0.8, 2.5)
         shape = (40, 40, 32)
-        hu = {1: 60, 2: 150, 3: 50, 4: 40}  # rough organ intensities, HU
+        hu = {1: 60, 2: 160, 3: 250, 4: -40}  # HU, apart so that a short run can tell them
         for k in (*range(1, 7), 801):
             rng = np.random.default_rng(k)
             label = np.zeros(shape, dtype=np.uint8)

@@ -82,3 +82,24 @@ def test_label_on_a_coarser_grid_is_resampled_to_the_image_shape(tmp_path: Path)
     np.testing.assert_array_equal(loaded[:, :, ::2], truth[:, :, ::2])
     dice = 2 * (loaded & truth).sum() / (loaded.sum() + truth.sum())
     assert dice > 0.9
+
+
+def test_thin_volume_label_is_not_taken_for_a_colour_mask(tmp_path: Path) -> None:
+    """A 3D label whose last axis has 3 slices is a volume: read as classes, not refused as
+    an RGB picture."""
+    from ssmis.data.layouts import get_layout
+    from ssmis.data.layouts.nifti import write_nifti
+
+    root = tmp_path / "thin"
+    label = np.zeros((8, 8, 3), np.uint8)
+    label[2:5, 2:5, 1] = 1
+    write_nifti(root / "imagesTr" / "a_0000.nii.gz", label.astype(np.float32), (1, 1, 3))
+    write_nifti(root / "labelsTr" / "a.nii.gz", label, (1, 1, 3))
+    data = {"layout": "nifti", "root": str(root), "num_classes": 2, "labeled_count": 1,
+            "val_count": 1, "patch_size": [8, 8, 3]}
+    from ssmis.config import DataConfig
+
+    layout = get_layout("nifti")(DataConfig.model_validate(data))
+    arrays = layout.reader.load("a", with_label=True)
+    assert arrays.label is not None and arrays.label.shape == (8, 8, 3)
+    assert int(arrays.label.sum()) == 9

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ssmis.data.h5 import LA_FOLDER, _label_to_int
+from ssmis.data.h5 import _label_to_int
 from ssmis.data.masks import LOSSY_MASK_EXTS, describe, lookup_classes, normalize_mask_values
 from ssmis.errors import SSMISError
 
@@ -149,10 +149,11 @@ def detect_layout(root: Path, images_dir: str = "images") -> str:
             or any((d / images_dir).is_dir() for d in root.iterdir() if d.is_dir())):
         found = "images"
     if found is None:
-        raise SSMISError(f"{root}: unknown dataset layout (expected imagesTr/ (nnU-Net NIfTI), "
-                         f"{images_dir}/ + masks/ folders, train_slices.list (ACDC h5), "
-                         f"'{LA_FOLDER}/' (LA h5), train.txt + test.txt (BraTS h5) or "
-                         f"{PREPARED_MANIFEST})")
+        from ssmis.data.layouts import LAYOUTS
+
+        raise SSMISError(f"{root}: unknown dataset layout (expected one of the registered "
+                         f"layouts: {', '.join(sorted(LAYOUTS))}; `ssmis data layouts` says "
+                         "how each stores a dataset)")
     return found
 
 
@@ -670,22 +671,23 @@ def snap_for(setting: str | bool, path: Path) -> bool:
 
 
 def map_mask(path: Path, raw: np.ndarray, mask_values: Any, num_classes: int | None,
-             snap: bool = False) -> np.ndarray:
+             snap: bool = False, picture: bool = True) -> np.ndarray:
     """Mask pixel values (H, W) / (*spatial), or a grey (H, W, 3) -> class indices (int64).
 
     ``mask_values``: None (values are the classes), or any spelling accepted by
     :func:`ssmis.data.masks.normalize_mask_values` (exact values and ranges). ``snap`` maps
     undeclared values to the class of the nearest declared value (lossy masks). Raises
     SSMISError naming ``path`` for a colour mask, a value outside the mapping or a class outside
-    0..num_classes-1.
+    0..num_classes-1. ``picture=False`` (a volume, e.g. NIfTI): a last axis of 3 or 4 is a
+    spatial axis, never colour channels.
     """
-    return mapped_mask(path, raw, mask_values, num_classes, snap)[0]
+    return mapped_mask(path, raw, mask_values, num_classes, snap, picture)[0]
 
 
 def mapped_mask(path: Path, raw: np.ndarray, mask_values: Any, num_classes: int | None,
-                snap: bool = False) -> tuple[np.ndarray, int]:
+                snap: bool = False, picture: bool = True) -> tuple[np.ndarray, int]:
     """:func:`map_mask` and the number of pixels whose value was snapped."""
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4):
+    if picture and raw.ndim == 3 and raw.shape[-1] in (3, 4):
         if not (np.array_equal(raw[..., 0], raw[..., 1])
                 and np.array_equal(raw[..., 0], raw[..., 2])):
             raise SSMISError(f"{path}: colour mask, expected one value per pixel (grey or "
@@ -923,7 +925,8 @@ class CaseReader:
             if raw.shape != channels[0].shape:
                 raise SSMISError(f"{info.label}: label shape {raw.shape} differs from image "
                                  f"shape {channels[0].shape} ({info.images[0].name})")
-            label = map_mask(info.label, np.asarray(raw), self.mask_values, self.num_classes)
+            label = map_mask(info.label, np.asarray(raw), self.mask_values, self.num_classes,
+                             picture=False)
         if self.spacing_override is not None:
             spacing = self._override(spacing)
         return CaseArrays(info.case, np.stack(channels), label, spacing, affine, info.domain)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from ssmis.data.layouts.abdomenct1k import AbdomenCT1K
 from ssmis.data.layouts.acdc_h5 import ACDCH5
+from ssmis.data.layouts.acdc_nifti import ACDCNifti
 from ssmis.data.layouts.base import CaseEntry, Layout
 from ssmis.data.layouts.brats_h5 import BraTSH5
 from ssmis.data.layouts.catalog import CatalogLayout
+from ssmis.data.layouts.hrf import HRFLayout
 from ssmis.data.layouts.images import ImagesLayout
 from ssmis.data.layouts.la_h5 import LAH5
 from ssmis.data.layouts.nifti import NiftiLayout
@@ -40,6 +42,8 @@ def register(cls: type[Layout]) -> type[Layout]:
 #: in detection order: the most specific marker files first, the loose image folders last
 _BUILTIN: tuple[type[Layout], ...] = (PreparedLayout, NiftiLayout, ACDCH5, LAH5, BraTSH5,
                                       PancreasH5, AbdomenCT1K,
+                                      ACDCNifti,
+                                      HRFLayout,
                                       ImagesLayout)
 for _cls in _BUILTIN:
     register(_cls)

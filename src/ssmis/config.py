@@ -46,7 +46,8 @@ class DataConfig(_Section):
     num_classes: int = Field(ge=2)
     in_channels: int = Field(default=1, ge=1)
     class_names: dict[int, str] | None = None
-    labeled_patients: int | None = Field(default=None, ge=1, description="acdc_h5 only")
+    labeled_patients: int | None = Field(default=None, ge=1,
+                                         description="acdc_h5 / acdc_nifti only")
     labeled_slices: int | None = Field(default=None, ge=1, description="acdc_h5 only")
     labeled_count: int | None = Field(default=None, ge=1,
                                       description="la_h5 / brats_h5 / own data: number of "

@@ -258,7 +258,7 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
                                     normalization="auto" if layout == "prepared" else "none",
                                     mask_values=mask_values, num_classes=None)
             cfg.__dict__["num_classes"] = None  # report label values rather than reject them
-        reader = CaseReader(catalog, cfg)
+        reader = get_layout(layout).make_reader(catalog, cfg)
         rows = _own_cases(catalog, reader, problems)
     counts: Counter[str] = Counter()
     domains: Counter[str] = Counter()

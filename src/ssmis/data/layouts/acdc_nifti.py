@@ -50,7 +50,7 @@ SSL4MIS_TRAIN = (
     46, 62, 34, 76, 92, 70, 77, 67, 3, 91, 16, 14, 44, 42, 90, 53, 27, 35, 86, 23, 9, 79, 15)
 SSL4MIS_VAL = (28, 85, 82, 87, 19, 30, 78, 45, 2, 39)
 SSL4MIS_TEST = (11, 13, 84, 33, 93, 22, 68, 24, 83, 81, 80, 1, 7, 66, 8, 65, 75, 64, 59, 52)
-CLASS_NAMES = {1: "RV", 2: "Myo", 3: "LV"}
+CLASS_NAMES = {0: "background", 1: "RV", 2: "Myo", 3: "LV"}
 
 
 def patient_name(number: int) -> str:
@@ -231,11 +231,18 @@ class ACDCNifti(CatalogLayout):
         _, zooms, _, img = read_nifti(first.images[0], header_only=True)
         return through_plane_axis(zooms, tuple(img.shape))
 
+    @classmethod
+    def make_reader(cls, catalog: Catalog, data: Any, slice_axis: int | None = None
+                    ) -> ACDCReader:
+        """:class:`ACDCReader` (SSL4MIS min-max intensities with ``normalization: auto``)."""
+        return ACDCReader(catalog, data, slice_axis=slice_axis)
+
     @property
     def reader(self) -> ACDCReader:
+        """The reader with the header's through-plane axis first (2D models)."""
         if self._reader is None:
             axis = self.slice_axis() if self.data.spatial_dims == 2 else None
-            self._reader = ACDCReader(self.catalog, self.data, slice_axis=axis)
+            self._reader = self.make_reader(self.catalog, self.data, slice_axis=axis)
         assert isinstance(self._reader, ACDCReader)
         return self._reader
 

@@ -57,13 +57,20 @@ class CatalogLayout(Layout):
             self._catalog = self.scan(self.root, self.data)
         return self._catalog
 
+    @classmethod
+    def make_reader(cls, catalog: Catalog, data: Any, slice_axis: int | None = None
+                    ) -> CaseReader:
+        """The case reader of this layout's files (``ssmis data inspect`` uses it too);
+        layouts that decode their labels their own way return a subclass."""
+        return CaseReader(catalog, data, slice_axis=slice_axis)
+
     @property
     def reader(self) -> CaseReader:
         """Reader with the config's channels, normalisation and mask mapping; 2D models on
         volumes get the ``data.slice_axis`` moved first."""
         if self._reader is None:
             axis = self.data.slice_axis if self.data.spatial_dims == 2 else None
-            self._reader = CaseReader(self.catalog, self.data, slice_axis=axis)
+            self._reader = self.make_reader(self.catalog, self.data, slice_axis=axis)
         return self._reader
 
     def cases(self) -> list[CaseEntry]:

@@ -201,7 +201,8 @@ class HRFLayout(CatalogLayout):
             fov[case] = str(mask)
         if not cases:
             cls._problem(problems, f"{root / IMAGES}: no HRF images (NN_dr.JPG, NN_g.jpg, ...)")
-        return Catalog(cls.name, root, cases, ["R", "G", "B"], {1: "vessel"}, {"fov": fov},
+        return Catalog(cls.name, root, cases, ["R", "G", "B"], {0: "background", 1: "vessel"},
+                       {"fov": fov},
                        kind="images")
 
     @staticmethod
@@ -244,12 +245,17 @@ class HRFLayout(CatalogLayout):
                 "labeled_count": 2, "val_count": 1, "patch_size": [32, 48]}
 
     # -- interface --------------------------------------------------------------------------
+    @classmethod
+    def make_reader(cls, catalog: Catalog, data: Any, slice_axis: int | None = None
+                    ) -> HRFReader:
+        """:class:`HRFReader` (vessels and FOV thresholded at 127)."""
+        return HRFReader(catalog, data)
+
     @property
     def reader(self) -> HRFReader:
-        if self._reader is None:
-            self._reader = HRFReader(self.catalog, self.data)
-        assert isinstance(self._reader, HRFReader)
-        return self._reader
+        reader = super().reader
+        assert isinstance(reader, HRFReader)
+        return reader
 
     def cases(self) -> list[CaseEntry]:
         return [CaseEntry(c.case, c.case, c.subset, True) for c in self.catalog.cases.values()]

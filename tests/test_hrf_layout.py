@@ -109,3 +109,13 @@ def test_config_problems_name_the_field(tmp_path: Path, extra: dict[str, Any],
 def test_labeled_count_out_of_range(hrf_root: Path) -> None:
     with pytest.raises(SSMISError, match=r"data.labeled_count: 27 is out of range, expected 1..26"):
         _layout(hrf_root, labeled_count=27).split()
+
+
+def test_inspect_reads_vessels_as_classes(hrf_root: Path) -> None:
+    from ssmis.datatools import inspect_dataset
+
+    lines: list[str] = []
+    assert inspect_dataset(hrf_root, out=lines.append) == 0
+    assert "layout  hrf" in lines and "cases   45: test 18, train 27" in lines
+    classes = next(line for line in lines if line.startswith("classes"))
+    assert classes.startswith("classes 0: ") and ", 1: " in classes and "255" not in classes

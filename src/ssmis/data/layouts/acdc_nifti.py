@@ -23,10 +23,12 @@ their release names. ``data.split_file`` replaces the protocol and is checked fo
 split across lists.
 
 2D training on slices along the through-plane axis, taken from the headers (the axis with the
-largest voxel size: ACDC's 5-10 mm slices); evaluation on whole volumes (D, H, W) with the
-header spacing permuted the same way, in mm. Intensities: ``data.normalization: auto`` is the
-SSL4MIS preprocessing (per-volume min-max to [0, 1], ``code/dataloaders/acdc_data_processing.py``);
-nibabel's (X, Y) in-plane order is the transpose of the h5 slices' (Y, X) (SimpleITK).
+largest voxel size: ACDC's 5-10 mm slices; ``data.slice_axis`` is not used); evaluation on
+whole volumes (D, H, W) with the header spacing permuted the same way, in mm. Intensities:
+``data.normalization: auto`` is the SSL4MIS preprocessing (per-volume min-max to [0, 1],
+HiLab-git/SSL4MIS ``code/dataloaders/acdc_data_processing.py``, also in caoluyang0830/CVBM @
+2ca4aad ``dataloaders/acdc_data_processing.py``); nibabel's (X, Y) in-plane order is the
+transpose of the h5 slices' (Y, X) (SimpleITK), which voxel-unit metrics do not see.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ def test_vessels_and_fov_read_as_written(hrf_root: Path) -> None:
     assert case.image.shape == (3, 36, 54) and case.image.dtype == np.float32
     assert case.image.min() >= 0.0 and case.image.max() <= 1.0  # 'auto' = / 255
     np.testing.assert_array_equal(case.label, vessels.astype(np.int64))
-    np.testing.assert_array_equal(case.fov, fov)
-    assert case.spacing is None and case.label.sum() > 0 and not (case.label & ~case.fov).any()
+    np.testing.assert_array_equal(case.roi, fov)  # the FOV is the scored region
+    assert case.spacing is None and case.label.sum() > 0 and not (case.label & ~case.roi).any()
 
 
 def test_manual1_is_thresholded_at_127(tmp_path: Path) -> None:
@@ -91,7 +91,8 @@ def test_fov_of_another_size_is_refused(tmp_path: Path) -> None:
     HRFLayout.write_example(root)
     Image.fromarray(np.zeros((10, 10, 3), np.uint8), "RGB").save(root / "mask" / "15_h_mask.tif")
     layout = _layout(root, val_count=1)
-    with pytest.raises(SSMISError, match=r"15_h_mask.tif: size 10x10 differs from the image 54x36"):
+    with pytest.raises(SSMISError, match=r"15_h_mask.tif: ROI size 10x10 differs from image "
+                                         r"15_h.jpg 54x36"):
         layout.check_files(layout.split(), need_unlabeled=False)
 
 
@@ -119,3 +120,13 @@ def test_inspect_reads_vessels_as_classes(hrf_root: Path) -> None:
     assert "layout  hrf" in lines and "cases   45: test 18, train 27" in lines
     classes = next(line for line in lines if line.startswith("classes"))
     assert classes.startswith("classes 0: ") and ", 1: " in classes and "255" not in classes
+
+
+def test_scores_count_only_the_fov(hrf_root: Path) -> None:
+    from ssmis.engine.evaluate import within_roi
+
+    case = next(iter(_layout(hrf_root, val_count=1).eval_cases(["10_dr"])))
+    pred, label = within_roi(np.ones_like(case.label), case)  # vessel everywhere
+    np.testing.assert_array_equal(pred, case.roi.astype(pred.dtype))
+    np.testing.assert_array_equal(label, case.label)  # no vessel outside the FOV anyway
+    assert 0 < case.roi.mean() < 1

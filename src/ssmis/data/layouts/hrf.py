@@ -8,8 +8,9 @@ photographs, 15 each of healthy eyes (``h``), diabetic retinopathy (``dr``) and 
     mask/01_dr_mask.tif ..                                                       (FOV, 0/255)
 
 (file names and extension case as listed by bioidiap/bob.ip.binseg,
-``bob/ip/binseg/data/hrf/default.json``). A pixel is a vessel where ``manual1`` > 127 and
-inside the FOV where any channel of ``mask`` > 127 (the usual 1-bit reading of both files).
+``bob/ip/binseg/data/hrf/default.json``). A pixel is a vessel where ``manual1`` > 127 (its
+1-bit reading) and inside the FOV where ``mask`` is non-zero; the FOV is each case's ROI, so
+validation and test scores count only the pixels inside it, as vessel-segmentation work does.
 
 Protocol. CVBM (Cao et al., IEEE TIP 2025) reports HRF with 27 training and 18 test images and
 1 or 3 labeled images; its repository (caoluyang0830/CVBM @ 2ca4aad) ships no HRF script, list
@@ -21,16 +22,12 @@ labeled (1: 01_dr; 3: one per diagnosis), validation takes the last ``data.val_c
 training sees the 27 images of the protocol) or held out. ``data.split_file`` replaces the rule.
 
 Images are read at full resolution; the 2D pipeline resizes them to ``data.patch_size`` for the
-network (training and inference) and scores at full resolution. Evaluation cases carry the FOV
-(:func:`fov_case_type`); the engine scores the whole image today (see the README).
+network (training and inference) and scores at full resolution, inside the FOV.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import make_dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +35,7 @@ import numpy as np
 
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.catalog import CatalogLayout
-from ssmis.data.owndata import CaseArrays, CaseInfo, CaseReader, Catalog, picture_size, read_picture
+from ssmis.data.owndata import CaseArrays, CaseInfo, CaseReader, Catalog, read_picture
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError
 
@@ -91,23 +88,13 @@ def _find(folder: Path, name: str) -> Path | None:
     return None
 
 
-@cache
-def fov_case_type() -> type:
-    """``FOVCase``: :class:`~ssmis.data.datasets.EvalCase` plus ``fov`` ((H, W) bool, True
-    inside the field of view). Built on first use, so that the registry imports no torch."""
-    from ssmis.data.datasets import EvalCase
-
-    return make_dataclass("FOVCase", [("fov", np.ndarray | None, None)], bases=(EvalCase,),
-                          namespace={"__module__": __name__})
-
-
 class HRFReader(CaseReader):
-    """:class:`~ssmis.data.owndata.CaseReader` of the HRF files: the image as the ``images``
-    reader decodes it ((C, H, W) float32, ``data.normalization``, 'auto' = / 255), the vessel
-    label as ``manual1`` > 127 ((H, W) int64 0/1) and the FOV as ``mask`` > 127."""
+    """:class:`~ssmis.data.owndata.CaseReader` of the HRF files: the image and the FOV (ROI) as
+    the ``images`` reader decodes them ((C, H, W) float32, ``data.normalization`` 'auto' = / 255;
+    ROI (H, W) bool, non-zero inside), the vessel label as ``manual1`` > 127 ((H, W) int64)."""
 
     def load_raw(self, case: str, with_label: bool) -> CaseArrays:
-        """Image (C, H, W) and, with ``with_label``, the 0/1 vessel map (H, W).
+        """Image (C, H, W), FOV (H, W) and, with ``with_label``, the 0/1 vessel map (H, W).
 
         Raises:
             SSMISError: a missing or unreadable file, or a size differing from the image.
@@ -118,14 +105,6 @@ class HRFReader(CaseReader):
             assert info.label is not None
             arrays.label = self._binary(info.label, arrays.image.shape[1:]).astype(np.int64)
         return arrays
-
-    def fov(self, case: str, shape: tuple[int, ...]) -> np.ndarray:
-        """FOV mask (H, W) bool of ``case``; ``shape`` is the image's (H, W).
-
-        Raises:
-            SSMISError: the mask file is missing, unreadable or of another size.
-        """
-        return self._binary(Path(self.catalog.manifest["fov"][case]), shape)
 
     @staticmethod
     def _binary(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -165,8 +144,8 @@ class HRFLayout(CatalogLayout):
 
     @classmethod
     def scan(cls, root: Path, data: Any = None, problems: list[str] | None = None) -> Catalog:
-        """Catalog of the HRF images under ``root`` in protocol order; the FOV files go to
-        ``manifest['fov']``.
+        """Catalog of the HRF images under ``root`` in protocol order, each FOV mask as the
+        case's ROI.
 
         Raises:
             SSMISError: a missing folder, an image without its ``manual1`` or ``mask`` file,
@@ -187,7 +166,6 @@ class HRFLayout(CatalogLayout):
                 continue
             found[path.stem] = path
         cases: dict[str, CaseInfo] = {}
-        fov: dict[str, str] = {}
         for case in sorted(found, key=lambda c: (int(c[:2]), DIAGNOSES.index(c[3:]))):
             label = _find(root / VESSELS, f"{case}.tif")
             mask = _find(root / FOV, f"{case}_mask.tif")
@@ -197,12 +175,10 @@ class HRFLayout(CatalogLayout):
                 cls._problem(problems, f"{missing}: not found (needed for {found[case].name})")
                 continue
             subset = "train" if int(case[:2]) <= LAST_TRAIN else "test"
-            cases[case] = CaseInfo(case, [found[case]], label, None, subset)
-            fov[case] = str(mask)
+            cases[case] = CaseInfo(case, [found[case]], label, None, subset, roi=mask)
         if not cases:
             cls._problem(problems, f"{root / IMAGES}: no HRF images (NN_dr.JPG, NN_g.jpg, ...)")
         return Catalog(cls.name, root, cases, ["R", "G", "B"], {0: "background", 1: "vessel"},
-                       {"fov": fov},
                        kind="images")
 
     @staticmethod
@@ -248,7 +224,7 @@ class HRFLayout(CatalogLayout):
     @classmethod
     def make_reader(cls, catalog: Catalog, data: Any, slice_axis: int | None = None
                     ) -> HRFReader:
-        """:class:`HRFReader` (vessels and FOV thresholded at 127)."""
+        """:class:`HRFReader` (vessels thresholded at 127)."""
         return HRFReader(catalog, data)
 
     @property
@@ -274,26 +250,3 @@ class HRFLayout(CatalogLayout):
                                  "protocol needs all 45 images (or set data.split_file)")
         return hrf_protocol(self.data.labeled_count,
                             self.data.val_count or DEFAULT_VAL, self.data.val_pool)
-
-    def check_files(self, split: Split, need_unlabeled: bool) -> None:
-        """The images and vessel maps (:meth:`CatalogLayout.check_files`), then the FOV mask of
-        every validation and test image (size against the image)."""
-        super().check_files(split, need_unlabeled)
-        for case in split.val + split.test:
-            path = Path(self.catalog.manifest["fov"][case])
-            size, _ = picture_size(path)
-            shape = self.reader.spatial_shape(case)
-            if tuple(size) != tuple(shape):
-                raise SSMISError(f"{path}: size {size[1]}x{size[0]} differs from the image "
-                                 f"{shape[1]}x{shape[0]}")
-
-    def eval_cases(self, ids: list[str]) -> Iterator[Any]:
-        """:func:`fov_case_type` cases per id: image (3, H, W) (or (H, W) grey), label (H, W), FOV
-        (H, W), no spacing (HRF gives none: pixel units)."""
-        for case in ids:
-            arrays = self.reader.load(case, with_label=True)
-            assert arrays.label is not None
-            image = arrays.image[0] if arrays.image.shape[0] == 1 else arrays.image
-            yield fov_case_type()(case=case, image=image, label=arrays.label,
-                                  spacing=arrays.spacing, domain=None,
-                                  fov=self.reader.fov(case, arrays.label.shape))

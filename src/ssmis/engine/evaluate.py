@@ -273,7 +273,8 @@ def evaluate_split(
         result["regions"] = structures
     if any(p.get("within_roi") for p in per_case):
         result["roi"] = ("metrics count only the pixels inside each case's ROI mask "
-                         "(data.roi_dir); cases marked within_roi")
+                         "(field of view: data.roi_dir, or the layout's own masks such as HRF's "
+                         "mask/); cases marked within_roi")
     return result, kept_cases
 
 

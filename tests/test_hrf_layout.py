@@ -130,3 +130,16 @@ def test_scores_count_only_the_fov(hrf_root: Path) -> None:
     np.testing.assert_array_equal(pred, case.roi.astype(pred.dtype))
     np.testing.assert_array_equal(label, case.label)  # no vessel outside the FOV anyway
     assert 0 < case.roi.mean() < 1
+
+
+def test_prepare_keeps_hrf_vessels_as_classes(hrf_root: Path, tmp_path: Path) -> None:
+    """`ssmis data prepare` reads with the layout's reader: vessels 0/1, not manual1's 0/255."""
+    from ssmis.data.owndata import scan_prepared
+    from ssmis.datatools import prepare
+
+    out = prepare(hrf_root, tmp_path / "prepared", [])
+    catalog = scan_prepared(out)
+    assert len(catalog.cases) == 45
+    with np.load(next(iter(catalog.cases.values())).images[0]) as z:
+        values = set(np.unique(z["label"]).tolist())
+    assert values <= {0, 1} and 1 in values

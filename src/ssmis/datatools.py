@@ -397,11 +397,13 @@ def write_split(path: Path, out: Path, overwrite: bool = False,
 
 
 def prepare(path: Path, out: Path, overrides: list[str] | None = None, **fields: Any) -> Path:
+    from ssmis.data.layouts import CatalogLayout, get_layout
     from ssmis.data.owndata import prepare_dataset
 
     data, _ = data_config_for(path, overrides, **fields)
-    if data.layout not in ("nifti", "images"):
-        raise SSMISError(f"{data.root}: prepare converts nifti or images datasets, "
-                         f"not {data.layout}")
+    cls = get_layout(data.layout)
+    if not issubclass(cls, CatalogLayout) or data.layout == "prepared":
+        raise SSMISError(f"{data.root}: prepare converts folder datasets (nifti, images, hrf, "
+                         f"...), not {data.layout}")
     catalog = scan(data.layout, data.root, data)
-    return prepare_dataset(catalog, data, Path(out))
+    return prepare_dataset(catalog, data, Path(out), reader=cls.make_reader(catalog, data))

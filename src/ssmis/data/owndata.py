@@ -1026,14 +1026,19 @@ def move_slice_axis(arrays: CaseArrays, axis: int) -> CaseArrays:
 # --------------------------------------------------------------------------- prepare
 
 
-def prepare_dataset(catalog: Catalog, data_cfg: Any, out: Path, progress: bool = True) -> Path:
-    """Write every case as ``out/cases/<case>.npz`` (float16 image, uint8 label) + manifest."""
+def prepare_dataset(catalog: Catalog, data_cfg: Any, out: Path, progress: bool = True,
+                    reader: CaseReader | None = None) -> Path:
+    """Write every case as ``out/cases/<case>.npz`` (float16 image, uint8 label) + manifest.
+
+    ``reader``: the layout's own reader (``CatalogLayout.make_reader``: e.g. HRF's vessel
+    threshold); default a plain :class:`CaseReader` of ``data_cfg``.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise SSMISError(f"{out}: output folder exists and is not empty")
     if catalog.kind == "prepared":
         raise SSMISError(f"{catalog.root}: already a prepared dataset")
-    reader = CaseReader(catalog, data_cfg)
+    reader = reader if reader is not None else CaseReader(catalog, data_cfg)
     for case in catalog.cases:  # headers first: cheap errors before any writing
         reader.spatial_shape(case, with_label=True)
     (out / "cases").mkdir(parents=True, exist_ok=True)

@@ -362,8 +362,10 @@ def data_config_for(path: Path, overrides: list[str] | None = None, **fields: An
 
         cfg = load_config(path, overrides or [])
         return cfg.data, cfg
+    from ssmis.data.layouts import CatalogLayout, get_layout
+
     layout = detect_layout(path)
-    if layout not in ("nifti", "images", "prepared"):
+    if not issubclass(get_layout(layout), CatalogLayout):
         raise SSMISError(f"{path}: {layout} datasets come with their split lists; give an "
                          "experiment YAML to write their split")
     catalog = scan(layout, path)
@@ -384,6 +386,11 @@ def write_split(path: Path, out: Path, overwrite: bool = False,
 
         split = build_split(cfg)
     else:
+        from ssmis.data.layouts import CatalogLayout, get_layout
+
+        if get_layout(data.layout).protocol_split is not CatalogLayout.protocol_split:
+            raise SSMISError(f"{path}: {data.layout} datasets have their own protocol split; "
+                             "give an experiment YAML to write it")
         if (data.labeled_count is None) == (data.labeled_fraction is None) \
                 and not data.labeled_cases:
             raise SSMISError("--labeled: give a count (4) or a fraction (0.1), or "

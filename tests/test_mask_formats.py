@@ -86,6 +86,20 @@ def test_palette_masks_read_as_indices_and_gif_masks_found(tmp_path: Path, ext: 
         np.testing.assert_array_equal(labels[case], index)
 
 
+def test_palette_masks_with_grey_mask_values_say_why_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Copying grey-level mask_values onto palette masks: a hint that the values are palette
+    indices, and one line for the repeats instead of one per file."""
+    _palette_dataset(tmp_path, ".png")
+    with pytest.raises(SSMISError, match=r"eye0\.png: mask value\(s\) \[1, 2\] .* a palette "
+                                         r"\(indexed\) image"):
+        _labels(tmp_path, num_classes=3, mask_values={0: 0, 128: 1, 255: 2})
+    assert main(["data", "inspect", str(tmp_path), "--mask-values", "0:0,128:1,255:2"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("palette (indexed) image") == 3  # two files, then the count line
+    assert "... and 1 more file(s) with the same problem" in out
+
+
 def _jpeg_dataset(root: Path, n: int = 2) -> dict[str, np.ndarray]:
     """Two hospitals, JPEG images and JPEG (lossy) 0/255 masks."""
     truth = {}
@@ -124,6 +138,7 @@ def test_inspect_reports_snapped_jpeg_masks_and_asks_for_values(
     assert main(["data", "inspect", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "lossy mask(s) (.jpg)" in out and "--mask-values 0:0,255:1" in out
+    assert f"{tmp_path / 'hospA' / 'masks'}, {tmp_path / 'hospB' / 'masks'}: 4 lossy" in out
     assert main(["data", "inspect", str(tmp_path), "--mask-values", "0:0,255:1"]) == 0
     out = capsys.readouterr().out
     assert "snapped to the nearest of 0:0,255:1" in out and "in 4 mask(s)" in out
@@ -303,10 +318,14 @@ def test_roi_restricts_scoring(tmp_path: Path) -> None:
                                split="test", checkpoint="x", iteration=None)
     assert result["per_case"][0]["metrics"]["1"]["dice"] == pytest.approx(inside)
     assert result["per_case"][0]["within_roi"] and "ROI" in result["roi"]
+    from ssmis.eval.report import _footer
+
+    assert "scored inside each case's ROI / field of view (1 of 1 cases)" in _footer(result)
     no_roi = [EvalCase("a", image, label, None)]
     result, _ = evaluate_split(Everywhere(), iter(no_roi), cfg, torch.device("cpu"),
                                split="test", checkpoint="x", iteration=None)
     assert result["per_case"][0]["metrics"]["1"]["dice"] == pytest.approx(whole)
+    assert "ROI" not in _footer(result)
 
 
 # --------------------------------------------------------------------------- item 4: inspect

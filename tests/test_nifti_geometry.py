@@ -103,3 +103,20 @@ def test_thin_volume_label_is_not_taken_for_a_colour_mask(tmp_path: Path) -> Non
     arrays = layout.reader.load("a", with_label=True)
     assert arrays.label is not None and arrays.label.shape == (8, 8, 3)
     assert int(arrays.label.sum()) == 9
+
+
+def test_resampled_labels_are_named_for_the_run_log(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from ssmis.engine.data import build_split, check_data
+
+    root = make_nifti(tmp_path / "data")
+    _restore(root, "case01", "shifted")
+    raw = nifti_config(root, tmp_path / "runs", labeled_cases=["case01"], labeled_count=None,
+                       label_geometry="resample")
+    cfg = validate_config(raw)
+    notes = check_data(cfg, build_split(cfg), need_unlabeled=False)
+    assert len(notes) == 1
+    assert "1 label(s) resampled onto their image grid" in notes[0]
+    assert "case01 (origin (-10, 7.5, 2) vs (-10, 5, 2) mm)" in notes[0]
+    assert main(["data", "inspect", "--config", str(_write(tmp_path, raw))]) == 0
+    assert "1 label(s) resampled onto their image grid" in capsys.readouterr().out

@@ -173,7 +173,10 @@ def _mask_summary(masks: list[tuple[Path, int, int, set[int]]], mask_values: Any
     if lossy and not mask_values:
         values = set().union(*(m[3] for m in lossy))
         if len(values) > 2:
-            problems.append(f"{lossy[0][0].parent}: {len(lossy)} lossy mask(s) "
+            folders = sorted({str(m[0].parent) for m in lossy})
+            where = folders[0] if len(folders) == 1 else (
+                f"{', '.join(folders[:3])}{' ...' if len(folders) > 3 else ''}")
+            problems.append(f"{where}: {len(lossy)} lossy mask(s) "
                             f"({lossy[0][0].suffix}) with {len(values)} distinct values: "
                             "declare the classes with --mask-values 0:0,255:1 (lossy values are "
                             "snapped to the nearest) or ranges 0-127:0,128-255:1")
@@ -206,6 +209,25 @@ def _config_split(data_cfg: Any, problems: list[str], out) -> None:
         f"{len(split.val)}, test {len(split.test)} ({source})")
 
 
+def collapse_problems(problems: list[str], keep: int = 2) -> list[str]:
+    """Problems of the form ``<file>: <what>`` that repeat ``<what>`` for many files are
+    shown ``keep`` times, then one line counting the others (a folder of masks with one
+    setting wrong gives one message, not one per file)."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for p in problems:
+        what = p.split(": ", 1)[1] if ": " in p else p
+        groups.setdefault(re.sub(r"\[[^\]]*\]", "[...]", what), []).append(p)
+    lines: list[str] = []
+    for what, items in groups.items():
+        lines += items[:keep]
+        if len(items) > keep:
+            lines.append(f"... and {len(items) - keep} more file(s) with the same problem "
+                         f"({what})")
+    return lines
+
+
 def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
                     mask_values: Any = None, num_classes: int | None = None,
                     show_all: bool = False, out=print, config: Any = None) -> int:
@@ -231,6 +253,7 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
     out(f"layout  {layout}" + ("" if config is None else " (from the config)"))
     expected: set[int] | None = None
     catalog: Catalog | None = None
+    reader: Any = None
     snap = "auto"
     from ssmis.data.layouts import get_layout
     from ssmis.data.layouts.h5 import H5Layout
@@ -268,6 +291,7 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
              f"{'dtype':<8} {'values':<20} labels"
     masks: list[tuple[Path, int, int, set[int]]] = []
     low, high = np.inf, -np.inf
+    normalised = False  # a row without the file's own range shows the reader's output
     shown = 0
     for shown, row in enumerate(rows):  # noqa: B007 (used after the loop)
         counts[row["subset"]] += 1
@@ -288,6 +312,7 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
                 if bad:
                     problems.append(f"case '{row['case']}': unexpected label value(s) "
                                     f"{bad[:12]}, expected {sorted(expected)}")
+        normalised = normalised or (row.get("range") is None and data_cfg is not None)
         rng = row.get("range") or (float(np.nanmin(image)), float(np.nanmax(image)))
         low, high = min(low, rng[0]), max(high, rng[1])
         dtype = row.get("dtype") or str(image.dtype)
@@ -315,7 +340,9 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
         out("domains " + ", ".join(f"{k} ({v})" for k, v in sorted(domains.items())))
     if dtypes:
         out("images  " + ", ".join(f"{k} ({v})" for k, v in sorted(dtypes.items()))
-            + f", values {low:.6g}..{high:.6g} in the files (before normalisation)")
+            + f", values {low:.6g}..{high:.6g} "
+            + ("after data.normalization" if normalised
+               else "in the files (before normalisation)"))
         ints = sorted(k for k in dtypes if np.dtype(k).kind in "iu")
         if catalog is not None and catalog.kind == "images" and len(ints) > 1:
             maxima = ", ".join(f"{np.iinfo(np.dtype(k)).max}" for k in ints)
@@ -339,11 +366,16 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
         out("classes " + ", ".join(shares) + f" (voxels of labeled cases{roi_note})")
     for line in _mask_summary(masks, mask_values, snap, problems):
         out(line)
+    if reader is not None and getattr(reader, "resampled", None):
+        from ssmis.data.layouts.catalog import resample_notes
+
+        for line in resample_notes(reader.resampled):
+            out(line)
     if data_cfg is not None:
         _config_split(data_cfg, problems, out)
     if problems:
         out(f"problems ({len(problems)}):")
-        for p in problems:
+        for p in collapse_problems(problems):
             out(f"  {p}")
         return 1
     out("problems: none")

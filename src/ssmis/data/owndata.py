@@ -684,6 +684,19 @@ def map_mask(path: Path, raw: np.ndarray, mask_values: Any, num_classes: int | N
     return mapped_mask(path, raw, mask_values, num_classes, snap, picture)[0]
 
 
+def _is_palette(path: Path) -> bool:
+    """Whether ``path`` is a palette (indexed, PIL mode P) picture; False for anything else."""
+    if Path(path).suffix.lower() not in (".png", ".gif", ".tif", ".tiff", ".bmp"):
+        return False
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return img.mode in ("P", "PA")
+    except Exception:  # noqa: BLE001 (only a hint: unreadable files fail elsewhere)
+        return False
+
+
 def mapped_mask(path: Path, raw: np.ndarray, mask_values: Any, num_classes: int | None,
                 snap: bool = False, picture: bool = True) -> tuple[np.ndarray, int]:
     """:func:`map_mask` and the number of pixels whose value was snapped."""
@@ -724,7 +737,10 @@ def mapped_mask(path: Path, raw: np.ndarray, mask_values: Any, num_classes: int 
     if unknown.size:
         shown = [v.item() for v in unknown[:12]]
         hint = ""
-        if unknown.size > 4:
+        if _is_palette(path):
+            hint = ("; a palette (indexed) image: its values are palette indices, read as the "
+                    "classes when data.mask_values is left out")
+        elif unknown.size > 4:
             hint = ("; a resized or lossy mask? data.mask_snap: nearest snaps each value to the "
                     "nearest declared one, or give ranges such as 0-127:0,128-255:1")
         raise SSMISError(f"{path}: mask value(s) {shown}{' ...' if unknown.size > 12 else ''} "
@@ -815,6 +831,8 @@ class CaseReader:
                                                  from_image_file=catalog.kind == "images")
                       for c in range(self.in_channels)]
         self.slice_axis = slice_axis
+        #: labels put on their image's grid (``data.label_geometry: resample``): case -> why
+        self.resampled: dict[str, str] = {}
         self.label_geometry = getattr(data_cfg, "label_geometry", "check")
         if catalog.kind == "prepared":
             self._check_prepared(data_cfg)
@@ -942,7 +960,11 @@ class CaseReader:
         assert info.label is not None
         diff = grid_difference(image_img, label_img)
         if self.label_geometry == "resample":
-            return diff is not None or tuple(label_img.shape[:3]) != tuple(image_img.shape[:3])
+            shape_differs = tuple(label_img.shape[:3]) != tuple(image_img.shape[:3])
+            if diff is not None or shape_differs:
+                self.resampled[info.case] = diff or "shape differs"
+                return True
+            return False
         if diff is not None:
             raise SSMISError(f"{info.label}: label grid differs from image "
                              f"{info.images[0].name}: {diff}; fix the file or set "

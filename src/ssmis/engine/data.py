@@ -31,8 +31,9 @@ def build_split(cfg: ExperimentConfig, layout: Layout | None = None) -> Split:
 
 
 def check_data(cfg: ExperimentConfig, split: Split, need_unlabeled: bool,
-               layout: Layout | None = None) -> None:
-    """Check the split is usable and every file the run will read, before anything is written.
+               layout: Layout | None = None) -> list[str]:
+    """Check the split is usable and every file the run will read, before anything is written;
+    returns the layout's notes for the run log (e.g. resampled labels).
 
     Raises:
         SSMISError: an empty list, or one line naming a bad file (see
@@ -40,7 +41,7 @@ def check_data(cfg: ExperimentConfig, split: Split, need_unlabeled: bool,
     """
     layout = layout or build_layout(cfg)
     layout.check_split_nonempty(split, need_unlabeled)
-    layout.check_files(split, need_unlabeled)
+    return layout.check_files(split, need_unlabeled) or []
 
 
 def _train_transform(cfg: ExperimentConfig) -> Any:

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,8 @@ class Prepared:
     device: torch.device
     #: torch CPU threads set for the run and why (``train.threads`` or the automatic pick)
     threads: ThreadChoice | None = None
+    #: lines the data checks want in the run log (e.g. labels resampled onto their image)
+    data_notes: list[str] = field(default_factory=list)
 
 
 def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
@@ -131,12 +133,12 @@ def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
     split = split or build_split(cfg)
     method = build_method(cfg)
     per_process = check_process_batch(cfg, method, dist.world_size())
-    dist.on_main(check_data, cfg, split, need_unlabeled=method.uses_unlabeled)
+    notes = dist.on_main(check_data, cfg, split, need_unlabeled=method.uses_unlabeled) or []
     if dist.use_sync_bn(cfg.train.sync_bn, device, sum(per_process), method):
         dist.convert_sync_bn(method)
     if dist.world_size() > 1:  # same initial weights everywhere, own random stream per process
         seed_everything(dist.rank_seed(cfg.seed, dist.rank()), cfg.train.deterministic)
-    return Prepared(cfg, split, method.to(device), device, threads)
+    return Prepared(cfg, split, method.to(device), device, threads, notes)
 
 
 def check_process_batch(cfg: ExperimentConfig, method: Method, world: int) -> tuple[int, int]:
@@ -173,6 +175,7 @@ class Trainer:
         self.method = prepared.method
         self.device = prepared.device
         self.threads = prepared.threads
+        self.data_notes = prepared.data_notes
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / CKPT_DIR
         self.phases = self.method.phases()
@@ -370,6 +373,8 @@ class Trainer:
         self.log.info(f"training {cfg.method.name} / {cfg.model.name} on {self.device} for "
                       f"{self.total} iterations (from {self.step}); run folder {self.run_dir}")
         self._log_schedule()
+        for note in self.data_notes:
+            self.log.warning(note)
         if self.threads is not None:
             choose = "" if self.cfg.train.threads else "; set train.threads to choose"
             self.log.info(f"torch threads: {self.threads.threads} ({self.threads.reason}"

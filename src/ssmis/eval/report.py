@@ -189,6 +189,12 @@ def _footer(result: dict[str, Any]) -> str:
     absent = result.get("absent_classes") or []
     if absent:
         parts.append(f"absent from every reference, not in the mean: {', '.join(absent)}")
+    if result.get("roi"):
+        roi_cases = sum(1 for c in result.get("per_case", []) if c.get("within_roi"))
+        parts.append(f"scored inside each case's ROI / field of view ({roi_cases} of "
+                     f"{len(result.get('per_case', []))} cases)")
+    if result.get("inference"):
+        parts.append(f"inference: {result['inference']}")
     return ", ".join(parts)
 
 

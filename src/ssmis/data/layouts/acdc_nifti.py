@@ -298,7 +298,7 @@ class ACDCNifti(CatalogLayout):
                     raise SSMISError(f"{source}: patient '{patient}' is in '{other}' and "
                                      f"'{name}' (a patient's frames stay in one split)")
 
-    def check_files(self, split: Split, need_unlabeled: bool) -> None:
+    def check_files(self, split: Split, need_unlabeled: bool) -> list[str] | None:
         """Every case's through-plane axis (header) agrees with the reader's, then
         :meth:`CatalogLayout.check_files` (shapes, spacing order, values)."""
         if self.data.spatial_dims == 2:
@@ -312,4 +312,4 @@ class ACDCNifti(CatalogLayout):
                     raise SSMISError(f"{path}: slice axis {through_plane_axis(zooms, img.shape)} "
                                      f"(voxel size {tuple(round(float(z), 3) for z in zooms)}) "
                                      f"differs from the dataset's axis {axis}")
-        super().check_files(split, need_unlabeled)
+        return super().check_files(split, need_unlabeled)

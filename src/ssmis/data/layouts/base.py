@@ -120,8 +120,11 @@ class Layout:
         """
         split.check_disjoint(getattr(self.data, "val_pool", "held_out") == "unlabeled")
 
-    def check_files(self, split: Split, need_unlabeled: bool) -> None:
+    def check_files(self, split: Split, need_unlabeled: bool) -> list[str] | None:
         """Check every file the run reads (existence, keys, shapes, then values).
+
+        Returns notes the user should see in the run log (e.g. labels resampled onto their
+        image grid), or None.
 
         Raises:
             SSMISError: one line naming the file.

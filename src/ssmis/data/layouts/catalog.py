@@ -94,7 +94,7 @@ class CatalogLayout(Layout):
                 if name != "unlabeled" and catalog.cases[case].label is None:
                     raise SSMISError(f"{source}: case '{case}' is in '{name}' but has no label")
 
-    def check_files(self, split: Split, need_unlabeled: bool) -> None:
+    def check_files(self, split: Split, need_unlabeled: bool) -> list[str] | None:
         """Headers of every case first (channels, shapes, image/label agreement), then the
         spacing's axis order, then the values."""
         reader = self.reader
@@ -116,6 +116,7 @@ class CatalogLayout(Layout):
         for ids, with_label in groups:
             for case in ids:
                 reader.load_raw(case, with_label=with_label)
+        return resample_notes(reader.resampled)
 
     def _items(self, ids: list[str]) -> list[tuple[str, int | None]]:
         """Training items: whole cases (3D, 2D pictures) or ``(case, slice)`` of volumes."""
@@ -145,3 +146,15 @@ class CatalogLayout(Layout):
             image = arrays.image[0] if arrays.image.shape[0] == 1 else arrays.image
             yield EvalCase(case=case, image=image, label=arrays.label, spacing=arrays.spacing,
                            domain=arrays.domain, roi=arrays.roi)
+
+
+def resample_notes(resampled: dict[str, str]) -> list[str]:
+    """One warning line on labels put onto their image's grid (``data.label_geometry:
+    resample``), naming up to five cases and why; empty when none was."""
+    if not resampled:
+        return []
+    shown = "; ".join(f"{case} ({why})" for case, why in list(resampled.items())[:5])
+    more = f" and {len(resampled) - 5} more" if len(resampled) > 5 else ""
+    return [f"warning: {len(resampled)} label(s) resampled onto their image grid "
+            f"(data.label_geometry: resample, nearest neighbour): {shown}{more}; their scores "
+            "depend on that resampling"]

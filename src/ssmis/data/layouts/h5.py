@@ -27,7 +27,7 @@ class H5Layout(Layout):
         """The h5 file of evaluation volume ``case`` (default: the training file)."""
         return self.train_path(case)
 
-    def check_files(self, split: Split, need_unlabeled: bool) -> None:
+    def check_files(self, split: Split, need_unlabeled: bool) -> list[str] | None:
         """Metadata of every file first (existence, keys, shapes: fast), then the values
         (NaN/inf in images, label values outside ``data.num_classes``), then the spacing's
         axis order against the first validation volume."""

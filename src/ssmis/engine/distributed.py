@@ -261,15 +261,6 @@ def unshard(local: list[T]) -> list[T]:
     return out
 
 
-def unshard_first(local: list[T], keep: int) -> list[T]:
-    """The first ``keep`` items of the unsharded list, gathering only those (pictures of the
-    first cases): local item ``i`` is global item ``rank + world_size * i``."""
-    n, r = world_size(), rank()
-    mine = [(r + n * i, item) for i, item in enumerate(local) if r + n * i < keep]
-    merged = sorted((pair for part in all_gather(mine) for pair in part), key=lambda p: p[0])
-    return [item for _, item in merged]
-
-
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Mean of each value over the processes (logged losses: the mean over the global batch
     for per-sample-mean losses); the same numbers on every process."""

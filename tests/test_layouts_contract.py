@@ -119,3 +119,15 @@ def test_data_layouts_lists_every_registered_layout(capsys: pytest.CaptureFixtur
     lines = capsys.readouterr().out.splitlines()
     assert sorted(line.split()[0] for line in lines) == sorted(LAYOUTS)
     assert any(line.split()[:2] == ["acdc_h5", "2D"] for line in lines)
+
+
+def test_inspect_reads_every_case_of_the_example(example: tuple[str, Any],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`ssmis data inspect` detects the layout and reads each listed case, with no problem."""
+    from ssmis.cli import main
+
+    name, cfg = example
+    count = len(get_layout(name)(cfg.data).cases())
+    assert main(["data", "inspect", str(cfg.data.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"layout  {name}" in out and f"cases   {count}:" in out and "problems: none" in out

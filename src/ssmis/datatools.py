@@ -67,45 +67,8 @@ def _channels_of(catalog: Catalog) -> int:
 
 
 def _h5_cases(layout: str, root: Path, problems: list[str]) -> Iterator[dict[str, Any]]:
-    from ssmis.data.h5 import (
-        acdc_slice_path,
-        acdc_volume_path,
-        brats_volume_path,
-        la_volume_path,
-        load_h5_case,
-        read_list,
-    )
-
-    if layout == "acdc_h5":
-        groups = [("train", "train_slices.list", acdc_slice_path),
-                  ("val", "val.list", acdc_volume_path), ("test", "test.list", acdc_volume_path)]
-    elif layout == "brats_h5":
-        groups = [(name, f"{name}.txt", brats_volume_path) for name in ("train", "val", "test")]
-    elif layout == "la_h5":
-        groups = [("train", "train.list", la_volume_path), ("test", "test.list", la_volume_path)]
-    else:  # any other h5 layout (pancreas_h5, plug-ins): its own case list and file paths
-        yield from _layout_h5_cases(layout, root, problems)
-        return
-    for subset, list_name, path_of in groups:
-        try:
-            ids = read_list(root / list_name)
-        except SSMISError as err:
-            problems.append(str(err))
-            continue
-        for case in ids:
-            path = path_of(root, case)
-            try:
-                image, label = load_h5_case(path, num_classes=None, require_label=True)
-            except SSMISError as err:
-                problems.append(str(err))
-                continue
-            yield {"case": case, "subset": subset, "domain": None, "image": image[None],
-                   "label": label, "spacing": None}
-
-
-def _layout_h5_cases(layout: str, root: Path, problems: list[str]
-                     ) -> Iterator[dict[str, Any]]:
-    """Cases of an :class:`~ssmis.data.layouts.h5.H5Layout` read through its interface."""
+    """Cases of an :class:`~ssmis.data.layouts.h5.H5Layout` read through its interface
+    (its case lists and file paths); a problem is collected, not raised."""
     from ssmis.data.h5 import load_h5_case
     from ssmis.data.layouts import get_layout
 

@@ -188,7 +188,7 @@ def test_config_chooses_the_augmentation() -> None:
     t = _train_transform(_config(augmentation="synfoc", resize_filter="bilinear"))
     assert isinstance(t, SynFoCWeak2D) and t.image_filter == "bilinear" and t.size == 64
     with pytest.raises(SSMISError, match=r"^x.yaml: data.augmentation: unknown augmentation "
-                                         r"'synfok', expected one of ssl4mis, synfoc$"):
+                                         r"'synfok', expected one of ssl4mis, crop, synfoc$"):
         _config(augmentation="synfok")
     with pytest.raises(SSMISError, match="synfoc needs a square 2D data.patch_size"):
         _config(augmentation="synfoc", patch_size=[64, 48])

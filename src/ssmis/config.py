@@ -322,6 +322,16 @@ class TrainConfig(_Section):
     sync_bn: Literal["auto"] | bool = Field(
         default="auto", description="several processes (DDP): BatchNorm -> SyncBatchNorm; auto "
         "= on for CUDA runs whose per-process batch (labeled + unlabeled) is below 8")
+    compile: bool = Field(
+        default=False, description="torch.compile the networks' encoders and decoders (the "
+        "first iterations pay the compilation: minutes on a CPU, about a minute on a GPU; "
+        "dropout draws other random numbers than eager mode)")
+    channels_last: Literal["auto"] | bool = Field(
+        default="auto", description="networks and input batches in channels-last memory "
+        "format; auto = on for CUDA runs (on the CPU it did not pay, docs/benchmarks.md)")
+    foreach: bool = Field(
+        default=True, description="multi-tensor (foreach) SGD and EMA updates: the same "
+        "arithmetic as one update per tensor, in a few kernels")
 
 
 class EvalConfig(_Section):

@@ -40,6 +40,7 @@ from ssmis.engine.evaluate import (
     validation_cases,
     validation_score,
 )
+from ssmis.engine.fast import apply_speed_settings, batch_to_device
 from ssmis.engine.files import CKPT_DIR, CONFIG_FILE, SELECTED, SPLIT_FILE  # noqa: F401
 from ssmis.engine.runlog import (
     LOGGER_NAME,
@@ -121,6 +122,8 @@ class Prepared:
     threads: ThreadChoice | None = None
     #: lines the data checks want in the run log (e.g. labels resampled onto their image)
     data_notes: list[str] = field(default_factory=list)
+    #: input batches in channels-last layout (``train.channels_last``)
+    channels_last: bool = False
 
 
 def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
@@ -138,7 +141,9 @@ def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
         dist.convert_sync_bn(method)
     if dist.world_size() > 1:  # same initial weights everywhere, own random stream per process
         seed_everything(dist.rank_seed(cfg.seed, dist.rank()), cfg.train.deterministic)
-    return Prepared(cfg, split, method.to(device), device, threads, notes)
+    method = method.to(device)
+    channels_last = apply_speed_settings(method, cfg.train, device, cfg.data.spatial_dims)
+    return Prepared(cfg, split, method, device, threads, notes, channels_last)
 
 
 def check_process_batch(cfg: ExperimentConfig, method: Method, world: int) -> tuple[int, int]:
@@ -176,6 +181,7 @@ class Trainer:
         self.device = prepared.device
         self.threads = prepared.threads
         self.data_notes = prepared.data_notes
+        self.channels_last = prepared.channels_last
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / CKPT_DIR
         self.phases = self.method.phases()
@@ -202,7 +208,7 @@ class Trainer:
             return own
         return torch.optim.SGD(list(self.method.trainable_parameters()), lr=t.lr,
                                momentum=t.momentum, weight_decay=t.weight_decay,
-                               nesterov=t.nesterov)
+                               nesterov=t.nesterov, foreach=t.foreach)
 
     def write_start_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -401,8 +407,9 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 labeled, unlabeled = next(batches)
-                labeled = _to_device(labeled, self.device)
-                unlabeled = _to_device(unlabeled, self.device) if unlabeled else None
+                labeled = batch_to_device(labeled, self.device, self.channels_last)
+                unlabeled = (batch_to_device(unlabeled, self.device, self.channels_last)
+                             if unlabeled else None)
                 losses = optimization_step(self.stepper, self.optimizer, labeled, unlabeled,
                                            self.step, amp)
                 self.step += 1
@@ -656,6 +663,4 @@ def _window_means(window: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
+    return batch_to_device(batch, device)

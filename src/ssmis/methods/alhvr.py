@@ -69,6 +69,10 @@ from ssmis.ramps import ShareOrFloat, ramped_weight, run_share
 
 ENTROPY_EPS = 1e-6
 REGION_EPS = 1e-16
+#: prototypes and cosine similarities from the low-resolution tapped features (the default;
+#: same losses to float rounding) instead of from features upsampled to the input size first
+#: (the plain path, as the authors' code computes it).
+FAST_PROTOTYPES = True
 
 
 class ALHVRParams(DualNetParams):
@@ -164,6 +168,50 @@ def masked_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes:
     return (sums / (counts + eps)).mean(dim=0)
 
 
+def upsample_adjoint(grid: torch.Tensor, low_shape: Sequence[int]) -> torch.Tensor:
+    """The transpose of :func:`upsample` (bilinear/trilinear, ``align_corners=False``) applied
+    to ``grid`` (B x K x full-size): ``<upsample(h), g> = <h, upsample_adjoint(g)>`` for every
+    ``h`` of shape ``low_shape`` (B x D x low-size, D ignored). Computed as the interpolation's
+    own backward, so it is exact to float rounding."""
+    with torch.enable_grad():
+        z = torch.zeros(grid.shape[0], grid.shape[1], *low_shape[2:], dtype=grid.dtype,
+                        device=grid.device, requires_grad=True)
+        (adj,) = torch.autograd.grad(upsample(z, grid.shape[2:]), z, grid.detach())
+    return adj
+
+
+def upsample(h: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """ALHVR's feature upsampling to the input size (bilinear / trilinear, corners not
+    aligned)."""
+    mode = "bilinear" if h.ndim == 4 else "trilinear"
+    return F.interpolate(h, size=tuple(size), mode=mode, align_corners=False)
+
+
+def masked_prototypes_lowres(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                             eps: float = 1e-5) -> torch.Tensor:
+    """``masked_prototypes(upsample(features, labels.shape[1:]), labels, num_classes)`` without
+    the full-size D-channel feature map: the masked sums are linear in the features, so they are
+    taken at the features' own size against the upsampling's adjoint of the (C-channel) one-hot
+    labels. Same value to float rounding (``tests/test_speed.py``)."""
+    b, d = features.shape[:2]
+    onehot = F.one_hot(labels.long(), num_classes).movedim(-1, 1).to(features.dtype)
+    weights = upsample_adjoint(onehot, features.shape).reshape(b, num_classes, -1)
+    sums = torch.einsum("bdv,bcv->bcd", features.reshape(b, d, -1), weights)
+    counts = onehot.flatten(2).sum(-1).unsqueeze(-1)
+    return (sums / (counts + eps)).mean(dim=0)
+
+
+def prototype_similarity_lowres(features: torch.Tensor, prototypes: torch.Tensor,
+                                size: Sequence[int]) -> torch.Tensor:
+    """``prototype_similarity(upsample(features, size), prototypes)`` with the dot products
+    taken before upsampling (C channels instead of D are interpolated; upsampling is linear);
+    only the per-pixel norm needs the full-size features. Same value to float rounding."""
+    p = F.normalize(prototypes, dim=1, eps=1e-8)
+    dots = upsample(torch.einsum("bd...,cd->bc...", features, p), size)
+    norm = upsample(features, size).norm(dim=1, keepdim=True).clamp_min(1e-8)
+    return dots / norm
+
+
 def prototype_similarity(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """B x C x spatial cosine similarity of each pixel's feature to each class prototype."""
     f = F.normalize(features, dim=1, eps=1e-8)
@@ -174,11 +222,15 @@ def prototype_similarity(features: torch.Tensor, prototypes: torch.Tensor) -> to
 def cross_prototype_loss(
     features: torch.Tensor, prototypes: torch.Tensor, target: torch.Tensor, region: torch.Tensor,
     *, scaler: float = 1.0, ce_mode: str = "broadcast", cos_mode: str = "all_classes",
+    size: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_ce, L_cos) of CG-CPCL: ``features`` (net k's perturbed, B x D x spatial) against the
     other net's ``prototypes`` (C x D), its pseudo-label ``target`` and the region ``R_{k<-kbar}``.
+    With ``size``, ``features`` are the low-resolution tapped ones and are upsampled to ``size``
+    implicitly (:func:`prototype_similarity_lowres`).
     """
-    s = prototype_similarity(features, prototypes) * scaler
+    s = (prototype_similarity(features, prototypes) if size is None else
+         prototype_similarity_lowres(features, prototypes, size)) * scaler
     ce = F.cross_entropy(s, target.long(), reduction="none")
     denom = region.sum() + REGION_EPS
     if ce_mode == "broadcast":  # the code's (B x 1 x V) * (B x V) -> B x B x V
@@ -283,8 +335,7 @@ class ALHVR(DualNetMethod):
         return z, zt, named[self.tap], ht
 
     def _upsample(self, h: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        mode = "bilinear" if h.ndim == 4 else "trilinear"
-        return F.interpolate(h, size=tuple(size), mode=mode, align_corners=False)
+        return upsample(h, size)
 
     def unsupervised_terms(self) -> list[UnsupervisedTerm]:
         p = self.params
@@ -322,10 +373,15 @@ class ALHVR(DualNetMethod):
         gamma = adaptive_threshold(0.5 * (conf_p[0] + conf_p[1]), p.beta)
         r_u, r_12, r_21 = region_masks(conf_p[0], conf_p[1], gamma)
 
-        clean_h = [self._upsample(h[n:], size) for h in (h1, h2)]
-        pert_h = [self._upsample(h, size) for h in (ht1, ht2)]
-        protos = [masked_prototypes(h, yh, self.num_classes) for h, yh in zip(clean_h, yhat,
-                                                                               strict=True)]
+        if FAST_PROTOTYPES:  # same values, without the full-size 64-channel feature maps
+            protos = [masked_prototypes_lowres(h[n:], yh, self.num_classes)
+                      for h, yh in zip((h1, h2), yhat, strict=True)]
+            pert_h, lowres = [ht1, ht2], size
+        else:  # the plain path: upsample, then masked means and cosine similarities
+            clean_h = [self._upsample(h[n:], size) for h in (h1, h2)]
+            pert_h, lowres = [self._upsample(h, size) for h in (ht1, ht2)], None
+            protos = [masked_prototypes(h, yh, self.num_classes)
+                      for h, yh in zip(clean_h, yhat, strict=True)]
         if p.detach_targets:
             protos = [q.detach() for q in protos]
         regions = (r_12, r_21)  # net 1 learns on R_12 from net 2, net 2 on R_21 from net 1
@@ -335,7 +391,7 @@ class ALHVR(DualNetMethod):
             other = 1 - k
             l_ce, l_cos = cross_prototype_loss(pert_h[k], protos[other], yhat[other], regions[k],
                                                scaler=p.scaler, ce_mode=p.ce_mode,
-                                               cos_mode=p.cos_mode)
+                                               cos_mode=p.cos_mode, size=lowres)
             mse, ent = dtct_loss(pp[k], pc[k], pc[0], pc[1], r_u, temperature=p.temperature,
                                  renormalize=p.renormalize_sharpen,
                                  detach_teacher=p.detach_targets,

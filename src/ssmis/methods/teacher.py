@@ -89,15 +89,49 @@ def ema_update(
     copies integer ones (``num_batches_tracked``), like BCP's state_dict EMA.
     """
     alpha = ema_alpha(decay, step)
-    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-        t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
+    t_params, s_params = _pairs(teacher.parameters(), student.parameters())
+    t_float, s_float, t_other, s_other = [], [], [], []
     if buffers == "ema":
-        for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-            if t.is_floating_point():
-                t.mul_(alpha).add_(s, alpha=1.0 - alpha)
-            else:
-                t.copy_(s)
+        t_buf, s_buf = _pairs(teacher.buffers(), student.buffers())
+        for t, s in zip(t_buf, s_buf, strict=True):
+            (t_float if t.is_floating_point() else t_other).append(t)
+            (s_float if t.is_floating_point() else s_other).append(s)
+    targets, sources = t_params + t_float, s_params + s_float
+    if EMA_FOREACH:  # one multi-tensor kernel per op instead of two per tensor, same arithmetic
+        for group_t, group_s in _same_device_dtype(targets, sources):
+            torch._foreach_mul_(group_t, alpha)
+            torch._foreach_add_(group_t, group_s, alpha=1.0 - alpha)
+    else:  # the plain path (kept for the equality test and for comparisons)
+        for t, s in zip(targets, sources, strict=True):
+            t.mul_(alpha).add_(s, alpha=1.0 - alpha)
+    for t, s in zip(t_other, s_other, strict=True):
+        t.copy_(s)
     return alpha
+
+
+#: ``ema_update`` through ``torch._foreach_*`` (default) or one ``mul_``/``add_`` pair per
+#: tensor (the plain path; bitwise the same result, see tests/test_speed.py).
+EMA_FOREACH = True
+
+
+def _pairs(teacher: Iterator[torch.Tensor], student: Iterator[torch.Tensor]
+           ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    t, s = list(teacher), [x.detach() for x in student]
+    if len(t) != len(s):
+        raise ValueError(f"EMA: teacher has {len(t)} tensors, student {len(s)}")
+    return t, s
+
+
+def _same_device_dtype(targets: list[torch.Tensor], sources: list[torch.Tensor]
+                       ) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+    for t, s in zip(targets, sources, strict=True):
+        if s.device != t.device or s.dtype != t.dtype:
+            s = s.to(t.device, t.dtype)
+        g = groups.setdefault((t.device, t.dtype), ([], []))
+        g[0].append(t)
+        g[1].append(s)
+    return list(groups.values())
 
 
 @contextmanager

@@ -194,7 +194,7 @@ def test_channels_last_same_loss(name: str) -> None:
 def test_compiled_networks_train_a_step() -> None:
     method = _self_training_method("mean_teacher")
     reference = copy.deepcopy(method)
-    assert compile_networks(method) == 2  # student and teacher: one encoder + one decoder each
+    assert compile_networks(method) == 4  # student and teacher: one encoder + one decoder each
     labeled, unlabeled = _batch(6)
     # same loss as eager with dropout off (compiled dropout draws other random numbers)
     for m in (method, reference):
@@ -204,6 +204,50 @@ def test_compiled_networks_train_a_step() -> None:
     torch.testing.assert_close(loss, _loss(reference, labeled, unlabeled), rtol=1e-4,
                                atol=1e-5)
     assert set(method.state_dict()) == set(reference.state_dict())  # keys unchanged
+
+
+# -- batched sliding windows -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 64])
+def test_batched_sliding_windows_match_one_at_a_time(batch_size: int) -> None:
+    from ssmis.eval.inference import predict_sliding_window
+    from ssmis.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("vnet3d", 1, 2, n_filters=2, normalization="batchnorm").eval()
+    for m in net.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    rng = torch.Generator().manual_seed(1)
+    volume = torch.randn(40, 36, 20, generator=rng).numpy()
+    args = (net, volume, (32, 32, 16), (8, 8, 4), 2)
+    one = predict_sliding_window(*args, batch_size=1, return_probabilities=True)
+    many = predict_sliding_window(*args, batch_size=batch_size, return_probabilities=True)
+    assert one.shape == (2, 40, 36, 20)
+    torch.testing.assert_close(torch.from_numpy(many), torch.from_numpy(one), rtol=1e-5,
+                               atol=1e-6)
+    assert (one.argmax(0) == many.argmax(0)).mean() > 0.999
+
+
+def test_evaluation_passes_window_batch_size(monkeypatch) -> None:
+    import numpy as np
+
+    from ssmis.engine import evaluate
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        return np.zeros(args[1].shape, np.uint8)
+
+    monkeypatch.setattr(evaluate, "predict_sliding_window", fake)
+    cfg = tiny_method_config("supervised", {}, kind="3d")
+    cfg.eval.window_batch_size = 5
+    evaluate.segment(lambda x: x, np.zeros((40, 40, 20), np.float32), 3, cfg,
+                     torch.device("cpu"))
+    assert seen["batch_size"] == 5
 
 
 # -- the GPU check's quick CPU mode -----------------------------------------------------------

@@ -351,6 +351,9 @@ class EvalConfig(_Section):
                                     "probabilities (bilinear, then argmax) or as a label map "
                                     "(nearest: staircases, thin structures lost); auto = labels "
                                     "for acdc_h5 (the SSL4MIS protocol), probabilities otherwise")
+    window_batch_size: int = Field(
+        default=4, ge=1, description="3D sliding windows predicted at once (the same result "
+        "as one at a time, to float rounding; 1 = one at a time)")
     val_max_cases: int | None = Field(default=None, ge=1, description="validate on the first N")
     overlay_cases: int = Field(
         default=4, ge=0, description="test cases drawn in overlays_test.png, taken from every "

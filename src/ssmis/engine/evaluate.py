@@ -74,7 +74,8 @@ def segment(predict_fn, image: np.ndarray, ndim: int, cfg: ExperimentConfig,
     else:
         stride = tuple(cfg.eval.stride) if cfg.eval.stride else tuple(max(p // 2, 1) for p in patch)
         pred = predict_sliding_window(predict_fn, image, patch, stride,
-                                      cfg.data.num_classes, device=device)
+                                      cfg.data.num_classes, device=device,
+                                      batch_size=cfg.eval.window_batch_size)
     if cfg.eval.lcc:
         pred = largest_connected_component(pred, list(range(1, cfg.data.num_classes)))
     return pred

@@ -141,7 +141,10 @@ def predict_sliding_window(
 ) -> np.ndarray:
     """Label map (or class probabilities) of a 3D volume from overlapping patch predictions.
 
-    ``volume`` is spatial only, or (C, *spatial) for multi-channel input.
+    ``volume`` is spatial only, or (C, *spatial) for multi-channel input. ``batch_size``
+    windows go through ``predict_fn`` at once (``eval.window_batch_size``; the same result as
+    one at a time, to float rounding of the network); the overlapping scores are summed on
+    ``device``, in window order as one at a time, and copied back once.
     """
     channels = volume.ndim == len(patch) + 1
     if not channels and volume.ndim != len(patch) or len(stride) != len(patch):
@@ -154,8 +157,8 @@ def predict_sliding_window(
     padded = np.pad(volume.astype(np.float32), lead + pad_width, mode="constant",
                     constant_values=0)
     image = padded[0] if channels else padded
-    score = torch.zeros((num_classes, *image.shape), dtype=torch.float32)
-    count = torch.zeros(image.shape, dtype=torch.float32)
+    score = torch.zeros((num_classes, *image.shape), dtype=torch.float32, device=device)
+    count = torch.zeros(image.shape, dtype=torch.float32, device=device)
     axes = [window_starts(n, p, s) for n, p, s in zip(image.shape, patch, stride, strict=True)]
     corners = [(a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]] if len(patch) == 3 \
         else [(a, b) for a in axes[0] for b in axes[1]]
@@ -165,11 +168,11 @@ def predict_sliding_window(
         boxes = [tuple(slice(o, o + p) for o, p in zip(corner, patch, strict=True))
                  for corner in group]
         batch = torch.stack([source[(slice(None), *box)] for box in boxes]).to(device)
-        probs = torch.softmax(predict_fn(batch).float(), dim=1).cpu()
+        probs = torch.softmax(predict_fn(batch).float(), dim=1)
         for box, prob in zip(boxes, probs, strict=True):
             score[(slice(None), *box)] += prob
             count[box] += 1
-    score /= count.unsqueeze(0)
+    score = (score / count.unsqueeze(0)).cpu()
     crop = tuple(slice(lo, n - hi) for (lo, hi), n in zip(pad_width, image.shape, strict=True))
     score = score[(slice(None), *crop)]
     if return_probabilities:

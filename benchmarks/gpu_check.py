@@ -1,0 +1,261 @@
+"""The prepared GPU check (``benchmarks/gpu_check.sh`` calls this): it/s and peak memory of every
+method at the published ACDC and LA batch, then the whole ``ssmis train`` loop for a given number
+of minutes with its it/s and the test Dice it reached.
+
+1. Step throughput: each method built from ``configs/<acdc|la>/<method>.yaml`` (published
+   batch and patch), random tensors on the device, full training steps as the engine runs them
+   (``optimization_step``: losses, backward, optimizer, EMA), two-phase methods in self-training.
+   ``--variants plain fast`` times each method twice in the same process: ``plain`` = the paths
+   before issue 11 (one EMA/SGD update per tensor, no channels-last, ALHVR prototypes from
+   upsampled features), ``fast`` = the engine's defaults (foreach, channels-last on CUDA, ALHVR
+   low-resolution prototypes); ``compile`` adds ``train.compile``, ``bf16`` adds ``train.amp``.
+2. The whole loop: ``python -m ssmis train configs/acdc/<loop-method>.yaml`` on the packed data
+   (``benchmarks/pack_gpu_data.py``) with ``train.iterations`` chosen from the step throughput so
+   the run fits ``--minutes`` (pre-training a quarter of it, as the published 10k of 40k),
+   validation 4 times on 2 volumes, then the test evaluation; prints the loop's it/s (from the
+   run's ``train_summary.json``) and the test Dice (``metrics.json``).
+
+``--quick``: the CPU mode CI runs (``tests/test_speed.py``): 32x32 / 32x32x16 patches, batch
+2+2, narrow networks, one timed step, a 6-iteration loop on phantom data; seconds.
+
+    python benchmarks/gpu_check.py --minutes 4                 # on the GPU machine
+    python benchmarks/gpu_check.py --quick                     # CPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssmis.config import apply_overrides, read_yaml, validate_config
+from ssmis.engine.fast import apply_speed_settings, batch_to_device
+from ssmis.engine.trainer import optimization_step
+from ssmis.methods import alhvr, build_method, teacher
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["supervised", "mean_teacher", "uamt", "cps", "bcp", "cvbm", "cml", "alhvr"]
+QUICK = {"acdc": {"data.patch_size": [32, 32], "model.options": {"widths": [4, 4, 8, 8, 8]}},
+         "la": {"data.patch_size": [32, 32, 16], "model.options": {"n_filters": 2}}}
+
+
+@contextmanager
+def variant(name: str):
+    """Module switches of the plain paths (restored after)."""
+    saved = (teacher.EMA_FOREACH, alhvr.FAST_PROTOTYPES)
+    teacher.EMA_FOREACH = name != "plain"
+    alhvr.FAST_PROTOTYPES = name != "plain"
+    try:
+        yield
+    finally:
+        teacher.EMA_FOREACH, alhvr.FAST_PROTOTYPES = saved
+
+
+def _config(dataset: str, method: str, quick: bool, var: str, device: str) -> Any:
+    raw = read_yaml(REPO / "configs" / dataset / f"{method}.yaml")
+    sets = [f"train.device={device}"]
+    if quick:
+        q = QUICK[dataset]
+        sets += [f"data.patch_size={json.dumps(q['data.patch_size'])}",
+                 "train.batch_size=2", "train.unlabeled_batch_size=2"]
+        raw.setdefault("model", {}).setdefault("options", {}).update(q["model.options"])
+    plain = var == "plain"
+    sets += [f"train.foreach={str(not plain).lower()}",
+             f"train.channels_last={'false' if plain else 'auto'}",
+             f"train.compile={str(var == 'compile').lower()}",
+             f"train.amp={str(var == 'bf16').lower()}"]
+    return validate_config(apply_overrides(raw, sets), source=f"configs/{dataset}/{method}.yaml")
+
+
+def step_throughput(dataset: str, method: str, var: str, device: torch.device, steps: int,
+                    warmup: int, quick: bool) -> dict[str, Any] | None:
+    """it/s and peak memory of ``steps`` training steps (after ``warmup``)."""
+    if not (REPO / "configs" / dataset / f"{method}.yaml").is_file():
+        return None
+    cfg = _config(dataset, method, quick, var, device.type)
+    with variant(var):
+        torch.manual_seed(0)
+        m = build_method(cfg).to(device).train()
+        channels_last = apply_speed_settings(m, cfg.train, device, cfg.data.spatial_dims)
+        opt = m.make_optimizer(cfg.train) or torch.optim.SGD(
+            list(m.trainable_parameters()), lr=1e-3, momentum=0.9, foreach=cfg.train.foreach)
+        phases = m.phases()
+        step = cfg.train.iterations // 2
+        if len(phases) > 1:
+            m.on_phase_start(phases[-1])
+            step = max(step, phases[0].iterations + 1)
+        size = tuple(cfg.data.patch_size)
+        lb = cfg.train.batch_size
+        ub = cfg.train.unlabeled_batch_size if m.uses_unlabeled else 0
+        g = torch.Generator().manual_seed(0)
+
+        def batch(n: int) -> dict[str, torch.Tensor]:
+            b = {"image": torch.randn(n, cfg.data.in_channels, *size, generator=g),
+                 "label": torch.randint(0, cfg.data.num_classes, (n, *size), generator=g)}
+            return batch_to_device(b, device, channels_last)
+
+        labeled = batch(lb)
+        unlabeled = batch(ub) if ub else None
+        amp = cfg.train.amp and device.type == "cuda"
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        t_compile = time.perf_counter()
+        for _ in range(warmup):
+            optimization_step(m, opt, labeled, unlabeled, step, amp)
+        sync()
+        t_compile = time.perf_counter() - t_compile
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            losses = optimization_step(m, opt, labeled, unlabeled, step, amp)
+        sync()
+        elapsed = time.perf_counter() - t0
+        finite = bool(torch.isfinite(losses["loss"]))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return {"it_s": steps / elapsed, "peak_gib": peak, "batch": f"{lb}+{ub}",
+            "patch": "x".join(map(str, size)), "warmup_s": t_compile, "finite": finite}
+
+
+def whole_loop(method: str, data: Path, iterations: int, out: Path, device: str,
+               quick: bool, extra: list[str]) -> dict[str, Any]:
+    """``python -m ssmis train`` for ``iterations`` on the packed data; its it/s and test Dice."""
+    run_dir = out / f"loop_{method}"
+    pre = max(iterations // 4, 1)
+    sets = [f"data.root={data}", f"train.iterations={iterations}", f"train.device={device}",
+            f"method.params.pretrain_iterations={pre}",
+            f"train.val_every={max(iterations // 4, 1)}", "eval.val_max_cases=2",
+            "eval.overlay_cases=0", "train.checkpoint_minutes=0", f"output_dir={out}", *extra]
+    if quick:  # narrow network, 32x32, one thread, validation at the two phase ends only
+        sets += ["data.patch_size=[32,32]", "train.batch_size=2", "train.unlabeled_batch_size=2",
+                 "data.num_workers=0", "data.labeled_patients=2", "train.threads=1",
+                 "model.options.widths=[4,4,8,8,8]", f"train.val_every={iterations}",
+                 "eval.val_max_cases=1"]
+    config = REPO / "configs" / "acdc" / f"{method}.yaml"
+    cmd = [sys.executable, "-m", "ssmis", "train", str(config), *sets, "--run-dir", str(run_dir),
+           "--quiet"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"the whole-loop run failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    s_it = summary["timing"]["s_per_iteration"]
+    return {"iterations": summary["iterations"], "it_s": 1.0 / s_it if s_it else float("nan"),
+            "train_wall_s": summary["timing"]["wall_s"], "wall_s": wall,
+            "peak_gib": summary["timing"].get("peak_gpu_memory_gib"),
+            "test_dice": metrics["mean"]["dice"]["mean"], "best_val_dice":
+                summary.get("best_val_dice"), "command": " ".join(cmd)}
+
+
+def _phantom_acdc(root: Path) -> Path:
+    from ssmis.data.phantoms import make_phantom_dataset
+
+    make_phantom_dataset(root, num_train_volumes=4, num_val=2, num_test=2, slices=4,
+                         size=(48, 48), seed=3)
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CPU mode for CI: tiny, seconds")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--datasets", nargs="+", default=["acdc", "la"])
+    parser.add_argument("--variants", nargs="+", default=["plain", "fast"],
+                        choices=["plain", "fast", "compile", "bf16"])
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (GPU 20, quick 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="GPU 5, quick 1")
+    parser.add_argument("--minutes", type=float, default=4.0,
+                        help="wall time for the whole-loop run (0: skip it)")
+    parser.add_argument("--loop-method", default="bcp")
+    parser.add_argument("--loop-variant", default="fast", choices=["fast", "compile", "bf16"])
+    parser.add_argument("--data", type=Path, default=REPO / "benchmarks" / "data" / "acdc",
+                        help="packed ACDC copy (benchmarks/pack_gpu_data.py)")
+    parser.add_argument("--phantom-root", type=Path, default=None,
+                        help="--quick: phantom data to use (default: generated)")
+    parser.add_argument("--out", type=Path, default=None, help="run folders (default: temp)")
+    args = parser.parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    steps = args.steps or (1 if args.quick else 20)
+    warmup = args.warmup or (1 if args.quick else 5)
+    if args.quick:
+        torch.set_num_threads(1)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"# gpu_check: {name}, torch {torch.__version__}{' (quick CPU mode)' * args.quick}")
+    print("\n## Step throughput (random tensors, published batch and patch"
+          f"{'; quick: tiny' * args.quick}), {steps} steps after {warmup} warm-up\n")
+    print("| dataset | method | batch | patch | variant | it/s | peak GiB | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|")
+    rates: dict[tuple[str, str, str], float] = {}
+    for dataset in args.datasets:
+        for method in args.methods:
+            for var in args.variants:
+                try:
+                    r = step_throughput(dataset, method, var, device, steps, warmup, args.quick)
+                except torch.OutOfMemoryError:
+                    print(f"| {dataset} | {method} | | | {var} | OOM | | |", flush=True)
+                    torch.cuda.empty_cache()
+                    continue
+                if r is None:
+                    continue
+                rates[(dataset, method, var)] = r["it_s"]
+                print(f"| {dataset} | {method} | {r['batch']} | {r['patch']} | {var} | "
+                      f"{r['it_s']:.2f} | {r['peak_gib']:.2f} | {r['warmup_s']:.1f} |"
+                      f"{'' if r['finite'] else ' non-finite loss!'}", flush=True)
+    if "plain" in args.variants and len(args.variants) > 1:
+        print("\n| dataset | method | " + " | ".join(f"{v} / plain" for v in args.variants
+                                                    if v != "plain") + " |")
+        print("|---|---|" + "---|" * (len(args.variants) - 1))
+        for dataset in args.datasets:
+            for method in args.methods:
+                base = rates.get((dataset, method, "plain"))
+                if not base:
+                    continue
+                cells = [f"{rates[(dataset, method, v)] / base:.2f}x"
+                         if (dataset, method, v) in rates else "n/a"
+                         for v in args.variants if v != "plain"]
+                print(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
+    if args.minutes <= 0:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        data = args.data
+        if args.quick:
+            data = args.phantom_root or _phantom_acdc(out / "phantoms")
+            iterations = 6
+        else:
+            if not (data / "train_slices.list").is_file():
+                raise SystemExit(f"{data}: no packed data; run benchmarks/pack_gpu_data.py")
+            rate = rates.get(("acdc", args.loop_method, args.loop_variant)) or rates.get(
+                ("acdc", args.loop_method, "fast"), 5.0)
+            # the loop also loads data, validates 4 times and tests: budget 70 % of the time
+            iterations = max(int(args.minutes * 60 * rate * 0.7), 8)
+        extra = {"compile": ["train.compile=true"], "bf16": ["train.amp=true"]}.get(
+            args.loop_variant, [])
+        r = whole_loop(args.loop_method, data, iterations, out, device.type, args.quick, extra)
+        print(f"\n## Whole loop: `ssmis train configs/acdc/{args.loop_method}.yaml`, "
+              f"{r['iterations']} iterations ({args.loop_variant})\n")
+        print(f"whole loop: {r['it_s']:.2f} it/s over {r['iterations']} iterations "
+              f"(training {r['train_wall_s']:.0f} s incl. validation, whole command "
+              f"{r['wall_s']:.0f} s incl. start-up and test), peak GPU memory "
+              f"{r['peak_gib']} GiB, best val Dice {r['best_val_dice']}, test Dice "
+              f"{100 * r['test_dice']:.2f} %")
+        print(f"command: {r['command']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,9 @@ of minutes with its it/s and the test Dice it reached.
    ``--variants plain fast`` times each method twice in the same process: ``plain`` = the paths
    before issue 11 (one EMA/SGD update per tensor, no channels-last, ALHVR prototypes from
    upsampled features), ``fast`` = the engine's defaults (foreach, channels-last on CUDA, ALHVR
-   low-resolution prototypes); ``compile`` adds ``train.compile``, ``bf16`` adds ``train.amp``.
+   low-resolution prototypes); ``nondet`` = fast with ``train.deterministic=false`` (cuDNN
+   autotuning: the cost of the default), ``compile`` adds ``train.compile``, ``bf16``
+   ``train.amp``.
 2. The whole loop: ``python -m ssmis train configs/acdc/<loop-method>.yaml`` on the packed data
    (``benchmarks/pack_gpu_data.py``) with ``train.iterations`` chosen from the step throughput so
    the run fits ``--minutes`` (pre-training a quarter of it, as the published 10k of 40k),
@@ -18,7 +20,7 @@ of minutes with its it/s and the test Dice it reached.
 ``--quick``: the CPU mode CI runs (``tests/test_speed.py``): 32x32 / 32x32x16 patches, batch
 2+2, narrow networks, one timed step, a 6-iteration loop on phantom data; seconds.
 
-    python benchmarks/gpu_check.py --minutes 4                 # on the GPU machine
+    python benchmarks/gpu_check.py --minutes 2.5               # on the GPU machine
     python benchmarks/gpu_check.py --quick                     # CPU, seconds
 """
 
@@ -51,13 +53,18 @@ QUICK = {"acdc": {"data.patch_size": [32, 32], "model.options": {"widths": [4, 4
 @contextmanager
 def variant(name: str):
     """Module switches of the plain paths (restored after)."""
-    saved = (teacher.EMA_FOREACH, alhvr.FAST_PROTOTYPES)
+    saved = (teacher.EMA_FOREACH, alhvr.FAST_PROTOTYPES, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
     teacher.EMA_FOREACH = name != "plain"
     alhvr.FAST_PROTOTYPES = name != "plain"
+    # train.deterministic (the default) = cudnn.deterministic, no cudnn.benchmark
+    torch.backends.cudnn.deterministic = name != "nondet"
+    torch.backends.cudnn.benchmark = name == "nondet"
     try:
         yield
     finally:
-        teacher.EMA_FOREACH, alhvr.FAST_PROTOTYPES = saved
+        (teacher.EMA_FOREACH, alhvr.FAST_PROTOTYPES, torch.backends.cudnn.deterministic,
+         torch.backends.cudnn.benchmark) = saved
 
 
 def _config(dataset: str, method: str, quick: bool, var: str, device: str) -> Any:
@@ -174,11 +181,13 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--datasets", nargs="+", default=["acdc", "la"])
-    parser.add_argument("--variants", nargs="+", default=["plain", "fast"],
-                        choices=["plain", "fast", "compile", "bf16"])
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (GPU 20, quick 1)")
-    parser.add_argument("--warmup", type=int, default=None, help="GPU 5, quick 1")
-    parser.add_argument("--minutes", type=float, default=4.0,
+    parser.add_argument("--variants", nargs="+", default=["plain", "fast", "nondet"],
+                        choices=["plain", "fast", "nondet", "compile", "bf16"])
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (GPU 10, quick 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="GPU 3, quick 1")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="data.num_workers of the whole-loop run (GPU machine: 16 cores)")
+    parser.add_argument("--minutes", type=float, default=2.5,
                         help="wall time for the whole-loop run (0: skip it)")
     parser.add_argument("--loop-method", default="bcp")
     parser.add_argument("--loop-variant", default="fast", choices=["fast", "compile", "bf16"])
@@ -189,8 +198,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="run folders (default: temp)")
     args = parser.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    steps = args.steps or (1 if args.quick else 20)
-    warmup = args.warmup or (1 if args.quick else 5)
+    steps = args.steps or (1 if args.quick else 10)
+    warmup = args.warmup or (1 if args.quick else 3)
     if args.quick:
         torch.set_num_threads(1)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -242,10 +251,12 @@ def main() -> None:
                 raise SystemExit(f"{data}: no packed data; run benchmarks/pack_gpu_data.py")
             rate = rates.get(("acdc", args.loop_method, args.loop_variant)) or rates.get(
                 ("acdc", args.loop_method, "fast"), 5.0)
-            # the loop also loads data, validates 4 times and tests: budget 70 % of the time
-            iterations = max(int(args.minutes * 60 * rate * 0.7), 8)
+            # the loop also loads data, validates 4 times and tests: budget half of the time
+            iterations = max(int(args.minutes * 60 * rate * 0.5), 8)
         extra = {"compile": ["train.compile=true"], "bf16": ["train.amp=true"]}.get(
             args.loop_variant, [])
+        if not args.quick:
+            extra.append(f"data.num_workers={args.workers}")
         r = whole_loop(args.loop_method, data, iterations, out, device.type, args.quick, extra)
         print(f"\n## Whole loop: `ssmis train configs/acdc/{args.loop_method}.yaml`, "
               f"{r['iterations']} iterations ({args.loop_variant})\n")

@@ -4,7 +4,9 @@ backward, optimizer, ``on_step_end`` (EMA), and the heaviest operators inside th
 
 Builds the run exactly as ``ssmis train`` does (:func:`ssmis.engine.trainer.prepare`, the engine's
 data stream), skips ahead into self-training, and times ``--steps`` iterations phase by phase
-(``time.perf_counter``; on CUDA with a synchronize after each phase, which itself costs). With
+(process CPU seconds, ``time.process_time``, on the CPU: with one torch thread this is robust
+to other processes on a shared machine; wall seconds with a synchronize after each phase on
+CUDA, which itself costs). With
 ``--ops`` one more iteration runs under ``torch.profiler`` and the top operators by self CPU time
 are printed, with the count of host syncs (``aten::item``, ``aten::_local_scalar_dense``, host
 copies) seen in that iteration.
@@ -49,29 +51,30 @@ def profile(method: str, steps: int, overrides: list[str], dataset: str, ops: bo
     batches = train_batches(cfg, trainer.split, trainer.unlabeled_bs, start_batch=0)
     amp = cfg.train.amp and dev.type == "cuda"
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    clock = time.perf_counter if dev.type == "cuda" else time.process_time
     times: dict[str, list[float]] = {p: [] for p in PHASES}
 
     def one(record: bool) -> None:
-        t = [time.perf_counter()]
+        t = [clock()]
         labeled, unlabeled = next(batches)
         labeled = _to_device(labeled, dev)
         unlabeled = _to_device(unlabeled, dev) if unlabeled else None
         sync()
-        t.append(time.perf_counter())
+        t.append(clock())
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             losses = m.training_step(labeled, unlabeled, step)
         sync()
-        t.append(time.perf_counter())
+        t.append(clock())
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         sync()
-        t.append(time.perf_counter())
+        t.append(clock())
         opt.step()
         sync()
-        t.append(time.perf_counter())
+        t.append(clock())
         m.on_step_end(step)
         sync()
-        t.append(time.perf_counter())
+        t.append(clock())
         if record:
             for i, p in enumerate(PHASES):
                 times[p].append(t[i + 1] - t[i])
@@ -82,8 +85,9 @@ def profile(method: str, steps: int, overrides: list[str], dataset: str, ops: bo
         one(True)
     med = {p: statistics.median(v) for p, v in times.items()}
     total = sum(med.values())
-    print(f"\n## {method}: {total:.3f} s/it (median of {steps}; {torch.get_num_threads()} threads, "
-          f"{dev})")
+    unit = "s" if dev.type == "cuda" else "CPU s"
+    print(f"\n## {method}: {total:.3f} {unit}/it (median of {steps}; "
+          f"{torch.get_num_threads()} threads, {dev})")
     print("| phase | s | share |")
     print("|---|---|---|")
     for p in PHASES:

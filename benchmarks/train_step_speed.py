@@ -5,8 +5,10 @@ optimizer, EMA, logging: the real loop) on a method's CPU-scale ACDC config (8 l
 unlabeled slices at 128x128 by default), with a short pre-training phase so the timed
 iterations are self-training ones. The time of each iteration is the interval between two
 consecutive calls of ``optimization_step`` (so it includes the data loader); the median over
-the timed iterations is reported (the machine is shared: medians, not means). Validation
-runs once, on one volume, and its interval is dropped by the median.
+the timed iterations is reported (the machine is shared: medians, not means), in process CPU
+seconds by default (one torch thread: robust to other processes on the machine; ``--metric
+s_it`` for wall seconds). Validation runs once, on one volume, and its interval is dropped by
+the median.
 
 The script only uses what ``main`` has too, so the same file times two checkouts back to back:
 
@@ -54,10 +56,12 @@ def time_one(method: str, steps: int, overrides: list[str], dataset: str = "acdc
         sets.append(f"method.params.pretrain_iterations={pre}")
     config = REPO / "configs" / dataset / f"{method}_cpu.yaml"
     stamps: list[float] = []
+    cpu: list[float] = []
     original = trainer_mod.optimization_step
 
     def timed(*args, **kwargs):
         stamps.append(time.perf_counter())
+        cpu.append(time.process_time())
         return original(*args, **kwargs)
 
     trainer_mod.optimization_step = timed
@@ -70,10 +74,13 @@ def time_one(method: str, steps: int, overrides: list[str], dataset: str = "acdc
     finally:
         trainer_mod.optimization_step = original
     # intervals between consecutive steps; the last step's end is not stamped, drop it
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    timed_gaps = gaps[pre + warm - 1:]
-    return {"method": method, "s_it": statistics.median(timed_gaps), "steps": len(timed_gaps),
-            "wall_s": wall, "threads": torch.get_num_threads()}
+    first = pre + warm - 1
+
+    def per_step(ts: list[float]) -> float:
+        return statistics.median([b - a for a, b in zip(ts, ts[1:], strict=False)][first:])
+
+    return {"method": method, "s_it": per_step(stamps), "cpu_s_it": per_step(cpu),
+            "steps": len(stamps) - 1 - first, "wall_s": wall, "threads": torch.get_num_threads()}
 
 
 def _child(src: Path, method: str, steps: int, overrides: list[str], dataset: str,
@@ -103,6 +110,9 @@ def main() -> None:
                         help="config override for this checkout's runs (repeatable)")
     parser.add_argument("--base-set", action="append", default=[], dest="base_overrides",
                         help="config override for the --compare checkout's runs")
+    parser.add_argument("--metric", choices=["cpu_s_it", "s_it"], default="cpu_s_it",
+                        help="cpu_s_it: process CPU seconds per iteration (with one thread, "
+                        "robust on a shared machine); s_it: wall seconds")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -112,13 +122,13 @@ def main() -> None:
     here = REPO / "src"
     print(f"real `ssmis train` loop, configs/{args.dataset}/<method>_cpu.yaml, "
           f"{args.steps} timed iterations x {args.repeat} repeats, median s/it, "
-          f"{args.threads} thread(s)")
+          f"{args.threads} thread(s), {args.metric}")
     if args.compare is None:
         print("| method | s/it (median) | runs |")
         print("|---|---|---|")
         for m in args.methods:
             runs = [_child(here, m, args.steps, args.overrides, args.dataset,
-                           args.threads)["s_it"] for _ in range(args.repeat)]
+                           args.threads)[args.metric] for _ in range(args.repeat)]
             print(f"| {m} | {statistics.median(runs):.3f} | "
                   f"{', '.join(f'{r:.3f}' for r in runs)} |", flush=True)
         return
@@ -129,9 +139,9 @@ def main() -> None:
         a, b = [], []
         for _ in range(args.repeat):  # interleaved: A, B, A, B, ...
             a.append(_child(args.compare, m, args.steps, args.base_overrides, args.dataset,
-                            args.threads)["s_it"])
+                            args.threads)[args.metric])
             b.append(_child(here, m, args.steps, args.overrides, args.dataset,
-                            args.threads)["s_it"])
+                            args.threads)[args.metric])
         ma, mb = statistics.median(a), statistics.median(b)
         print(f"| {m} | {ma:.3f} | {mb:.3f} | {ma / mb:.2f}x | "
               f"{', '.join(f'{r:.3f}' for r in a)} | {', '.join(f'{r:.3f}' for r in b)} |",

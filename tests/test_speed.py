@@ -261,3 +261,15 @@ def test_gpu_check_quick_cpu_mode(tmp_path: Path, phantom_root: Path) -> None:
         capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "| bcp |" in out.stdout and "whole loop" in out.stdout
+
+
+def test_class_argmax_is_argmax_ties_included() -> None:
+    from ssmis.losses import class_argmax
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 3, (3, 4, 9, 7), generator=g).float()  # many ties
+    x[0, :, 0, 0] = 1.0  # all equal: the first index
+    assert torch.equal(class_argmax(x), x.argmax(dim=1))
+    assert class_argmax(x)[0, 0, 0] == 0
+    y = torch.softmax(torch.randn(2, 4, 8, 8, 4, generator=g), 1)
+    assert torch.equal(class_argmax(y), y.argmax(1))

@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ssmis.losses import class_argmax
 from ssmis.methods.base import Batch, UnsupervisedTerm
 from ssmis.methods.cotraining import DualNetMethod, DualNetParams, PredictMode
 from ssmis.ramps import ShareOrFloat, ramped_weight, run_share
@@ -368,7 +369,7 @@ class ALHVR(DualNetMethod):
         # unlabeled part: clean (targets) and perturbed (regions) predictions
         pc = [torch.softmax(z1[n:], 1), torch.softmax(z2[n:], 1)]
         pp = [torch.softmax(zt1, 1), torch.softmax(zt2, 1)]
-        yhat = [q.argmax(1) for q in pc]
+        yhat = [class_argmax(q) for q in pc]
         conf_p = [q.max(1).values for q in pp]
         gamma = adaptive_threshold(0.5 * (conf_p[0] + conf_p[1]), p.beta)
         r_u, r_12, r_21 = region_masks(conf_p[0], conf_p[1], gamma)

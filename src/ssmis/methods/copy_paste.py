@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from ssmis.losses import cross_entropy, dice_loss, linear_dice_loss, region_weighted_loss
+from ssmis.losses import (
+    class_argmax,
+    cross_entropy,
+    dice_loss,
+    linear_dice_loss,
+    region_weighted_loss,
+)
 from ssmis.methods.teacher import largest_component_per_class
 
 SMOOTH_2D = 1e-10  # BCP/CVBM 2D DiceLoss smoothing
@@ -73,7 +79,7 @@ def pseudo_labels(logits: torch.Tensor, lcc: bool = True) -> torch.Tensor:
     """Hard pseudo-labels B x spatial from teacher logits, with the per-class LCC filter."""
     probs = torch.softmax(logits.float(), dim=1)
     num_classes = probs.shape[1]
-    labels = (probs[:, 1] >= 0.5).long() if num_classes == 2 else probs.argmax(dim=1)
+    labels = (probs[:, 1] >= 0.5).long() if num_classes == 2 else class_argmax(probs)
     if lcc:
         labels = largest_component_per_class(labels, range(1, num_classes))
     return labels

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ssmis.losses import cross_entropy, dice_loss
+from ssmis.losses import class_argmax, cross_entropy, dice_loss
 from ssmis.methods.base import Batch, UnsupervisedTerm
 from ssmis.methods.cotraining import DualNetMethod, DualNetParams, init_conv_weights
 from ssmis.ramps import ShareOrFloat, ramped_weight, run_share
@@ -59,7 +59,7 @@ class CPSParams(DualNetParams):
 
 def cps_loss(logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tensor:
     """CE of ``logits`` against the hard (argmax, detached) prediction of the other network."""
-    target = torch.argmax(other_logits.detach(), dim=1)
+    target = class_argmax(other_logits.detach())
     return cross_entropy(logits, target)
 
 

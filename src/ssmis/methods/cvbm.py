@@ -48,7 +48,13 @@ from pydantic import Field
 from torch import nn
 
 from ssmis.errors import SSMISError
-from ssmis.losses import cross_entropy, linear_dice_loss, soft_cross_entropy, soft_dice_loss
+from ssmis.losses import (
+    class_argmax,
+    cross_entropy,
+    linear_dice_loss,
+    soft_cross_entropy,
+    soft_dice_loss,
+)
 from ssmis.methods.base import Batch, UnsupervisedTerm
 from ssmis.methods.bcp import CopyPasteParams
 from ssmis.methods.copy_paste import pseudo_labels, region_loss_2d, region_loss_3d
@@ -197,7 +203,7 @@ class CVBM(TwoPhaseMethod):
             return pl_fg, pseudo_labels(z_bg, p.pseudo_label_lcc)
         if p.bg_pseudo_label == "complement_fg" or p.bg_activation == "sigmoid":
             return pl_fg, complement_onehot(pl_fg, c)
-        arg = torch.softmax(z_bg.float(), 1).argmax(1)
+        arg = class_argmax(torch.softmax(z_bg.float(), 1))
         channels = []
         for k in range(c):
             comp = (arg == k).long()

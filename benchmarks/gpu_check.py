@@ -218,6 +218,13 @@ def main() -> None:
                     print(f"| {dataset} | {method} | | | {var} | OOM | | |", flush=True)
                     torch.cuda.empty_cache()
                     continue
+                except Exception as err:  # one failing variant must not cost the whole check
+                    if args.quick:
+                        raise
+                    line = f"{type(err).__name__}: {err}".splitlines()[0][:120]
+                    print(f"| {dataset} | {method} | | | {var} | failed: {line} | | |",
+                          flush=True)
+                    continue
                 if r is None:
                     continue
                 rates[(dataset, method, var)] = r["it_s"]

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,20 +188,19 @@ def test_channels_last_same_loss(name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
-                    reason="torch.compile (inductor) needs a C++ compiler on the CPU")
 def test_compiled_networks_train_a_step() -> None:
-    method = _self_training_method("mean_teacher")
+    """Dynamo traces every encoder/decoder call of a method's step, forward and backward
+    (``aot_eager``: the whole torch.compile pipeline but code generation, which on a 2-core CPU
+    takes minutes; ``benchmarks/train_step_speed.py --set train.compile=true`` runs inductor)."""
+    method = _no_dropout(_self_training_method("mean_teacher"))
     reference = copy.deepcopy(method)
-    assert compile_networks(method) == 4  # student and teacher: one encoder + one decoder each
+    assert compile_networks(method, backend="aot_eager") == 4  # student and teacher: 1 + 1 each
     labeled, unlabeled = _batch(6)
-    # same loss as eager with dropout off (compiled dropout draws other random numbers)
-    for m in (method, reference):
-        _no_dropout(m)
     loss = _loss(method, labeled, unlabeled)
     loss.backward()
-    torch.testing.assert_close(loss, _loss(reference, labeled, unlabeled), rtol=1e-4,
-                               atol=1e-5)
+    torch.testing.assert_close(loss, _loss(reference, labeled, unlabeled), rtol=1e-5,
+                               atol=1e-6)
+    assert all(p.grad is not None for p in method.student.parameters())
     assert set(method.state_dict()) == set(reference.state_dict())  # keys unchanged
 
 

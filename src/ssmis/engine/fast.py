@@ -39,17 +39,18 @@ def apply_speed_settings(method: nn.Module, train: Any, device: torch.device,
     return channels_last
 
 
-def compile_networks(method: nn.Module) -> int:
+def compile_networks(method: nn.Module, backend: str = "inductor") -> int:
     """``torch.compile`` (in place, so checkpoint keys stay the same) the encoder and every
     decoder of each backbone of ``method``: methods call them through ``encode``/``decode``, so
     compiling the backbone's ``forward`` alone would miss most calls. Other networks (SAM) stay
-    eager. Returns the number of modules compiled."""
+    eager. ``backend``: torch.compile's (the tests use ``aot_eager``, which traces forward and
+    backward without generating code). Returns the number of modules compiled."""
     n = 0
     for module in method.modules():
         if isinstance(module, SharedEncoderNet):
-            module.encoder.compile()
+            module.encoder.compile(backend=backend)
             for dec in module.decoders:
-                dec.compile()
+                dec.compile(backend=backend)
             n += 1 + len(module.decoders)
     return n
 

@@ -254,6 +254,7 @@ def test_evaluation_passes_window_batch_size(monkeypatch) -> None:
 def test_gpu_check_quick_cpu_mode(tmp_path: Path, phantom_root: Path) -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--quick",
+         "--variants", "plain", "fast",
          "--data", str(tmp_path / "packed"), "--phantom-root", str(phantom_root),
          "--out", str(tmp_path / "out")],
         capture_output=True, text=True, cwd=REPO, timeout=600, check=False)

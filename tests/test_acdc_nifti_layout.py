@@ -152,3 +152,12 @@ def test_config_needs_labeled_patients(tmp_path: Path) -> None:
         DataConfig.model_validate(base)
     with pytest.raises(ValueError, match="data.val_count: not used by acdc_nifti"):
         DataConfig.model_validate({**base, "labeled_patients": 3, "val_count": 2})
+
+
+def test_acdc_release_zooms_label_maps_back_like_the_h5_protocol() -> None:
+    """SSL4MIS test_single_volume zooms the predicted label map back (nearest): both ACDC
+    layouts resolve eval.zoom_back: auto to labels; other 2D layouts to probabilities."""
+    from ssmis.data.layouts import get_layout
+
+    assert get_layout("acdc_nifti").zoom_back == get_layout("acdc_h5").zoom_back == "labels"
+    assert get_layout("images").zoom_back == "probabilities"

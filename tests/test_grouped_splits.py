@@ -119,3 +119,48 @@ def test_split_file_with_a_group_across_splits_is_refused(tmp_path: Path) -> Non
     with pytest.raises(SSMISError, match="group 'p1': case 'p1_slice_0' is in 'labeled' and "
                                          "case 'p1_slice_1' of the same group in 'test'"):
         Split.load(path).check_disjoint()
+
+
+def test_a_patients_files_in_subset_folders_form_one_group() -> None:
+    """``val/`` and ``test/`` folder prefixes are not part of the patient: a patient whose
+    slices sit in training/ and val/ or test/ is one group (a domain prefix is kept)."""
+    ids = ["p1_slice_0", "val/p1_slice_3", "test/p1_slice_9", "siteA/test/p2_slice_1",
+           "siteA/p2_slice_2", "p3_slice_1"]
+    assert case_groups(ids) == {"p1_slice_0": "p1", "val/p1_slice_3": "p1",
+                                "test/p1_slice_9": "p1", "siteA/test/p2_slice_1": "siteA/p2",
+                                "siteA/p2_slice_2": "siteA/p2", "p3_slice_1": "p3"}
+    pool = [f"p{p}_slice_{k}" for p in range(6) for k in range(2)]
+    pool += [f"val/p{p}_slice_{k}" for p in range(6) for k in range(2, 4)]
+    for seed in range(5):
+        split = ssl_split(pool, [], [], {}, groups=case_groups(pool), labeled_count=2,
+                          val_count=2, test_count=2, seed=seed)
+        where = _sides(split)
+        for p in range(6):
+            sides = {where[c] for c in pool if c.rsplit("/", 1)[-1].startswith(f"p{p}_")
+                     and c in where}
+            assert len(sides) == 1, (seed, p, sides)
+
+
+def test_hand_written_split_file_is_checked_by_group(tmp_path: Path) -> None:
+    """A splits.json without recorded groups is checked with data.group_by's groups."""
+    from ssmis.config import DataConfig
+    from ssmis.data.layouts import get_layout
+
+    root = _make_slices(tmp_path / "slices")
+    path = tmp_path / "hand.json"
+    path.write_text(json.dumps({"labeled": ["pat0_slice_0"], "unlabeled": ["pat1_slice_0"],
+                                "val": ["pat2_slice_0"], "test": ["pat0_slice_1"]}))
+    data = DataConfig.model_validate({"layout": "images", "root": str(root), "num_classes": 2,
+                                      "mask_values": {0: 0, 255: 1}, "split_file": str(path),
+                                      "patch_size": [16, 16]})
+    with pytest.raises(SSMISError, match=r"hand\.json: group 'pat0': case 'pat0_slice_0' is in "
+                                         r"'labeled' and case 'pat0_slice_1'"):
+        get_layout("images")(data).split()
+
+
+def test_two_patients_are_not_grouped_by_auto_but_inspect_says_so() -> None:
+    ids = [f"p{p}_slice_{k}" for p in (1, 2) for k in range(3)]
+    assert case_groups(ids) == {i: i for i in ids}
+    note = grouping_note(ids)
+    assert note is not None and "name only 2 group(s)" in note and "data.group_by" in note
+    assert grouping_note(["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]) is None

@@ -173,6 +173,11 @@ def _group_of_stem(stem: str, group_by: str) -> str:
     return match.group(1) if match.re.groups else match.group(0)
 
 
+#: path parts of a case id that name a subset folder, not a domain (``test/<id>``, ``val/<id>``:
+#: ``ssmis.data.owndata.SUBSET_FOLDERS`` and ``data.test_images_dir`` ids)
+SUBSET_ID_PARTS = frozenset({"test", "val"})
+
+
 def case_groups(ids: Sequence[str], group_by: str = "auto") -> dict[str, str]:
     """Case id -> group (patient) id.
 
@@ -182,8 +187,8 @@ def case_groups(ids: Sequence[str], group_by: str = "auto") -> dict[str, str]:
     names give fewer than 3 groups: ``BraTS2021_00000``), ``none`` (every case is
     its own group), or a regular expression searched in the file stem whose named group
     ``group`` (else its first group, else the whole match) is the group; a stem it does not
-    match is its own group. A folder prefix of the id (the domain in the images layout) is
-    kept: ``siteA/p1``.
+    match is its own group. A domain folder prefix of the id is kept (``siteA/p1``); subset
+    folders are not (``test/p1_slice_2`` -> ``p1``).
 
     Raises:
         SSMISError: ``group_by`` is not a valid regular expression, or matches none of ``ids``.
@@ -205,10 +210,19 @@ def case_groups(ids: Sequence[str], group_by: str = "auto") -> dict[str, str]:
     for case in ids:
         folder, _, stem = case.rpartition("/")
         group = _group_of_stem(stem, group_by) or stem
+        # the subset folders of an images dataset (ids 'test/<id>', 'val/<id>',
+        # '<domain>/test/<id>') are not part of a patient: one patient's files in training/
+        # and test/ form one group
+        folder = "/".join(p for p in folder.split("/") if p and p not in SUBSET_ID_PARTS)
         out[case] = f"{folder}/{group}" if folder else group
-    if group_by == "auto" and len(set(out.values())) < min(3, len(out)):
+    if group_by == "auto" and _too_few_groups(out):
         return {case: case for case in ids}  # BraTS2021_00000.. -> one 'BraTS2021': no patient
     return out
+
+
+def _too_few_groups(groups: dict[str, str]) -> bool:
+    """``auto`` gives up when the names give fewer than 3 groups (not patients, a prefix)."""
+    return len(set(groups.values())) < min(3, len(groups))
 
 
 def multi_case_groups(groups: dict[str, str]) -> dict[str, list[str]]:
@@ -223,6 +237,15 @@ def grouping_note(ids: Sequence[str], group_by: str = "auto") -> str | None:
     """One line for ``ssmis data inspect`` when ``ids`` look grouped (several cases per
     patient, by ``group_by``, or by ``auto`` when ``group_by`` is ``none``), or None."""
     multi = multi_case_groups(case_groups(ids, "auto" if group_by == "none" else group_by))
+    if not multi and group_by == "auto":
+        raw = {case: (case.rpartition("/")[0] + "/" if "/" in case else "")
+               + (_group_of_stem(case.rpartition("/")[2], "auto") or case.rpartition("/")[2])
+               for case in ids}
+        few = multi_case_groups(raw)
+        if len(few) >= 2 and _too_few_groups(raw):  # one shared prefix: a dataset name
+            return (f"{len(ids)} case ids name only {len(set(raw.values()))} group(s) (e.g. "
+                    f"{next(iter(few))}): too few to be patients, so data.group_by: auto splits "
+                    "by case; set data.group_by to a regex if they are patients")
     if not multi:
         return None
     name, cases = next(iter(multi.items()))

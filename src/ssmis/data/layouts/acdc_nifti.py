@@ -116,6 +116,7 @@ class ACDCNifti(CatalogLayout):
     """The ACDC release: per-patient NIfTI frames with headers, patient-grouped splits."""
 
     name = "acdc_nifti"
+    zoom_back = "labels"  # SSL4MIS test_single_volume: the label map, nearest neighbour
     description = "official ACDC release: training/patientNNN/patientNNN_frameMM[_gt].nii.gz"
     patch_dims = (2,)
     labeled_key = "data.labeled_patients"

@@ -12,7 +12,7 @@ from typing import Any
 from ssmis.data.layouts.base import CaseEntry, Layout
 from ssmis.data.owndata import CaseReader, Catalog
 from ssmis.data.spacing import check_spacing_order
-from ssmis.data.splits import Split, case_groups, split_from_catalog
+from ssmis.data.splits import Split, case_groups, multi_case_groups, split_from_catalog
 from ssmis.errors import SSMISError
 
 
@@ -83,8 +83,17 @@ class CatalogLayout(Layout):
         return split_from_catalog(self.catalog, self.data)
 
     def check_split(self, split: Split, source: str) -> None:
-        """Disjoint lists; every id exists; labeled, val and test cases have labels."""
-        super().check_split(split, source)
+        """Disjoint lists; every id exists; labeled, val and test cases have labels; no group
+        (patient, by ``data.group_by`` unless the file records its groups) crosses splits."""
+        if not split.groups:
+            ids = [c for name in ("labeled", "unlabeled", "val", "test")
+                   for c in getattr(split, name)]
+            split.groups = multi_case_groups(
+                case_groups(ids, getattr(self.data, "group_by", "auto")))
+        try:
+            super().check_split(split, source)
+        except SSMISError as err:
+            raise SSMISError(f"{source}: {err}") from None
         catalog = self.catalog
         for name in ("labeled", "unlabeled", "val", "test"):
             for case in getattr(split, name):

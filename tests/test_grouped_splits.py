@@ -122,12 +122,13 @@ def test_split_file_with_a_group_across_splits_is_refused(tmp_path: Path) -> Non
 
 
 def test_a_patients_files_in_subset_folders_form_one_group() -> None:
-    """``val/`` and ``test/`` folder prefixes are not part of the patient: a patient whose
-    slices sit in training/ and val/ or test/ is one group (a domain prefix is kept)."""
-    ids = ["p1_slice_0", "val/p1_slice_3", "test/p1_slice_9", "siteA/test/p2_slice_1",
+    """A ``val/`` folder prefix (joined to the training pool) is not part of the patient: a
+    patient whose slices sit in training/ and val/ is one group; a shipped test/ folder and a
+    domain prefix are kept (a test folder's numbering may restart)."""
+    ids = ["p1_slice_0", "val/p1_slice_3", "test/p1_slice_9", "siteA/val/p2_slice_1",
            "siteA/p2_slice_2", "p3_slice_1"]
     assert case_groups(ids) == {"p1_slice_0": "p1", "val/p1_slice_3": "p1",
-                                "test/p1_slice_9": "p1", "siteA/test/p2_slice_1": "siteA/p2",
+                                "test/p1_slice_9": "test/p1", "siteA/val/p2_slice_1": "siteA/p2",
                                 "siteA/p2_slice_2": "siteA/p2", "p3_slice_1": "p3"}
     pool = [f"p{p}_slice_{k}" for p in range(6) for k in range(2)]
     pool += [f"val/p{p}_slice_{k}" for p in range(6) for k in range(2, 4)]

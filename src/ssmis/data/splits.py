@@ -173,9 +173,9 @@ def _group_of_stem(stem: str, group_by: str) -> str:
     return match.group(1) if match.re.groups else match.group(0)
 
 
-#: path parts of a case id that name a subset folder, not a domain (``test/<id>``, ``val/<id>``:
-#: ``ssmis.data.owndata.SUBSET_FOLDERS`` and ``data.test_images_dir`` ids)
-SUBSET_ID_PARTS = frozenset({"test", "val"})
+#: path parts of a case id that name a training-pool subset folder, not a domain (``val/<id>``:
+#: ``ssmis.data.owndata.SUBSET_FOLDERS``)
+SUBSET_ID_PARTS = frozenset({"val"})
 
 
 def case_groups(ids: Sequence[str], group_by: str = "auto") -> dict[str, str]:
@@ -188,7 +188,7 @@ def case_groups(ids: Sequence[str], group_by: str = "auto") -> dict[str, str]:
     its own group), or a regular expression searched in the file stem whose named group
     ``group`` (else its first group, else the whole match) is the group; a stem it does not
     match is its own group. A domain folder prefix of the id is kept (``siteA/p1``); subset
-    folders are not (``test/p1_slice_2`` -> ``p1``).
+    validation folders of the training pool are not (``val/p1_slice_2`` -> ``p1``).
 
     Raises:
         SSMISError: ``group_by`` is not a valid regular expression, or matches none of ``ids``.
@@ -210,9 +210,10 @@ def case_groups(ids: Sequence[str], group_by: str = "auto") -> dict[str, str]:
     for case in ids:
         folder, _, stem = case.rpartition("/")
         group = _group_of_stem(stem, group_by) or stem
-        # the subset folders of an images dataset (ids 'test/<id>', 'val/<id>',
-        # '<domain>/test/<id>') are not part of a patient: one patient's files in training/
-        # and test/ form one group
+        # a shipped val/ folder joins the training pool that the split draws from: a
+        # patient's files in training/ and val/ form one group (if its numbering restarts,
+        # two patients merge: fewer groups, never a leak). A shipped test/ folder is a given
+        # test set whose numbering may restart (SynFoC's prostate sites): kept apart.
         folder = "/".join(p for p in folder.split("/") if p and p not in SUBSET_ID_PARTS)
         out[case] = f"{folder}/{group}" if folder else group
     if group_by == "auto" and _too_few_groups(out):

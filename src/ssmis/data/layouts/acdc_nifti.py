@@ -287,8 +287,8 @@ class ACDCNifti(CatalogLayout):
 
     def check_split(self, split: Split, source: str) -> None:
         """As :meth:`CatalogLayout.check_split`, and no patient in two lists (validation may
-        share patients with the unlabeled list under ``data.val_pool: unlabeled``)."""
-        super().check_split(split, source)
+        share patients with the unlabeled list under ``data.val_pool: unlabeled``); the
+        patient rule first, so its message names the patient."""
         seen: dict[str, str] = {}
         shared_ok = self.data.val_pool == "unlabeled"
         for name in ("labeled", "unlabeled", "val", "test"):
@@ -298,6 +298,7 @@ class ACDCNifti(CatalogLayout):
                 if other != name and not (shared_ok and {other, name} == {"unlabeled", "val"}):
                     raise SSMISError(f"{source}: patient '{patient}' is in '{other}' and "
                                      f"'{name}' (a patient's frames stay in one split)")
+        super().check_split(split, source)
 
     def check_files(self, split: Split, need_unlabeled: bool) -> list[str] | None:
         """Every case's through-plane axis (header) agrees with the reader's, then

@@ -21,10 +21,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ssmis.data.h5 import read_list
-from ssmis.data.layouts.base import CaseEntry
-from ssmis.data.layouts.h5 import H5Layout, write_list
-from ssmis.data.splits import Split, la_split
+from ssmis.data.layouts.h5 import write_list
+from ssmis.data.layouts.la_h5 import LAH5
 
 #: folder of the preprocessed volumes under ``data.root``
 PANCREAS_FOLDER = "Pancreas_h5"
@@ -51,11 +49,11 @@ def write_pancreas_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
         f.create_dataset("label", data=label.astype(np.float32), compression="gzip")
 
 
-class PancreasH5(H5Layout):
+class PancreasH5(LAH5):
     """3D volumes (X, Y, Z) at 1 mm isotropic; the first ``data.labeled_count`` ids of
     ``train.list`` are labeled (6 or 12 of 62 in CVBM's Table II), ``data.val_count``
     validation cases are carved from its end (CVBM selects on ``test.list``; ssmis keeps the 20
-    test cases unseen), the rest are unlabeled."""
+    test cases unseen), the rest are unlabeled: the LA rules (:class:`LAH5`) on other files."""
 
     name = "pancreas_h5"
     description = "NIH Pancreas-CT (MC-Net/CVBM): Pancreas_h5/<id>_norm.h5, train/test.list"
@@ -70,7 +68,7 @@ class PancreasH5(H5Layout):
             if data.val_count is None:
                 return ("data.val_count: required for pancreas_h5 (validation cases carved "
                         "from the end of train.list)")
-        return super().config_problem(data)
+        return super(LAH5, cls).config_problem(data)  # the patch rule, not LA's counts
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -91,18 +89,3 @@ class PancreasH5(H5Layout):
 
     def train_path(self, case: str) -> Path:
         return pancreas_volume_path(self.root, case)
-
-    def cases(self) -> list[CaseEntry]:
-        return [CaseEntry(i, i, subset, True) for subset, name in
-                (("train", "train.list"), ("test", "test.list"))
-                for i in read_list(self.root / name)]
-
-    def protocol_split(self) -> Split:
-        """First ``labeled_count`` ids of ``train.list`` labeled, the last ``val_count``
-        validation, the ones between unlabeled, ``test.list`` the test set.
-
-        Raises:
-            SSMISError: a missing list, counts that do not fit ``train.list``, an id in both.
-        """
-        return la_split(self.root, labeled_count=self.data.labeled_count or 0,
-                        val_count=self.data.val_count or 0)

@@ -81,8 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="best (by validation) or last, or a file stem in checkpoints/")
 
     data = sub.add_parser("data", help="inspect, split or prepare a dataset",
-                          description="Tools for your own data (nnU-Net NIfTI folders, image/mask "
-                                      "folders) and the h5 layouts.")
+                          description="Tools for datasets in any registered layout (ssmis data "
+                                      "layouts): your own NIfTI or image/mask folders, the h5 "
+                                      "layouts of the literature and the public releases.")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.add_parser("layouts", help="list the registered data layouts (data.layout values)",
                     description="Every registered data layout with its patch dimensionality "
@@ -129,8 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     spl.add_argument("--out", type=Path, default=Path("splits.json"))
     spl.add_argument("--overwrite", action="store_true")
     prep = dsub.add_parser("prepare", help="cache a raw dataset as compressed npz for training",
-                           description="Convert a nifti or images dataset (folder, or the data "
-                                       "section of an experiment YAML) into float16/uint8 npz "
+                           description="Convert a folder dataset (nifti, images, hrf, acdc_nifti, "
+                                       "...: a folder, or the data section of an experiment "
+                                       "YAML) into float16/uint8 npz "
                                        "files + a manifest; train with data.layout=prepared "
                                        "data.root=OUT.")
     prep.add_argument("path", type=Path)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ssmis.config import ExperimentConfig, check_method, to_yaml
+from ssmis.data.layouts import Layout
 from ssmis.data.sampler import check_batch_split
 from ssmis.data.splits import Split
 from ssmis.engine import distributed as dist
@@ -33,7 +34,7 @@ from ssmis.engine.checkpoint import (
     save_resumable,
     save_weights,
 )
-from ssmis.engine.data import build_split, check_data, eval_cases, train_batches
+from ssmis.engine.data import build_layout, build_split, check_data, eval_cases, train_batches
 from ssmis.engine.evaluate import (
     ValidationScore,
     summarize_validation,
@@ -124,6 +125,8 @@ class Prepared:
     data_notes: list[str] = field(default_factory=list)
     #: input batches in channels-last layout (``train.channels_last``)
     channels_last: bool = False
+    #: the dataset's layout (``data.layout``), built once: listing, reading, evaluation cases
+    layout: Layout | None = None
 
 
 def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
@@ -133,17 +136,20 @@ def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
     device = dist.device_for(resolve_device(cfg.train.device))
     check_method(cfg, source="config")
     seed_everything(cfg.seed, cfg.train.deterministic)
-    split = split or build_split(cfg)
+    layout = build_layout(cfg)
+    split = split or build_split(cfg, layout)
     method = build_method(cfg)
     per_process = check_process_batch(cfg, method, dist.world_size())
-    notes = dist.on_main(check_data, cfg, split, need_unlabeled=method.uses_unlabeled) or []
+    notes = dist.on_main(check_data, cfg, split, need_unlabeled=method.uses_unlabeled,
+                         layout=layout) or []
     if dist.use_sync_bn(cfg.train.sync_bn, device, sum(per_process), method):
         dist.convert_sync_bn(method)
     if dist.world_size() > 1:  # same initial weights everywhere, own random stream per process
         seed_everything(dist.rank_seed(cfg.seed, dist.rank()), cfg.train.deterministic)
     method = method.to(device)
     channels_last = apply_speed_settings(method, cfg.train, device, cfg.data.spatial_dims)
-    return Prepared(cfg, split, method, device, threads, notes, channels_last)
+    return Prepared(cfg, split, method, device, threads=threads, data_notes=notes,
+                    channels_last=channels_last, layout=layout)
 
 
 def check_process_batch(cfg: ExperimentConfig, method: Method, world: int) -> tuple[int, int]:
@@ -181,6 +187,7 @@ class Trainer:
         self.device = prepared.device
         self.threads = prepared.threads
         self.data_notes = prepared.data_notes
+        self.layout = prepared.layout or build_layout(self.cfg)
         self.channels_last = prepared.channels_last
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / CKPT_DIR
@@ -360,7 +367,7 @@ class Trainer:
             self.log.info(f"run already finished ({self.step}/{self.total} iterations)")
             return self.summary()
         batches = train_batches(cfg, self.split, self.unlabeled_bs, start_batch=self.step,
-                                rank=dist.rank(), world_size=self.world)
+                                rank=dist.rank(), world_size=self.world, layout=self.layout)
         first_step = self.step
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -556,10 +563,10 @@ class Trainer:
         of the cases and the per-case results are gathered (same cases, same order, same
         mean on every process, so all agree on the best checkpoint)."""
         if self.world == 1:
-            return validation_score(self.method, eval_cases(self.cfg, ids), self.cfg,
-                                    self.device, amp)
-        local = validation_cases(self.method, eval_cases(self.cfg, dist.shard(ids)), self.cfg,
-                                 self.device, amp)
+            return validation_score(self.method, eval_cases(self.cfg, ids, self.layout),
+                                    self.cfg, self.device, amp)
+        local = validation_cases(self.method, eval_cases(self.cfg, dist.shard(ids), self.layout),
+                                 self.cfg, self.device, amp)
         return summarize_validation(dist.unshard(local), self.cfg)
 
     def _per_process(self) -> tuple[int, int]:

@@ -48,10 +48,10 @@ def loose_data_config(layout: str, root: Path, **fields: Any) -> DataConfig:
 
 
 def _channels_of(catalog: Catalog) -> int:
-    if catalog.layout == "nifti":
+    if catalog.kind == "nifti":
         first = next(iter(catalog.cases.values()), None)
         return len(catalog.channel_names) or (len(first.images) if first else 1)
-    if catalog.layout == "prepared":
+    if catalog.kind == "prepared":
         return int(catalog.manifest.get("in_channels", 1))
     from ssmis.data.owndata import picture_size
 
@@ -103,7 +103,7 @@ def _own_cases(catalog: Catalog, reader: CaseReader, problems: list[str]
         subset = info.subset if info.label is not None or info.subset != "train" \
             else "unlabeled"
         dtype, rng = arrays.source_dtype, arrays.source_range
-        if dtype is None and catalog.layout == "nifti":
+        if dtype is None and catalog.kind == "nifti":
             from ssmis.data.owndata import read_nifti
 
             dtype = str(read_nifti(info.images[0], header_only=True)[3].get_data_dtype())

@@ -818,7 +818,7 @@ class CaseReader:
 
     def __init__(self, catalog: Catalog, data_cfg: Any, slice_axis: int | None = None) -> None:
         self.catalog = catalog
-        self.layout = catalog.kind  # the file kind, not the layout's name
+        self.kind = catalog.kind  # how files are decoded: nifti | images | prepared
         self.in_channels = data_cfg.in_channels
         self.num_classes = data_cfg.num_classes
         self.mask_values = data_cfg.mask_values
@@ -854,11 +854,11 @@ class CaseReader:
     def spatial_shape(self, case: str, with_label: bool = False) -> tuple[int, ...]:
         """Shape from headers only (no decoding), checking channels and label agree."""
         info = self.catalog.get(case)
-        if self.layout == "prepared":
+        if self.kind == "prepared":
             if not info.images[0].is_file():
                 raise SSMISError(f"{info.images[0]}: file not found")
             return tuple(info.shape or ())
-        if self.layout == "nifti":
+        if self.kind == "nifti":
             if len(info.images) != self.in_channels:
                 raise SSMISError(f"{info.images[0]}: case '{case}' has {len(info.images)} "
                                  f"channel file(s), data.in_channels = {self.in_channels}")
@@ -905,9 +905,9 @@ class CaseReader:
         info = self.catalog.get(case)
         if with_label and info.label is None:
             raise SSMISError(f"case '{case}' has no label ({info.images[0]})")
-        if self.layout == "prepared":
+        if self.kind == "prepared":
             return self._load_prepared(info, with_label)
-        if self.layout == "nifti":
+        if self.kind == "nifti":
             return self._load_nifti(info, with_label)
         return self._load_picture(info, with_label)
 

@@ -23,12 +23,19 @@ class LAH5(H5Layout):
     description = "UA-MT Left Atrium: '2018LA_Seg_Training Set/<id>/mri_norm2.h5', *.list"
     patch_dims = (3,)
 
+    #: what the labeled count means for this dataset (the config error's hint)
+    labeled_hint: str = "the first ids of train.list"
+
     @classmethod
     def config_problem(cls, data: Any) -> str | None:
-        if data.labeled_count is None:
-            return "data.labeled_count: required for la_h5"
-        if data.val_count is None:
-            return "data.val_count: required for la_h5 (cases carved from train.list)"
+        """``labeled_count`` and ``val_count`` are needed unless ``data.split_file`` gives the
+        split, then the patch rule."""
+        if data.split_file is None:
+            if data.labeled_count is None:
+                return f"data.labeled_count: required for {cls.name} ({cls.labeled_hint})"
+            if data.val_count is None:
+                return (f"data.val_count: required for {cls.name} (validation cases carved "
+                        "from the end of train.list)")
         return super().config_problem(data)
 
     @classmethod

@@ -57,18 +57,7 @@ class PancreasH5(LAH5):
 
     name = "pancreas_h5"
     description = "NIH Pancreas-CT (MC-Net/CVBM): Pancreas_h5/<id>_norm.h5, train/test.list"
-    patch_dims = (3,)
-
-    @classmethod
-    def config_problem(cls, data: Any) -> str | None:
-        if data.split_file is None:
-            if data.labeled_count is None:
-                return ("data.labeled_count: required for pancreas_h5 (the first ids of "
-                        "train.list; CVBM uses 6 or 12)")
-            if data.val_count is None:
-                return ("data.val_count: required for pancreas_h5 (validation cases carved "
-                        "from the end of train.list)")
-        return super(LAH5, cls).config_problem(data)  # the patch rule, not LA's counts
+    labeled_hint = "the first ids of train.list; CVBM uses 6 or 12"
 
     @classmethod
     def detect(cls, root: Path) -> bool:

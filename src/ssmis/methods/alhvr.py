@@ -374,7 +374,9 @@ class ALHVR(DualNetMethod):
         gamma = adaptive_threshold(0.5 * (conf_p[0] + conf_p[1]), p.beta)
         r_u, r_12, r_21 = region_masks(conf_p[0], conf_p[1], gamma)
 
-        if FAST_PROTOTYPES:  # same values, without the full-size 64-channel feature maps
+        # fast: same values, prototypes and dot products at the tapped size (only the perturbed
+        # features are upsampled, for their per-pixel norm)
+        if FAST_PROTOTYPES:
             protos = [masked_prototypes_lowres(h[n:], yh, self.num_classes)
                       for h, yh in zip((h1, h2), yhat, strict=True)]
             pert_h, lowres = [ht1, ht2], size

@@ -7,6 +7,7 @@ there is any, 0 when the dataset is clean.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,9 @@ from typing import Any
 import numpy as np
 
 from ssmis.config import DataConfig
+from ssmis.data.layouts import CatalogLayout, get_layout
+from ssmis.data.layouts.catalog import resample_notes
+from ssmis.data.layouts.h5 import H5Layout
 from ssmis.data.owndata import CaseReader, Catalog, detect_layout, scan
 from ssmis.errors import SSMISError
 
@@ -70,7 +74,6 @@ def _h5_cases(layout: str, root: Path, problems: list[str]) -> Iterator[dict[str
     """Cases of an :class:`~ssmis.data.layouts.h5.H5Layout` read through its interface
     (its case lists and file paths); a problem is collected, not raised."""
     from ssmis.data.h5 import load_h5_case
-    from ssmis.data.layouts import get_layout
 
     h5 = get_layout(layout)(loose_data_config(layout, root))
     try:
@@ -152,7 +155,6 @@ def _config_split(data_cfg: Any, problems: list[str], out) -> None:
     if problems:
         out("split   not drawn until the problems below are fixed")
         return
-    from ssmis.data.layouts import CatalogLayout, get_layout
     from ssmis.data.splits import Split
 
     try:
@@ -176,7 +178,6 @@ def collapse_problems(problems: list[str], keep: int = 2) -> list[str]:
     """Problems of the form ``<file>: <what>`` that repeat ``<what>`` for many files are
     shown ``keep`` times, then one line counting the others (a folder of masks with one
     setting wrong gives one message, not one per file)."""
-    import re
 
     groups: dict[str, list[str]] = {}
     for p in problems:
@@ -218,8 +219,6 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
     catalog: Catalog | None = None
     reader: Any = None
     snap = "auto"
-    from ssmis.data.layouts import get_layout
-    from ssmis.data.layouts.h5 import H5Layout
 
     if issubclass(get_layout(layout), H5Layout):
         rows: Iterator[dict[str, Any]] = _h5_cases(layout, root, problems)
@@ -330,7 +329,6 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
     for line in _mask_summary(masks, mask_values, snap, problems):
         out(line)
     if reader is not None and getattr(reader, "resampled", None):
-        from ssmis.data.layouts.catalog import resample_notes
 
         for line in resample_notes(reader.resampled):
             out(line)
@@ -357,7 +355,6 @@ def data_config_for(path: Path, overrides: list[str] | None = None, **fields: An
 
         cfg = load_config(path, overrides or [])
         return cfg.data, cfg
-    from ssmis.data.layouts import CatalogLayout, get_layout
 
     layout = detect_layout(path)
     if not issubclass(get_layout(layout), CatalogLayout):
@@ -381,7 +378,6 @@ def write_split(path: Path, out: Path, overwrite: bool = False,
 
         split = build_split(cfg)
     else:
-        from ssmis.data.layouts import CatalogLayout, get_layout
 
         if get_layout(data.layout).protocol_split is not CatalogLayout.protocol_split:
             raise SSMISError(f"{path}: {data.layout} datasets have their own protocol split; "
@@ -399,7 +395,6 @@ def write_split(path: Path, out: Path, overwrite: bool = False,
 
 
 def prepare(path: Path, out: Path, overrides: list[str] | None = None, **fields: Any) -> Path:
-    from ssmis.data.layouts import CatalogLayout, get_layout
     from ssmis.data.owndata import prepare_dataset
 
     data, _ = data_config_for(path, overrides, **fields)

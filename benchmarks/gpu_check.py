@@ -11,7 +11,11 @@ of minutes with its it/s and the test Dice it reached.
    low-resolution prototypes); ``nondet`` = fast with ``train.deterministic=false`` (cuDNN
    autotuning: the cost of the default), ``compile`` adds ``train.compile``, ``bf16``
    ``train.amp``.
-2. The whole loop: ``python -m ssmis train configs/acdc/<loop-method>.yaml`` on the packed data
+2. Batch route: batches per second of the ACDC training stream at the published 12+12 @
+   256x256 from the packed data, by the DataLoader (``--workers`` processes, scipy
+   augmentation, copied to the device) and held and augmented on the device
+   (``data.on_device``, the default on CUDA); the same batches either way.
+3. The whole loop: ``python -m ssmis train configs/acdc/<loop-method>.yaml`` on the packed data
    (``benchmarks/pack_gpu_data.py``) with ``train.iterations`` chosen from the step throughput so
    the run fits ``--minutes`` (pre-training a quarter of it, as the published 10k of 40k),
    validation 4 times on 2 volumes, then the test evaluation; prints the loop's it/s (from the
@@ -166,6 +170,35 @@ def whole_loop(method: str, data: Path, iterations: int, out: Path, device: str,
                 summary.get("best_val_dice"), "command": " ".join(cmd)}
 
 
+def batch_route(data: Path, device: torch.device, on_device: bool, workers: int, batches: int,
+                quick: bool) -> float:
+    """Training batches per second of ``configs/acdc/bcp.yaml``'s stream on ``data``, on the
+    device, by the DataLoader route or the on-device route (after 3 warm-up batches)."""
+    from ssmis.engine.data import build_layout, train_batches
+
+    raw = read_yaml(REPO / "configs" / "acdc" / "bcp.yaml")
+    sets = [f"data.root={data}", f"data.on_device={str(on_device).lower()}",
+            f"data.num_workers={0 if quick else workers}"]
+    if quick:
+        sets += ["data.patch_size=[32,32]", "train.batch_size=2", "train.unlabeled_batch_size=2",
+                 "data.labeled_patients=2"]
+    cfg = validate_config(apply_overrides(raw, sets))
+    layout = build_layout(cfg)
+    stream = train_batches(cfg, layout.split(), cfg.train.unlabeled_batch_size, 0,
+                           layout=layout, device=device)
+    for i in range(3 + batches):
+        if i == 3:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+        labeled, unlabeled = next(stream)
+        labeled = batch_to_device(labeled, device)
+        unlabeled = batch_to_device(unlabeled, device) if unlabeled else None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return batches / (time.perf_counter() - t0)
+
+
 def _phantom_acdc(root: Path) -> Path:
     from ssmis.data.phantoms import make_phantom_dataset
 
@@ -179,7 +212,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CPU mode for CI: tiny, seconds")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="*", default=METHODS,
+                        help="methods of the step table (none: skip it)")
     parser.add_argument("--datasets", nargs="+", default=["acdc", "la"])
     parser.add_argument("--variants", nargs="+", default=["plain", "fast", "nondet"],
                         choices=["plain", "fast", "nondet", "compile", "bf16"])
@@ -204,58 +238,69 @@ def main() -> None:
         torch.set_num_threads(1)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"# gpu_check: {name}, torch {torch.__version__}{' (quick CPU mode)' * args.quick}")
-    print("\n## Step throughput (random tensors, published batch and patch"
-          f"{'; quick: tiny' * args.quick}), {steps} steps after {warmup} warm-up\n")
-    print("| dataset | method | batch | patch | variant | it/s | peak GiB | warm-up s |")
-    print("|---|---|---|---|---|---|---|---|")
     rates: dict[tuple[str, str, str], float] = {}
-    for dataset in args.datasets:
-        for method in args.methods:
-            for var in args.variants:
-                try:
-                    r = step_throughput(dataset, method, var, device, steps, warmup, args.quick)
-                except torch.OutOfMemoryError:
-                    print(f"| {dataset} | {method} | | | {var} | OOM | | |", flush=True)
-                    torch.cuda.empty_cache()
-                    continue
-                except Exception as err:  # one failing variant must not cost the whole check
-                    if args.quick:
-                        raise
-                    line = f"{type(err).__name__}: {err}".splitlines()[0][:120]
-                    print(f"| {dataset} | {method} | | | {var} | failed: {line} | | |",
-                          flush=True)
-                    continue
-                if r is None:
-                    continue
-                rates[(dataset, method, var)] = r["it_s"]
-                print(f"| {dataset} | {method} | {r['batch']} | {r['patch']} | {var} | "
-                      f"{r['it_s']:.2f} | {r['peak_gib']:.2f} | {r['warmup_s']:.1f} |"
-                      f"{'' if r['finite'] else ' non-finite loss!'}", flush=True)
-    if "plain" in args.variants and len(args.variants) > 1:
-        print("\n| dataset | method | " + " | ".join(f"{v} / plain" for v in args.variants
-                                                    if v != "plain") + " |")
-        print("|---|---|" + "---|" * (len(args.variants) - 1))
+    if args.methods:
+        print("\n## Step throughput (random tensors, published batch and patch"
+              f"{'; quick: tiny' * args.quick}), {steps} steps after {warmup} warm-up\n")
+        print("| dataset | method | batch | patch | variant | it/s | peak GiB | warm-up s |")
+        print("|---|---|---|---|---|---|---|---|")
         for dataset in args.datasets:
             for method in args.methods:
-                base = rates.get((dataset, method, "plain"))
-                if not base:
-                    continue
-                cells = [f"{rates[(dataset, method, v)] / base:.2f}x"
-                         if (dataset, method, v) in rates else "n/a"
-                         for v in args.variants if v != "plain"]
-                print(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
-    if args.minutes <= 0:
-        return
+                for var in args.variants:
+                    try:
+                        r = step_throughput(dataset, method, var, device, steps, warmup, args.quick)
+                    except torch.OutOfMemoryError:
+                        print(f"| {dataset} | {method} | | | {var} | OOM | | |", flush=True)
+                        torch.cuda.empty_cache()
+                        continue
+                    except Exception as err:  # one failing variant must not cost the whole check
+                        if args.quick:
+                            raise
+                        line = f"{type(err).__name__}: {err}".splitlines()[0][:120]
+                        print(f"| {dataset} | {method} | | | {var} | failed: {line} | | |",
+                              flush=True)
+                        continue
+                    if r is None:
+                        continue
+                    rates[(dataset, method, var)] = r["it_s"]
+                    print(f"| {dataset} | {method} | {r['batch']} | {r['patch']} | {var} | "
+                          f"{r['it_s']:.2f} | {r['peak_gib']:.2f} | {r['warmup_s']:.1f} |"
+                          f"{'' if r['finite'] else ' non-finite loss!'}", flush=True)
+        if "plain" in args.variants and len(args.variants) > 1:
+            print("\n| dataset | method | " + " | ".join(f"{v} / plain" for v in args.variants
+                                                        if v != "plain") + " |")
+            print("|---|---|" + "---|" * (len(args.variants) - 1))
+            for dataset in args.datasets:
+                for method in args.methods:
+                    base = rates.get((dataset, method, "plain"))
+                    if not base:
+                        continue
+                    cells = [f"{rates[(dataset, method, v)] / base:.2f}x"
+                             if (dataset, method, v) in rates else "n/a"
+                             for v in args.variants if v != "plain"]
+                    print(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         data = args.data
         if args.quick:
             data = args.phantom_root or _phantom_acdc(out / "phantoms")
+        elif not (data / "train_slices.list").is_file():
+            raise SystemExit(f"{data}: no packed data; run benchmarks/pack_gpu_data.py")
+        n = 3 if args.quick else 100
+        print(f"\n## Batch route: ACDC training batches/s (12+12 @ 256x256{'; quick' * args.quick}"
+              f"), {n} batches\n")
+        print("| route | batches/s |\n|---|---|")
+        workers = 0 if args.quick else args.workers
+        for on_device, label in ((False, f"DataLoader, {workers} workers"),
+                                 (True, "on the device (data.on_device)")):
+            rate_b = batch_route(data, device, on_device, args.workers, n, args.quick)
+            print(f"| {label} | {rate_b:.1f} |", flush=True)
+        if args.minutes <= 0:
+            return
+        if args.quick:
             iterations = 6
         else:
-            if not (data / "train_slices.list").is_file():
-                raise SystemExit(f"{data}: no packed data; run benchmarks/pack_gpu_data.py")
             rate = rates.get(("acdc", args.loop_method, args.loop_variant)) or rates.get(
                 ("acdc", args.loop_method, "fast"), 5.0)
             # the loop also loads data, validates 4 times and tests: budget half of the time

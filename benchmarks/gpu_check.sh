@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check of issue 11: step it/s and peak memory of every method at the published
-# ACDC (12+12 @ 256x256) and LA (112x112x80) batch, plain and fast paths side by side, then the
-# whole `ssmis train configs/acdc/bcp.yaml` loop for MINUTES minutes (its it/s and test Dice).
+# ACDC (12+12 @ 256x256) and LA (112x112x80) batch, plain and fast paths side by side, the
+# training batches/s of the DataLoader against data.on_device, then the whole
+# `ssmis train configs/acdc/bcp.yaml` loop for MINUTES minutes (its it/s and test Dice).
 #
 # Before the device call, on the development machine (once; writes the git-ignored
 # benchmarks/data/: a 43 MiB ACDC copy and 7.5 MiB of wheels the GPU image lacks):

@@ -131,3 +131,41 @@ def test_inspect_reads_every_case_of_the_example(example: tuple[str, Any],
     assert main(["data", "inspect", str(cfg.data.root)]) == 0
     out = capsys.readouterr().out
     assert f"layout  {name}" in out and f"cases   {count}:" in out and "problems: none" in out
+
+
+def test_device_batches_equal_the_loader_batches(example: tuple[str, Any]) -> None:
+    """``data.on_device``: every 2D layout whose augmentation has the batched form gives, from
+    the slices held on the device, the DataLoader's batches pixel for pixel (labeled and
+    unlabeled streams, a resumed stream too), and leaves torch's generator where the loader
+    leaves it."""
+    import torch
+
+    from ssmis.config import device_augmentable
+    from ssmis.data.device_aug import DeviceBatchStream
+    from ssmis.engine.data import train_batches
+
+    name, cfg = example
+    if not device_augmentable(cfg.data):
+        pytest.skip(f"{name}: no batched device augmentation (3D or data.resize: false)")
+    layout = get_layout(name)(cfg.data)
+    split = layout.split()
+    cpu = torch.device("cpu")
+    for start in (0, 5):
+        cfg.data.on_device = False
+        torch.manual_seed(0)
+        loader = train_batches(cfg, split, 2, start, layout=layout, device=cpu)
+        after_loader = torch.rand(3)
+        cfg.data.on_device = True
+        torch.manual_seed(0)
+        routes: list[str] = []
+        stream = train_batches(cfg, split, 2, start, layout=layout, device=cpu,
+                               log=routes.append)
+        assert isinstance(stream, DeviceBatchStream) and "held and augmented" in routes[0]
+        assert torch.equal(torch.rand(3), after_loader)
+        for _ in range(3):
+            (lab_a, unl_a), (lab_b, unl_b) = next(loader), next(stream)
+            assert lab_a["case"] == lab_b["case"] and unl_a["case"] == unl_b["case"]
+            assert lab_b["image"].dtype == torch.float32 and lab_b["label"].dtype == torch.int64
+            assert torch.equal(lab_a["image"], lab_b["image"])
+            assert torch.equal(lab_a["label"], lab_b["label"])
+            assert torch.equal(unl_a["image"], unl_b["image"]) and "label" not in unl_b

@@ -260,6 +260,7 @@ def test_gpu_check_quick_cpu_mode(tmp_path: Path, phantom_root: Path) -> None:
         capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "| bcp |" in out.stdout and "whole loop" in out.stdout
+    assert "| on the device (data.on_device) |" in out.stdout
 
 
 def test_class_argmax_is_argmax_ties_included() -> None:

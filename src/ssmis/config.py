@@ -31,6 +31,12 @@ class _Section(BaseModel):
 Normalization = Literal["auto", "zscore", "ct", "scale", "none"]
 
 
+def device_augmentable(data: DataConfig) -> bool:
+    """Whether ``data``'s training augmentation has the batched device form
+    (:mod:`ssmis.data.device_aug`): 2D SSL4MIS ``RandomGenerator`` with the resize."""
+    return len(data.patch_size) == 2 and data.augmentation == "ssl4mis" and bool(data.resize)
+
+
 class DataConfig(_Section):
     """Where the data is and how it is split into labeled / unlabeled / val / test."""
 
@@ -96,6 +102,12 @@ class DataConfig(_Section):
                                         "which stay in training without their labels "
                                         "(unlabeled: a small domain keeps all its images)")
     num_workers: int = Field(default=0, ge=0)
+    on_device: Literal["auto"] | bool = Field(
+        default="auto", description="2D, augmentation ssl4mis, resize: true: keep every "
+        "training slice on the training device and augment each batch there in one gather "
+        "(the loader's batches pixel for pixel; no loader workers, no copies per step); auto = "
+        "on when the slices take under a quarter of the free memory, for CUDA runs and for CPU "
+        "runs without loader workers (num_workers: 0)")
     cache: bool = Field(default=False, description="keep training slices in memory")
     # --- own data (nifti / images / prepared) -------------------------------------------------
     split_file: Path | None = Field(default=None, description="a splits.json to reproduce")
@@ -203,6 +215,10 @@ class DataConfig(_Section):
         if not self.resize and self.augmentation == "synfoc":
             raise ValueError("data.resize: false needs data.augmentation ssl4mis (synfoc "
                              "resizes every image to the patch)")
+        if self.on_device is True and not device_augmentable(self):
+            raise ValueError(f"data.on_device: true needs a 2D data.patch_size, data.augmentation "
+                             f"ssl4mis and data.resize: true; found patch {self.patch_size}, "
+                             f"augmentation {self.augmentation}, resize {self.resize}")
         from ssmis.data.augment import check_augmentation  # numpy/scipy/PIL only, no torch
 
         problem = check_augmentation(self.augmentation, self.patch_size)

@@ -10,6 +10,7 @@ nearest-neighbour (order 0) so no new class values appear.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -32,16 +33,21 @@ def _check(image: Array, label: Array | None, ndim: int, name: str) -> None:
         raise ValueError(f"{name}: image {image.shape} and label {label.shape} differ")
 
 
+def _apply_rot_flip(image: Array, label: Array | None, k: int,
+                    axis: int) -> tuple[Array, Array | None]:
+    image = np.flip(np.rot90(image, k), axis=axis).copy()
+    if label is not None:
+        label = np.flip(np.rot90(label, k), axis=axis).copy()
+    return image, label
+
+
 def _rot_flip(
     image: Array, label: Array | None, rng: np.random.Generator
 ) -> tuple[Array, Array | None]:
     """rot90 by k in {0..3} in axes (0, 1), then flip along axis 0 or 1 (SSL4MIS / UA-MT)."""
     k = int(rng.integers(0, 4))
     axis = int(rng.integers(0, 2))
-    image = np.flip(np.rot90(image, k), axis=axis).copy()
-    if label is not None:
-        label = np.flip(np.rot90(label, k), axis=axis).copy()
-    return image, label
+    return _apply_rot_flip(image, label, k, axis)
 
 
 def _contiguous(image: Array, label: Array | None) -> tuple[Array, Array | None]:
@@ -77,12 +83,37 @@ class Compose:
         return f"Compose({self.transforms!r})"
 
 
+@dataclass(frozen=True)
+class Ssl4mis2DParams:
+    """The random draw of one ``RandomGenerator2D`` call: ``rot_flip`` (rot90 by ``k`` in 0..3,
+    then flip along ``axis`` 0 or 1), else a rotation by ``angle`` degrees (an int in [-20, 20))
+    or None (zoom only)."""
+
+    rot_flip: bool
+    k: int = 0
+    axis: int = 0
+    angle: int | None = None
+
+
+def draw_ssl4mis_2d(rng: np.random.Generator) -> Ssl4mis2DParams:
+    """Draw ``RandomGenerator2D``'s parameters from ``rng`` in the order the transform draws them
+    (shared by the scipy path and the batched device path, :mod:`ssmis.data.device_aug`)."""
+    if rng.random() > 0.5:
+        k = int(rng.integers(0, 4))
+        axis = int(rng.integers(0, 2))
+        return Ssl4mis2DParams(rot_flip=True, k=k, axis=axis)
+    if rng.random() > 0.5:
+        return Ssl4mis2DParams(rot_flip=False, angle=int(rng.integers(-20, 20)))
+    return Ssl4mis2DParams(rot_flip=False)
+
+
 class RandomGenerator2D:
     """SSL4MIS ``RandomGenerator`` (also BCP, CVBM, CML, ALHVR on ACDC).
 
     With p=0.5 rot90 + flip; otherwise with p=0.5 a rotation by an integer angle in [-20, 20)
     degrees (nearest neighbour for the image too, no reshape); then zoom to ``output_size`` with
-    order 0 for image and label, as in the published code.
+    order 0 for image and label, as in the published code. The same pixels, batched on the
+    training device: :mod:`ssmis.data.device_aug` (``data.on_device``).
     """
 
     def __init__(self, output_size: Sequence[int]) -> None:
@@ -92,13 +123,13 @@ class RandomGenerator2D:
         self, image: Array, label: Array | None, rng: np.random.Generator
     ) -> tuple[Array, Array | None]:
         _check(image, label, 2, "RandomGenerator2D")
-        if rng.random() > 0.5:
-            image, label = _rot_flip(image, label, rng)
-        elif rng.random() > 0.5:
-            angle = int(rng.integers(-20, 20))
-            image = ndimage.rotate(image, angle, order=0, reshape=False)
+        params = draw_ssl4mis_2d(rng)
+        if params.rot_flip:
+            image, label = _apply_rot_flip(image, label, params.k, params.axis)
+        elif params.angle is not None:
+            image = ndimage.rotate(image, params.angle, order=0, reshape=False)
             if label is not None:
-                label = ndimage.rotate(label, angle, order=0, reshape=False)
+                label = ndimage.rotate(label, params.angle, order=0, reshape=False)
         image = _zoom_to(image, self.output_size, order=0)
         if label is not None:
             label = _zoom_to(label, self.output_size, order=0)

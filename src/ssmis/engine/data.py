@@ -4,15 +4,18 @@ checks, training stream and evaluation cases. The engine names no layout: it ask
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from ssmis.config import ExperimentConfig
+from ssmis.config import ExperimentConfig, device_augmentable
 from ssmis.data.augment import build_augmentation
 from ssmis.data.datasets import EvalCase, TwoStreamDataset, collate_two_stream
+from ssmis.data.device_aug import DeviceBatchStream, SliceBank
 from ssmis.data.layouts import CatalogLayout, Layout, get_layout
 from ssmis.data.owndata import CaseReader
 from ssmis.data.sampler import RankShardSampler, TwoStreamBatchSampler
@@ -49,14 +52,83 @@ def _train_transform(cfg: ExperimentConfig) -> Any:
     return build_augmentation(cfg.data.augmentation, cfg.data.patch_size, cfg.data)
 
 
+def _available_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: CUDA's free memory, or the host's available memory (Linux
+    ``MemAvailable``; free pages elsewhere)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _estimated_bytes(dataset: Any, with_label: bool, probes: int = 8) -> int:
+    """The bytes a :class:`SliceBank` of ``dataset`` will take, from up to ``probes`` items
+    spread over it (float32 pixels, uint8 labels), before reading it all."""
+    n = len(dataset)
+    if n == 0:
+        return 0
+    picks = sorted({round(i * (n - 1) / max(probes - 1, 1)) for i in range(min(probes, n))})
+    sizes = []
+    for i in picks:
+        image = dataset[(i, 0)]["image"]
+        sizes.append(image.numel() * 4 + (image[0].numel() if with_label else 0))
+    return int(sum(sizes) / len(sizes) * n)
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def _device_stream(cfg: ExperimentConfig, layout: Layout, labeled_ids: list[str],
+                   unlabeled_ids: list[str], sampler: Any,
+                   device: torch.device) -> tuple[DeviceBatchStream | None, str]:
+    """The on-device batch stream and the log line naming it, or (None, why not) when the
+    DataLoader is used: on with ``data.on_device: true``; auto on a CUDA device, or on the CPU
+    without loader workers (the loader would augment in this process anyway), when the slices
+    take under a quarter of the free memory."""
+    setting = cfg.data.on_device
+    if setting is False or not device_augmentable(cfg.data):
+        return None, ""
+    if setting == "auto" and device.type != "cuda" and cfg.data.num_workers > 0:
+        return None, ""
+    labeled_set = layout.train_dataset(labeled_ids, None, with_label=True)
+    unlabeled_set = (layout.train_dataset(unlabeled_ids, None, with_label=False)
+                     if unlabeled_ids else None)
+    if setting == "auto":
+        need = _estimated_bytes(labeled_set, True) + (
+            _estimated_bytes(unlabeled_set, False) if unlabeled_set is not None else 0)
+        free = _available_memory(device)
+        if need > free // 4:
+            return None, (f"; the training slices (about {_size(need)}) exceed a quarter of "
+                          f"the {_size(free)} free on {device} (data.on_device: auto)")
+    labeled = SliceBank(labeled_set, True, device)
+    unlabeled = SliceBank(unlabeled_set, False, device) if unlabeled_set is not None else None
+    nbytes = labeled.nbytes + (unlabeled.nbytes if unlabeled is not None else 0)
+    note = (f"training batches: held and augmented on {device} ({len(labeled)} labeled + "
+            f"{len(unlabeled) if unlabeled is not None else 0} unlabeled slices, "
+            f"{_size(nbytes)}; data.on_device)")
+    return DeviceBatchStream(labeled, unlabeled, sampler, cfg.data.patch_size), note
+
+
 def train_batches(
     cfg: ExperimentConfig, split: Split, unlabeled_batch_size: int, start_batch: int,
     rank: int = 0, world_size: int = 1, layout: Layout | None = None,
+    device: torch.device | None = None, log: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[dict, dict | None]]:
     """Endless (labeled, unlabeled) batches starting at batch ``start_batch`` of the stream;
     with ``world_size`` > 1 this process's share of each global batch (:class:`RankShardSampler`).
+
+    With ``device`` and ``data.on_device`` the slices are held on ``device`` and each batch is
+    augmented there (:class:`ssmis.data.device_aug.DeviceBatchStream`, the same batches);
+    otherwise a DataLoader augments on the CPU. ``log`` gets one line naming the route.
     """
     layout = layout or build_layout(cfg)
+    log = log or (lambda _: None)
     transform = _train_transform(cfg)
     unlabeled_ids = split.unlabeled if unlabeled_batch_size > 0 else []
     labeled = layout.train_dataset(split.labeled, transform, with_label=True)
@@ -67,11 +139,21 @@ def train_batches(
     )
     batch_sampler = (RankShardSampler(sampler, rank, world_size) if world_size > 1
                      else sampler)
+    why_not = ""
+    if device is not None:
+        stream, note = _device_stream(cfg, layout, split.labeled, unlabeled_ids, batch_sampler,
+                                      device)
+        if stream is not None:
+            log(note)
+            return stream
+        why_not = note
     loader = DataLoader(
         TwoStreamDataset(labeled, unlabeled), batch_sampler=batch_sampler,
         collate_fn=collate_two_stream, num_workers=cfg.data.num_workers,
         pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.num_workers > 0,
     )
+    log(f"training batches: a DataLoader, augmented on the CPU ({cfg.data.num_workers} "
+        f"workers){why_not}")
     return iter(loader)
 
 

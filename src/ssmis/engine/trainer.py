@@ -366,8 +366,10 @@ class Trainer:
         if self.step >= self.total:
             self.log.info(f"run already finished ({self.step}/{self.total} iterations)")
             return self.summary()
+        routes: list[str] = []
         batches = train_batches(cfg, self.split, self.unlabeled_bs, start_batch=self.step,
-                                rank=dist.rank(), world_size=self.world, layout=self.layout)
+                                rank=dist.rank(), world_size=self.world, layout=self.layout,
+                                device=self.device, log=routes.append)
         first_step = self.step
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -386,6 +388,8 @@ class Trainer:
         self.log.info(f"training {cfg.method.name} / {cfg.model.name} on {self.device} for "
                       f"{self.total} iterations (from {self.step}); run folder {self.run_dir}")
         self._log_schedule()
+        for note in routes:
+            self.log.info(note)
         for note in self.data_notes:
             self.log.warning(note)
         if self.threads is not None:

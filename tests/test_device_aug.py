@@ -1,0 +1,206 @@
+"""The batched device form of the SSL4MIS 2D augmentation (``ssmis.data.device_aug``) against
+the scipy path it replaces (``RandomGenerator2D``): the same pixels for every kind of draw,
+shape, and zoom direction; and a whole training run that does not depend on the route."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssmis.config import validate_config
+from ssmis.data.device_aug import SliceBank, geometry, source_index
+from ssmis.data.transforms import RandomGenerator2D, Ssl4mis2DParams, draw_ssl4mis_2d
+
+
+class _Items:
+    """A dataset of raw (C, H, W) slices with labels, as a layout's ``train_dataset`` with no
+    transform returns them."""
+
+    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray]) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: tuple[int, int]) -> dict:
+        i = index[0]
+        return {"image": torch.from_numpy(self.images[i]), "case": f"c{i}",
+                "label": torch.from_numpy(self.labels[i].astype(np.int64))}
+
+
+def _scipy(image: np.ndarray, label: np.ndarray, patch: tuple[int, int],
+           seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The loader's per-channel route (``CaseDataset``): each channel with the same seed."""
+    aug = RandomGenerator2D(patch)
+    chans, out_label = [], None
+    for c in range(image.shape[0]):
+        img, lab = aug(image[c].copy(), label.copy(), np.random.default_rng(seed))
+        chans.append(img)
+        out_label = lab if out_label is None else out_label
+    return np.stack(chans), out_label
+
+
+def test_draw_is_the_transforms_draw() -> None:
+    """Both routes take their parameters from one function, in the transform's order."""
+    rng = np.random.default_rng(7)
+    kinds = {"rot_flip": 0, "rotate": 0, "none": 0}
+    for _ in range(2000):
+        p = draw_ssl4mis_2d(rng)
+        kinds["rot_flip" if p.rot_flip else "rotate" if p.angle is not None else "none"] += 1
+        if p.angle is not None:
+            assert -20 <= p.angle < 20
+        assert 0 <= p.k < 4 and p.axis in (0, 1)
+    # SSL4MIS: half rot90 + flip, a quarter rotation, a quarter zoom only
+    assert 900 < kinds["rot_flip"] < 1100 and 400 < kinds["rotate"] < 600
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_gather_gives_the_scipy_pixels(channels: int) -> None:
+    """Random sizes (odd, even, smaller and larger than the patch), every draw kind: image and
+    label equal to the bit, zeros where scipy samples outside the slice."""
+    rng = np.random.default_rng(0)
+    images, labels, patches, seeds = [], [], [], []
+    while len(images) < 120:
+        h, w = (int(v) for v in rng.integers(9, 200, 2))
+        patch = (int(rng.integers(8, 160)), int(rng.integers(8, 160)))
+        if len(images) % 10 == 0:
+            patch = (h, w)  # no zoom: RandomGenerator2D leaves the size alone
+        images.append((rng.normal(size=(channels, h, w)) * 100).astype(np.float32))
+        labels.append(rng.integers(0, 4, (h, w)).astype(np.uint8))
+        patches.append(patch)
+        seeds.append(int(rng.integers(0, 2**31)))
+    bank = SliceBank(_Items(images, labels), True, torch.device("cpu"))
+    seen = set()
+    for i, (patch, seed) in enumerate(zip(patches, seeds, strict=True)):
+        try:
+            ref_img, ref_lab = _scipy(images[i], labels[i], patch, seed)
+        except AssertionError:  # scipy's rounding gives another size: not a valid draw
+            continue
+        params = draw_ssl4mis_2d(np.random.default_rng(seed))
+        seen.add("rot_flip" if params.rot_flip else params.angle is not None)
+        out = bank.batch([i], [params], patch)
+        assert np.array_equal(out["image"][0].numpy(), ref_img), (i, params)
+        assert np.array_equal(out["label"][0].numpy(), ref_lab.astype(np.int64)), (i, params)
+    assert seen == {"rot_flip", True, False}
+
+
+def test_rotation_leaves_zero_corners_and_batches_mix_kinds() -> None:
+    """A 20-degree rotation of a constant slice has zero corners (scipy's cval) and a full
+    centre; one batch mixing all kinds and sizes equals each sample alone."""
+    ones = np.ones((1, 64, 48), np.float32)
+    bank = SliceBank(_Items([ones, ones[:, :40], ones[:, :, :30]],
+                            [np.ones((64, 48), np.uint8), np.ones((40, 48), np.uint8),
+                             np.ones((64, 30), np.uint8)]), True, torch.device("cpu"))
+    params = [Ssl4mis2DParams(rot_flip=False, angle=19), Ssl4mis2DParams(True, k=3, axis=1),
+              Ssl4mis2DParams(rot_flip=False)]
+    out = bank.batch([0, 1, 2], params, (32, 32))
+    rotated = out["image"][0, 0]
+    assert rotated[0, 0] == 0 and rotated[-1, -1] == 0 and bool((rotated[8:24, 8:24] == 1).all())
+    assert bool((out["image"][1:] == 1).all())
+    for i in range(3):
+        alone = bank.batch([i], [params[i]], (32, 32))
+        assert torch.equal(alone["image"][0], out["image"][i])
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_source_index_of_rot90_and_flip_at_the_same_size(k: int, axis: int) -> None:
+    """rot90 by k then a flip of a 3 x 5 slice, no zoom: the offsets address exactly
+    np.flip(np.rot90(x, k), axis)."""
+    p = Ssl4mis2DParams(rot_flip=True, k=k, axis=axis)
+    expected = np.flip(np.rot90(np.arange(15).reshape(3, 5), k), axis)
+    within, valid = source_index(geometry([p], [(3, 5)], torch.device("cpu")), expected.shape)
+    assert bool(valid.all())
+    assert np.array_equal(within[0].numpy(), expected)
+
+
+def _config(data: dict, out: Path, on_device: bool) -> object:
+    return validate_config({
+        "name": "route", "seed": 5, "output_dir": str(out),
+        "data": {**data, "patch_size": [32, 32], "on_device": on_device},
+        "model": {"name": "unet2d", "options": {"widths": [4, 4, 8, 8, 8]}},
+        "method": {"name": "bcp", "params": {"pretrain_iterations": 1}},
+        "train": {"iterations": 3, "batch_size": 4, "unlabeled_batch_size": 4,
+                  "val_every": 3, "device": "cpu", "threads": 1},
+        "eval": {"overlay_cases": 0}})
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_training_does_not_depend_on_the_route(tmp_path: Path) -> None:
+    """BCP (pre-training then copy-paste self-training, dropout on) trained with the slices on
+    the device and with the DataLoader: the same losses at every step and the same weights."""
+    from ssmis.data.layouts import get_layout
+    from ssmis.engine.run import train_run
+
+    data = get_layout("acdc_h5").write_example(tmp_path / "acdc")
+    runs = {}
+    for on_device in (False, True):
+        runs[on_device] = train_run(_config(data, tmp_path / "runs", on_device),
+                                    run_dir=tmp_path / f"run_{on_device}", verbose=False)
+    rows = [[json.loads(line) for line in (runs[d] / "scalars.jsonl").read_text().splitlines()]
+            for d in (False, True)]
+    assert len(rows[0]) == 3
+    assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]
+    log = (runs[True] / "train.log").read_text()
+    assert "held and augmented on cpu" in log
+    a, b = (load_file(runs[d] / "checkpoints" / "last.safetensors") for d in (False, True))
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("layout", "change"), [("la_h5", {}),
+                                                 ("acdc_h5", {"resize": False}),
+                                                 ("acdc_h5", {"augmentation": "synfoc"})])
+def test_on_device_true_needs_the_2d_ssl4mis_resize(tmp_path: Path, layout: str,
+                                                    change: dict) -> None:
+    """3D patches, native-resolution crops and SynFoC's augmentation have no device form:
+    asking for it is one line naming the field; auto quietly keeps the loader."""
+    from ssmis.data.layouts import get_layout
+    from ssmis.errors import SSMISError
+
+    data = {**get_layout(layout).write_example(tmp_path / layout), **change}
+    if change.get("augmentation") == "synfoc":
+        data["patch_size"] = [32, 32]
+    base = {"name": "x", "train": {"iterations": 2, "batch_size": 2}}
+    assert validate_config({**base, "data": {**data, "on_device": "auto"}})
+    with pytest.raises(SSMISError) as err:
+        validate_config({**base, "data": {**data, "on_device": True}})
+    assert "data.on_device: true needs" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("workers", "free", "route"), [
+    (0, None, "held and augmented on cpu"),
+    (1, None, "a DataLoader, augmented on the CPU (1 workers)"),
+    (0, 1000, "(0 workers); the training slices (about "),
+])
+def test_auto_route_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int,
+                               free: int | None, route: str) -> None:
+    """auto on the CPU: on without loader workers when the slices fit in a quarter of the
+    free memory (estimated before anything is read in full), else the DataLoader, saying why."""
+    from ssmis.data.device_aug import DeviceBatchStream
+    from ssmis.data.layouts import get_layout
+    from ssmis.engine import data as engine_data
+
+    if free is not None:
+        monkeypatch.setattr(engine_data, "_available_memory", lambda device: free)
+    data = get_layout("acdc_h5").write_example(tmp_path / "acdc")
+    cfg = validate_config({"name": "x", "data": {**data, "patch_size": [32, 32],
+                                                 "num_workers": workers},
+                           "train": {"iterations": 2, "batch_size": 2}})
+    assert cfg.data.on_device == "auto"
+    layout = get_layout("acdc_h5")(cfg.data)
+    routes: list[str] = []
+    batches = engine_data.train_batches(cfg, layout.split(), 2, 0, layout=layout,
+                                        device=torch.device("cpu"), log=routes.append)
+    assert len(routes) == 1 and route in routes[0], routes
+    if free is not None:
+        assert routes[0].endswith("exceed a quarter of the 0.0 MiB free on cpu "
+                                  "(data.on_device: auto)")
+    assert isinstance(batches, DeviceBatchStream) == route.startswith("held")
+    labeled, unlabeled = next(batches)
+    assert labeled["image"].shape == (2, 1, 32, 32) and unlabeled is not None

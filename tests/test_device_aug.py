@@ -204,3 +204,90 @@ def test_auto_route_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert isinstance(batches, DeviceBatchStream) == route.startswith("held")
     labeled, unlabeled = next(batches)
     assert labeled["image"].shape == (2, 1, 32, 32) and unlabeled is not None
+
+
+def test_zoom_nearest_is_scipys_order_0_zoom() -> None:
+    """Up and down, odd and even sizes, float and uint8 planes with leading axes: the same
+    pixels as ``scipy.ndimage.zoom(order=0)`` of each plane."""
+    from scipy import ndimage
+
+    from ssmis.data.device_aug import zoom_nearest
+
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(5, 300, 2))
+        size = (int(rng.integers(4, 260)), int(rng.integers(4, 260)))
+        planes = rng.normal(size=(3, 2, h, w)).astype(np.float32)
+        try:
+            ref = np.stack([[ndimage.zoom(p, (size[0] / h, size[1] / w), order=0) for p in q]
+                            for q in planes])
+        except ValueError:
+            continue
+        if ref.shape[-2:] != size:  # scipy's rounding gives another size: no such call
+            continue
+        assert np.array_equal(zoom_nearest(torch.from_numpy(planes), size).numpy(), ref)
+        labels = (planes[0, 0] > 0).astype(np.uint8)
+        assert np.array_equal(zoom_nearest(torch.from_numpy(labels), size).numpy(),
+                              ndimage.zoom(labels, (size[0] / h, size[1] / w), order=0))
+        checked += 1
+    assert checked > 40
+
+
+def test_slicewise_prediction_is_the_ssl4mis_route() -> None:
+    """``predict_slicewise`` (zooms and argmax on the device) gives the label map of SSL4MIS's
+    ``test_single_volume``: each slice zoomed to the patch with scipy (order 0), argmax, the
+    labels zoomed back with scipy (order 0)."""
+    from scipy import ndimage
+
+    from ssmis.eval.inference import predict_slicewise
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+    volume = np.random.default_rng(1).normal(size=(5, 53, 47)).astype(np.float32)
+    with torch.no_grad():
+        got = predict_slicewise(conv, volume, (32, 32), batch_size=2)
+        expected = np.zeros_like(got)
+        for i, s in enumerate(volume):
+            small = ndimage.zoom(s, (32 / 53, 32 / 47), order=0)
+            lab = conv(torch.from_numpy(small)[None, None]).argmax(1)[0].numpy().astype(np.uint8)
+            expected[i] = ndimage.zoom(lab, (53 / 32, 47 / 32), order=0)
+    assert got.dtype == np.uint8 and np.array_equal(got, expected)
+    assert len(np.unique(got)) > 1
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_validation_reads_its_cases_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four validations read the validation files once (then from memory); with the memory cap
+    at 0 they read them every time; the scores are the same either way."""
+    from ssmis.data.layouts import get_layout
+    from ssmis.engine import trainer as trainer_mod
+    from ssmis.engine.run import train_run
+
+    reads: list[list[str]] = []
+    original = trainer_mod.eval_cases
+
+    def counting(cfg, ids, layout=None):  # noqa: ANN001, ANN202
+        reads.append(list(ids))
+        return original(cfg, ids, layout)
+
+    monkeypatch.setattr(trainer_mod, "eval_cases", counting)
+    data = get_layout("acdc_h5").write_example(tmp_path / "acdc")
+    cfg = validate_config({
+        "name": "val", "seed": 1, "output_dir": str(tmp_path / "runs"),
+        "data": {**data, "patch_size": [32, 32]},
+        "model": {"name": "unet2d", "options": {"widths": [4, 4, 8, 8, 8]}},
+        "method": {"name": "supervised"},
+        "train": {"iterations": 4, "batch_size": 2, "val_every": 1, "device": "cpu",
+                  "threads": 1},
+        "eval": {"overlay_cases": 0}})
+    scores = []
+    for cap in (trainer_mod.VAL_CACHE_BYTES, 0):
+        monkeypatch.setattr(trainer_mod, "VAL_CACHE_BYTES", cap)
+        reads.clear()
+        run = train_run(cfg, run_dir=tmp_path / f"run_{cap}", verbose=False)
+        val = json.loads((run / "splits.json").read_text())["val"]
+        assert val and reads == [val] * (1 if cap else 4)
+        rows = (run / "val.jsonl").read_text().splitlines()
+        scores.append([json.loads(line)["val_dice"] for line in rows])
+    assert len(scores[0]) == 4 and scores[0] == scores[1]

@@ -278,3 +278,20 @@ class DeviceBatchStream:
         unlabeled = (self._stream(self.unlabeled, unl)
                      if unl and self.unlabeled is not None else None)
         return labeled, unlabeled
+
+
+def zoom_nearest(x: Tensor, size: Sequence[int]) -> Tensor:
+    """``scipy.ndimage.zoom(plane, (P0 / H, P1 / W), order=0)`` of every (H, W) plane of ``x``
+    (..., H, W) at once, on ``x``'s device: the same pixels (scipy's source index
+    ``floor(o * (n - 1) / (P - 1) + 0.5)``, 0 where it falls outside). Returns (..., P0, P1)
+    of ``x``'s dtype; ``x`` itself when the size is unchanged."""
+    p0, p1 = int(size[0]), int(size[1])
+    h, w = x.shape[-2:]
+    if (h, w) == (p0, p1):
+        return x
+    lengths = torch.tensor([h, w], dtype=torch.int64, device=x.device)
+    rows, rows_in = _zoom_axis(lengths[:1], p0)
+    cols, cols_in = _zoom_axis(lengths[1:], p1)
+    out = x.index_select(-2, rows[0].clamp(0, h - 1)).index_select(-1, cols[0].clamp(0, w - 1))
+    inside = rows_in[0][:, None] & cols_in[0][None, :]
+    return torch.where(inside, out, torch.zeros((), dtype=x.dtype, device=x.device))

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ssmis.config import ExperimentConfig, check_method, to_yaml
+from ssmis.data.datasets import EvalCase
 from ssmis.data.layouts import Layout
 from ssmis.data.sampler import check_batch_split
 from ssmis.data.splits import Split
@@ -57,6 +58,9 @@ from ssmis.errors import RunInterrupted, SSMISError
 from ssmis.methods import Method, Phase, build_method
 from ssmis.models import input_problem
 from ssmis.ramps import share_fraction
+
+#: validation cases up to this many bytes are read once per run and kept in memory
+VAL_CACHE_BYTES = 1 << 30
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,6 +204,8 @@ class Trainer:
         #: (iteration, phase, validation Dice) of every validation, for the tie report
         self.val_history: list[tuple[int, str, float]] = []
         self.timing: dict[str, float] = {}
+        #: validation cases kept in memory after their first reading (see ``_val_cases``)
+        self._val_cache: dict[tuple[str, ...], list[EvalCase]] = {}
         self.optimizer = self._make_optimizer()
         self.unlabeled_bs = self.cfg.train.unlabeled_batch_size if self.method.uses_unlabeled else 0
         # DDP: rank 0 writes; the trainer steps the method through DDP (distributed.py)
@@ -567,11 +573,33 @@ class Trainer:
         of the cases and the per-case results are gathered (same cases, same order, same
         mean on every process, so all agree on the best checkpoint)."""
         if self.world == 1:
-            return validation_score(self.method, eval_cases(self.cfg, ids, self.layout),
-                                    self.cfg, self.device, amp)
-        local = validation_cases(self.method, eval_cases(self.cfg, dist.shard(ids), self.layout),
-                                 self.cfg, self.device, amp)
+            return validation_score(self.method, self._val_cases(ids), self.cfg, self.device,
+                                    amp)
+        local = validation_cases(self.method, self._val_cases(dist.shard(ids)), self.cfg,
+                                 self.device, amp)
         return summarize_validation(dist.unshard(local), self.cfg)
+
+    def _val_cases(self, ids: list[str]) -> Iterator[EvalCase]:
+        """The validation cases ``ids``: read from disk the first time, then from memory when
+        they took at most :data:`VAL_CACHE_BYTES` (a validation every few hundred iterations
+        would otherwise read the same files hundreds of times)."""
+        key = tuple(ids)
+        cached = self._val_cache.get(key)
+        if cached is not None:
+            return iter(cached)
+        return self._read_and_keep(key, eval_cases(self.cfg, ids, self.layout))
+
+    def _read_and_keep(self, key: tuple[str, ...],
+                       cases: Iterator[EvalCase]) -> Iterator[EvalCase]:
+        kept: list[EvalCase] | None = []
+        size = 0
+        for case in cases:
+            size += sum(a.nbytes for a in (case.image, case.label, case.roi) if a is not None)
+            if kept is not None:
+                kept = kept + [case] if size <= VAL_CACHE_BYTES else None
+            yield case
+        if kept is not None:
+            self._val_cache[key] = kept
 
     def _per_process(self) -> tuple[int, int]:
         return (self.cfg.train.batch_size // self.world, self.unlabeled_bs // self.world)

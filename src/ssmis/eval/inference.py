@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ssmis.data.device_aug import zoom_nearest
+from ssmis.losses import class_argmax
+
 __all__ = [
     "flip_tta",
     "largest_connected_component",
@@ -34,13 +37,6 @@ __all__ = [
 ]
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _zoom_nearest(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    if tuple(image.shape) == tuple(shape):
-        return image
-    factors = [t / s for t, s in zip(shape, image.shape, strict=True)]
-    return ndimage.zoom(image, factors, order=0)
 
 
 @torch.no_grad()
@@ -61,28 +57,21 @@ def predict_slicewise(predict_fn: PredictFn, volume: np.ndarray, input_size: Seq
         raise ValueError("slice-wise inference expects a (D, H, W) or (D, C, H, W) volume, "
                          f"got {volume.shape}")
     size = tuple(int(s) for s in input_size)
-    channels = volume.ndim == 4
     out = np.zeros((volume.shape[0], *volume.shape[-2:]), dtype=np.uint8)
     for start in range(0, volume.shape[0], batch_size):
-        chunk = volume[start:start + batch_size]
-        if channels:
-            resized = np.stack([np.stack([_zoom_nearest(c, size) for c in s])
-                                for s in chunk]).astype(np.float32)
-            batch = torch.from_numpy(resized).to(device)
-        else:
-            resized = np.stack([_zoom_nearest(s, size) for s in chunk]).astype(np.float32)
-            batch = torch.from_numpy(resized).unsqueeze(1).to(device)
-        logits = predict_fn(batch)
+        chunk = torch.from_numpy(np.ascontiguousarray(volume[start:start + batch_size],
+                                                      dtype=np.float32)).to(device)
+        batch = zoom_nearest(chunk, size)  # scipy's order-0 zoom, on the device
+        logits = predict_fn(batch if volume.ndim == 4 else batch.unsqueeze(1))
         if zoom_back == "probabilities" and tuple(logits.shape[-2:]) != volume.shape[-2:]:
             for i in range(logits.shape[0]):  # one slice at a time: full-size maps are large
                 prob = torch.softmax(logits[i:i + 1].float(), dim=1)
                 prob = torch.nn.functional.interpolate(prob, size=volume.shape[-2:],
                                                        mode="bilinear", align_corners=True)
-                out[start + i] = prob[0].argmax(dim=0).cpu().numpy().astype(np.uint8)
+                out[start + i] = class_argmax(prob)[0].to(torch.uint8).cpu().numpy()
             continue
-        labels = logits.argmax(dim=1).cpu().numpy().astype(np.uint8)
-        for i, lab in enumerate(labels):
-            out[start + i] = _zoom_nearest(lab, volume.shape[-2:])
+        labels = zoom_nearest(class_argmax(logits).to(torch.uint8), volume.shape[-2:])
+        out[start:start + len(labels)] = labels.cpu().numpy()
     return out
 
 
@@ -123,7 +112,7 @@ def predict_windows_2d(predict_fn: PredictFn, volume: np.ndarray, patch: Sequenc
         inputs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
         prob = sliding_window_inference(inputs, size, batch_size, probabilities, overlap=overlap,
                                         mode="gaussian", sw_device=device, device="cpu")
-        out[k] = prob[0].argmax(dim=0).numpy().astype(np.uint8)
+        out[k] = class_argmax(prob)[0].numpy().astype(np.uint8)
     return out
 
 
@@ -177,7 +166,7 @@ def predict_sliding_window(
     score = score[(slice(None), *crop)]
     if return_probabilities:
         return score.numpy()
-    return score.argmax(dim=0).numpy().astype(np.uint8)
+    return class_argmax(score[None])[0].numpy().astype(np.uint8)
 
 
 def flip_tta(predict_fn: PredictFn, spatial_dims: int) -> PredictFn:

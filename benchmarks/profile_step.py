@@ -48,7 +48,8 @@ def profile(method: str, steps: int, overrides: list[str], dataset: str, ops: bo
         m.on_phase_start(phases[-1])
         step = phases[0].iterations + 10
     m.train()
-    batches = train_batches(cfg, trainer.split, trainer.unlabeled_bs, start_batch=0)
+    batches = train_batches(cfg, trainer.split, trainer.unlabeled_bs, start_batch=0,
+                            layout=trainer.layout, device=dev)  # the route `ssmis train` takes
     amp = cfg.train.amp and dev.type == "cuda"
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     clock = time.perf_counter if dev.type == "cuda" else time.process_time

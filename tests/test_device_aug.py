@@ -291,3 +291,11 @@ def test_validation_reads_its_cases_once(tmp_path: Path, monkeypatch: pytest.Mon
         rows = (run / "val.jsonl").read_text().splitlines()
         scores.append([json.loads(line)["val_dice"] for line in rows])
     assert len(scores[0]) == 4 and scores[0] == scores[1]
+
+
+def test_bank_refuses_labels_beyond_uint8() -> None:
+    from ssmis.errors import SSMISError
+
+    items = _Items([np.zeros((1, 4, 4), np.float32)], [np.full((4, 4), 300)])
+    with pytest.raises(SSMISError, match="c0 has label values outside 0..255"):
+        SliceBank(items, True, torch.device("cpu"))

@@ -25,6 +25,7 @@ from scipy import special
 from torch import Tensor
 
 from ssmis.data.transforms import Ssl4mis2DParams, draw_ssl4mis_2d
+from ssmis.errors import SSMISError
 
 KIND_NONE, KIND_ROT_FLIP, KIND_ROTATE = 0, 1, 2
 
@@ -163,7 +164,8 @@ class SliceBank:
     no transform, so every reader (h5 slices, NIfTI slices, pictures) feeds it unchanged.
 
     Raises:
-        ValueError: the items differ in channel count, or an item is not (C, H, W).
+        SSMISError: the items differ in channel count, an item is not (C, H, W), or a label
+            value does not fit uint8.
     """
 
     def __init__(self, dataset: object, with_label: bool, device: torch.device) -> None:
@@ -174,16 +176,20 @@ class SliceBank:
             item = dataset[(i, 0)]  # type: ignore[index]
             image = item["image"]
             if image.ndim != 3:
-                raise ValueError(f"data.on_device: item {item['case']} is {tuple(image.shape)}, "
+                raise SSMISError(f"data.on_device: item {item['case']} is {tuple(image.shape)}, "
                                  "expected a 2D slice (C, H, W)")
             if channels is None:
                 channels = int(image.shape[0])
             elif image.shape[0] != channels:
-                raise ValueError(f"data.on_device: item {item['case']} has {image.shape[0]} "
+                raise SSMISError(f"data.on_device: item {item['case']} has {image.shape[0]} "
                                  f"channels, the first item {channels}")
             images.append(image.reshape(-1))
             if with_label:
-                labels.append(item["label"].to(torch.uint8).reshape(-1))
+                label = item["label"]
+                if label.numel() and (int(label.max()) > 255 or int(label.min()) < 0):
+                    raise SSMISError(f"data.on_device: item {item['case']} has label values "
+                                     "outside 0..255; set data.on_device: false")
+                labels.append(label.to(torch.uint8).reshape(-1))
             cases.append(str(item["case"]))
             sizes.append((int(image.shape[1]), int(image.shape[2])))
         self.channels = channels or 1

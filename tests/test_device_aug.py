@@ -199,7 +199,7 @@ def test_auto_route_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
                                         device=torch.device("cpu"), log=routes.append)
     assert len(routes) == 1 and route in routes[0], routes
     if free is not None:
-        assert routes[0].endswith("exceed a quarter of the 0.0 MiB free on cpu "
+        assert routes[0].endswith("exceed a quarter of the 0.0 MiB free in host memory "
                                   "(data.on_device: auto)")
     assert isinstance(batches, DeviceBatchStream) == route.startswith("held")
     labeled, unlabeled = next(batches)
@@ -299,3 +299,91 @@ def test_bank_refuses_labels_beyond_uint8() -> None:
     items = _Items([np.zeros((1, 4, 4), np.float32)], [np.full((4, 4), 300)])
     with pytest.raises(SSMISError, match="c0 has label values outside 0..255"):
         SliceBank(items, True, torch.device("cpu"))
+
+
+def test_bank_refuses_a_label_of_another_shape() -> None:
+    from ssmis.errors import SSMISError
+
+    items = _Items([np.zeros((1, 4, 6), np.float32)], [np.zeros((6, 4), np.uint8)])
+    with pytest.raises(SSMISError, match=r"c0 has a \(6, 4\) label for a \(4, 6\) image"):
+        SliceBank(items, True, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("setting", ["auto", True])
+def test_a_bank_that_cannot_be_built_falls_back_under_auto(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: object) -> None:
+    """auto takes the DataLoader, saying why; true stops with the one-line reason."""
+    from ssmis.data.layouts import get_layout
+    from ssmis.engine import data as engine_data
+    from ssmis.errors import SSMISError
+
+    def refuse(*args: object) -> None:
+        raise SSMISError("data.on_device: item x has label values outside 0..255; set "
+                         "data.on_device: false")
+
+    monkeypatch.setattr(engine_data, "SliceBank", refuse)
+    data = get_layout("acdc_h5").write_example(tmp_path / "acdc")
+    cfg = validate_config({"name": "x", "data": {**data, "patch_size": [32, 32],
+                                                 "on_device": setting},
+                           "train": {"iterations": 2, "batch_size": 2}})
+    layout = get_layout("acdc_h5")(cfg.data)
+    routes: list[str] = []
+
+    def batches() -> object:
+        return engine_data.train_batches(cfg, layout.split(), 2, 0, layout=layout,
+                                         device=torch.device("cpu"), log=routes.append)
+
+    if setting is True:
+        with pytest.raises(SSMISError, match="outside 0..255"):
+            batches()
+        return
+    stream = batches()
+    assert routes == ["training batches: a DataLoader, augmented on the CPU (0 workers); "
+                      "data.on_device: item x has label values outside 0..255; set "
+                      "data.on_device: false (data.on_device: auto)"]
+    assert next(stream)[0]["image"].shape == (2, 1, 32, 32)
+
+
+def test_gather_on_tiny_and_extreme_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1- and 2-pixel axes, extreme aspect ratios, patches smaller and larger than the slice,
+    every rot90/flip, the extreme angles: the scipy route's pixels (its draw forced)."""
+    from ssmis.data import transforms
+
+    sizes = [(1, 1), (1, 7), (7, 1), (2, 2), (2, 3), (3, 500), (500, 3), (217, 181)]
+    patches = [(2, 2), (8, 8), (16, 12), (64, 2), (256, 256)]
+    draws = ([Ssl4mis2DParams(True, k=k, axis=a) for k in range(4) for a in (0, 1)]
+             + [Ssl4mis2DParams(False, angle=t) for t in (-20, -1, 0, 7, 19)]
+             + [Ssl4mis2DParams(False)])
+    rng = np.random.default_rng(5)
+    images = [rng.normal(size=(2, h, w)).astype(np.float32) for h, w in sizes]
+    labels = [rng.integers(1, 4, (h, w)).astype(np.uint8) for h, w in sizes]
+    bank = SliceBank(_Items(images, labels), True, torch.device("cpu"))
+    compared = 0
+    for params in draws:
+        monkeypatch.setattr(transforms, "draw_ssl4mis_2d", lambda rng, p=params: p)
+        for patch in patches:
+            out = bank.batch(list(range(len(sizes))), [params] * len(sizes), patch)
+            for i in range(len(sizes)):
+                try:
+                    ref_img, ref_lab = _scipy(images[i], labels[i], patch, 0)
+                except AssertionError:  # scipy's rounding gives another size: no such call
+                    continue
+                assert np.array_equal(out["image"][i].numpy(), ref_img), (sizes[i], patch, params)
+                assert np.array_equal(out["label"][i].numpy(), ref_lab), (sizes[i], patch, params)
+                compared += 1
+    assert compared > 500
+
+
+def test_slicewise_prediction_leaves_the_volume_alone() -> None:
+    """The network gets a copy even when the slices already have the patch size: a predictor
+    that writes into its input does not change the (cached) case."""
+    from ssmis.eval.inference import predict_slicewise
+
+    volume = np.ones((2, 32, 32), np.float32)
+
+    def rude(batch: torch.Tensor) -> torch.Tensor:
+        batch.mul_(0)
+        return torch.zeros(batch.shape[0], 2, 32, 32)
+
+    predict_slicewise(rude, volume, (32, 32))
+    assert float(volume.sum()) == 2 * 32 * 32

@@ -154,6 +154,20 @@ def source_index(geo: SliceGeometry, patch: tuple[int, int]) -> tuple[Tensor, Te
     return within, valid
 
 
+def _pack(pieces: list[Tensor | None], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.cat(pieces)`` written straight into one tensor on ``device``, each piece released
+    once copied: the host holds the pieces once, not the pieces and their concatenation."""
+    out = torch.empty(sum(p.numel() for p in pieces if p is not None), dtype=dtype,
+                      device=device)
+    start = 0
+    for i, piece in enumerate(pieces):
+        assert piece is not None
+        out[start:start + piece.numel()].copy_(piece)
+        start += piece.numel()
+        pieces[i] = None
+    return out
+
+
 class SliceBank:
     """Every item of a 2D training dataset, unaugmented, in two flat device tensors.
 
@@ -164,33 +178,38 @@ class SliceBank:
     no transform, so every reader (h5 slices, NIfTI slices, pictures) feeds it unchanged.
 
     Raises:
-        SSMISError: the items differ in channel count, an item is not (C, H, W), or a label
-            value does not fit uint8.
+        SSMISError: the items differ in channel count, an item is not (C, H, W), a label is
+            not (H, W), or a label value does not fit uint8.
     """
 
     def __init__(self, dataset: object, with_label: bool, device: torch.device) -> None:
         n = len(dataset)  # type: ignore[arg-type]
-        images, labels, cases, sizes = [], [], [], []
+        images: list[Tensor | None] = []
+        labels: list[Tensor | None] = []
+        cases, sizes = [], []
         channels = None
         for i in range(n):
             item = dataset[(i, 0)]  # type: ignore[index]
-            image = item["image"]
+            image, case = item["image"], item["case"]
             if image.ndim != 3:
-                raise SSMISError(f"data.on_device: item {item['case']} is {tuple(image.shape)}, "
+                raise SSMISError(f"data.on_device: item {case} is {tuple(image.shape)}, "
                                  "expected a 2D slice (C, H, W)")
             if channels is None:
                 channels = int(image.shape[0])
             elif image.shape[0] != channels:
-                raise SSMISError(f"data.on_device: item {item['case']} has {image.shape[0]} "
+                raise SSMISError(f"data.on_device: item {case} has {image.shape[0]} "
                                  f"channels, the first item {channels}")
             images.append(image.reshape(-1))
             if with_label:
                 label = item["label"]
+                if tuple(label.shape) != tuple(image.shape[1:]):
+                    raise SSMISError(f"data.on_device: item {case} has a {tuple(label.shape)} "
+                                     f"label for a {tuple(image.shape[1:])} image")
                 if label.numel() and (int(label.max()) > 255 or int(label.min()) < 0):
-                    raise SSMISError(f"data.on_device: item {item['case']} has label values "
-                                     "outside 0..255; set data.on_device: false")
+                    raise SSMISError(f"data.on_device: item {case} has label values outside "
+                                     "0..255; set data.on_device: false")
                 labels.append(label.to(torch.uint8).reshape(-1))
-            cases.append(str(item["case"]))
+            cases.append(str(case))
             sizes.append((int(image.shape[1]), int(image.shape[2])))
         self.channels = channels or 1
         self.cases = cases
@@ -200,8 +219,8 @@ class SliceBank:
         self.offsets = self.label_offsets * self.channels
         self.heights = torch.tensor([h for h, _ in sizes], dtype=torch.int64)
         self.widths = torch.tensor([w for _, w in sizes], dtype=torch.int64)
-        self.images = torch.cat(images) if images else torch.zeros(0)
-        self.labels = torch.cat(labels) if with_label and labels else None
+        self.images = _pack(images, torch.float32, device)
+        self.labels = _pack(labels, torch.uint8, device) if with_label else None
         self.to(device)
 
     def to(self, device: torch.device) -> SliceBank:

@@ -102,12 +102,22 @@ def _device_stream(cfg: ExperimentConfig, layout: Layout, labeled_ids: list[str]
     if setting == "auto":
         need = _estimated_bytes(labeled_set, True) + (
             _estimated_bytes(unlabeled_set, False) if unlabeled_set is not None else 0)
-        free = _available_memory(device)
-        if need > free // 4:
-            return None, (f"; the training slices (about {_size(need)}) exceed a quarter of "
-                          f"the {_size(free)} free on {device} (data.on_device: auto)")
-    labeled = SliceBank(labeled_set, True, device)
-    unlabeled = SliceBank(unlabeled_set, False, device) if unlabeled_set is not None else None
+        # the bank is read on the host first: it must fit there too
+        places = [device] if device.type == "cpu" else [device, torch.device("cpu")]
+        for place in places:
+            free = _available_memory(place)
+            if need > free // 4:
+                where = "host memory" if place.type == "cpu" else str(place)
+                return None, (f"; the training slices (about {_size(need)}) exceed a quarter "
+                              f"of the {_size(free)} free in {where} (data.on_device: auto)")
+    try:
+        labeled = SliceBank(labeled_set, True, device)
+        unlabeled = (SliceBank(unlabeled_set, False, device) if unlabeled_set is not None
+                     else None)
+    except SSMISError as err:
+        if setting is True:
+            raise
+        return None, f"; {err} (data.on_device: auto)"
     nbytes = labeled.nbytes + (unlabeled.nbytes if unlabeled is not None else 0)
     note = (f"training batches: held and augmented on {device} ({len(labeled)} labeled + "
             f"{len(unlabeled) if unlabeled is not None else 0} unlabeled slices, "

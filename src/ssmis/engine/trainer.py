@@ -581,8 +581,8 @@ class Trainer:
 
     def _val_cases(self, ids: list[str]) -> Iterator[EvalCase]:
         """The validation cases ``ids``: read from disk the first time, then from memory when
-        they took at most :data:`VAL_CACHE_BYTES` (a validation every few hundred iterations
-        would otherwise read the same files hundreds of times)."""
+        they took at most :data:`VAL_CACHE_BYTES` in this process (a validation every few
+        hundred iterations would otherwise read the same files hundreds of times)."""
         key = tuple(ids)
         cached = self._val_cache.get(key)
         if cached is not None:
@@ -595,8 +595,10 @@ class Trainer:
         size = 0
         for case in cases:
             size += sum(a.nbytes for a in (case.image, case.label, case.roi) if a is not None)
-            if kept is not None:
-                kept = kept + [case] if size <= VAL_CACHE_BYTES else None
+            if kept is not None and size <= VAL_CACHE_BYTES:
+                kept.append(case)
+            else:
+                kept = None
             yield case
         if kept is not None:
             self._val_cache[key] = kept

@@ -59,8 +59,10 @@ def predict_slicewise(predict_fn: PredictFn, volume: np.ndarray, input_size: Seq
     size = tuple(int(s) for s in input_size)
     out = np.zeros((volume.shape[0], *volume.shape[-2:]), dtype=np.uint8)
     for start in range(0, volume.shape[0], batch_size):
-        chunk = torch.from_numpy(np.ascontiguousarray(volume[start:start + batch_size],
-                                                      dtype=np.float32)).to(device)
+        # a copy: the network never sees (or could change) the caller's array, which the
+        # trainer keeps across validations
+        chunk = torch.from_numpy(np.array(volume[start:start + batch_size], dtype=np.float32,
+                                          copy=True)).to(device)
         batch = zoom_nearest(chunk, size)  # scipy's order-0 zoom, on the device
         logits = predict_fn(batch if volume.ndim == 4 else batch.unsqueeze(1))
         if zoom_back == "probabilities" and tuple(logits.shape[-2:]) != volume.shape[-2:]:

@@ -199,7 +199,7 @@ def test_auto_route_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
                                         device=torch.device("cpu"), log=routes.append)
     assert len(routes) == 1 and route in routes[0], routes
     if free is not None:
-        assert routes[0].endswith("exceed a quarter of the 0.0 MiB free in host memory "
+        assert routes[0].endswith("exceed a quarter of the 1.0 KiB free in host memory "
                                   "(data.on_device: auto)")
     assert isinstance(batches, DeviceBatchStream) == route.startswith("held")
     labeled, unlabeled = next(batches)

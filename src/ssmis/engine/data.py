@@ -81,7 +81,10 @@ def _estimated_bytes(dataset: Any, with_label: bool, probes: int = 8) -> int:
 
 
 def _size(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes / 2**10:.1f} KiB"
 
 
 def _device_stream(cfg: ExperimentConfig, layout: Layout, labeled_ids: list[str],

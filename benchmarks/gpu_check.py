@@ -220,7 +220,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (GPU 10, quick 1)")
     parser.add_argument("--warmup", type=int, default=None, help="GPU 3, quick 1")
     parser.add_argument("--workers", type=int, default=8,
-                        help="data.num_workers of the whole-loop run (GPU machine: 16 cores)")
+                        help="data.num_workers of the DataLoader route and of the whole-loop "
+                             "run, which on CUDA takes the device route (GPU machine: 16 cores)")
     parser.add_argument("--minutes", type=float, default=2.5,
                         help="wall time for the whole-loop run (0: skip it)")
     parser.add_argument("--loop-method", default="bcp")

@@ -293,7 +293,7 @@ def main() -> None:
               f"), {n} batches\n")
         print("| route | batches/s |\n|---|---|")
         workers = 0 if args.quick else args.workers
-        for on_device, label in ((False, f"DataLoader, {workers} workers"),
+        for on_device, label in ((False, f"DataLoader, {workers} worker(s)"),
                                  (True, "on the device (data.on_device)")):
             rate_b = batch_route(data, device, on_device, args.workers, n, args.quick)
             print(f"| {label} | {rate_b:.1f} |", flush=True)

@@ -175,7 +175,7 @@ def test_on_device_true_needs_the_2d_ssl4mis_resize(tmp_path: Path, layout: str,
 
 @pytest.mark.parametrize(("workers", "free", "route"), [
     (0, None, "held and augmented on cpu"),
-    (1, None, "a DataLoader, augmented on the CPU (1 workers)"),
+    (1, None, "a DataLoader, augmented on the CPU (1 worker)"),
     (0, 1000, "(0 workers); the training slices (about "),
 ])
 def test_auto_route_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int,

@@ -165,8 +165,9 @@ def train_batches(
         collate_fn=collate_two_stream, num_workers=cfg.data.num_workers,
         pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.num_workers > 0,
     )
-    log(f"training batches: a DataLoader, augmented on the CPU ({cfg.data.num_workers} "
-        f"workers){why_not}")
+    workers = cfg.data.num_workers
+    log(f"training batches: a DataLoader, augmented on the CPU ({workers} "
+        f"worker{'' if workers == 1 else 's'}){why_not}")
     return iter(loader)
 
 

@@ -168,20 +168,33 @@ def test_on_device_true_needs_the_2d_ssl4mis_resize(tmp_path: Path, layout: str,
         data["patch_size"] = [32, 32]
     base = {"name": "x", "train": {"iterations": 2, "batch_size": 2}}
     assert validate_config({**base, "data": {**data, "on_device": "auto"}})
+    with pytest.raises(SSMISError) as bad:
+        validate_config({**base, "data": {**data, "on_device": "maybe"}})
+    assert str(bad.value) == ("config: data.on_device: expected auto, true or false "
+                              "(got 'maybe')")
+    assert validate_config({**base, "data": {**data, "on_device": "False"}}).data.on_device \
+        is False
     with pytest.raises(SSMISError) as err:
         validate_config({**base, "data": {**data, "on_device": True}})
     assert "data.on_device: true needs" in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize(("workers", "free", "route"), [
-    (0, None, "held and augmented on cpu"),
-    (1, None, "a DataLoader, augmented on the CPU (1 worker)"),
-    (0, 1000, "(0 workers); the training slices (about "),
+@pytest.mark.parametrize(("workers", "free", "extra", "route"), [
+    (0, None, {}, "held and augmented on cpu"),
+    (0, None, {}, " KiB; data.on_device: auto)"),
+    (2, None, {"on_device": True}, "; data.on_device: true; data.num_workers unused)"),
+    (1, None, {}, "a DataLoader, augmented on the CPU (1 worker); data.on_device: auto leaves "
+                  "CPU runs with loader workers to them"),
+    (0, None, {"on_device": False}, "(0 workers); data.on_device: false"),
+    (0, None, {"resize": False}, "data.on_device: auto, and data.resize: false has no device "
+                                 "form"),
+    (0, 1000, {}, "(0 workers); the training slices (about "),
 ])
 def test_auto_route_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int,
-                               free: int | None, route: str) -> None:
+                               free: int | None, extra: dict, route: str) -> None:
     """auto on the CPU: on without loader workers when the slices fit in a quarter of the
-    free memory (estimated before anything is read in full), else the DataLoader, saying why."""
+    free memory (estimated before anything is read in full), else the DataLoader; the log line
+    says which route and why."""
     from ssmis.data.device_aug import DeviceBatchStream
     from ssmis.data.layouts import get_layout
     from ssmis.engine import data as engine_data
@@ -190,9 +203,8 @@ def test_auto_route_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         monkeypatch.setattr(engine_data, "_available_memory", lambda device: free)
     data = get_layout("acdc_h5").write_example(tmp_path / "acdc")
     cfg = validate_config({"name": "x", "data": {**data, "patch_size": [32, 32],
-                                                 "num_workers": workers},
+                                                 "num_workers": workers, **extra},
                            "train": {"iterations": 2, "batch_size": 2}})
-    assert cfg.data.on_device == "auto"
     layout = get_layout("acdc_h5")(cfg.data)
     routes: list[str] = []
     batches = engine_data.train_batches(cfg, layout.split(), 2, 0, layout=layout,
@@ -201,7 +213,7 @@ def test_auto_route_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     if free is not None:
         assert routes[0].endswith("exceed a quarter of the 1.0 KiB free in host memory "
                                   "(data.on_device: auto)")
-    assert isinstance(batches, DeviceBatchStream) == route.startswith("held")
+    assert isinstance(batches, DeviceBatchStream) == ("held" in routes[0])
     labeled, unlabeled = next(batches)
     assert labeled["image"].shape == (2, 1, 32, 32) and unlabeled is not None
 

@@ -8,17 +8,19 @@ forbids unknown keys for that reason.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from ssmis.errors import SSMISError
 from ssmis.validation import format_validation_error
@@ -29,6 +31,21 @@ class _Section(BaseModel):
 
 
 Normalization = Literal["auto", "zscore", "ct", "scale", "none"]
+
+
+def _auto_or_bool(value: object) -> object:
+    """``auto``, a bool, or the words true/false, else one clear error (not pydantic's union
+    report)."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("true", "false"):
+        return word == "true"
+    raise PydanticCustomError("auto_or_bool", "expected auto, true or false")
+
+
+#: a switch whose default decides by itself (``auto``) or is forced on/off
+AutoBool = Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)]
 
 
 def device_augmentable(data: DataConfig) -> bool:
@@ -102,7 +119,7 @@ class DataConfig(_Section):
                                         "which stay in training without their labels "
                                         "(unlabeled: a small domain keeps all its images)")
     num_workers: int = Field(default=0, ge=0)
-    on_device: Literal["auto"] | bool = Field(
+    on_device: AutoBool = Field(
         default="auto", description="2D, augmentation ssl4mis, resize: true: keep every "
         "training slice on the training device and augment each batch there in one gather "
         "(the loader's batches pixel for pixel; no loader workers, no copies per step); auto = "
@@ -335,14 +352,14 @@ class TrainConfig(_Section):
         default=30.0, ge=0, description="also save a resumable checkpoint every this many "
                                         "minutes of training (0: only at validation); SIGINT/"
                                         "SIGTERM always save one before stopping")
-    sync_bn: Literal["auto"] | bool = Field(
+    sync_bn: AutoBool = Field(
         default="auto", description="several processes (DDP): BatchNorm -> SyncBatchNorm; auto "
         "= on for CUDA runs whose per-process batch (labeled + unlabeled) is below 8")
     compile: bool = Field(
         default=False, description="torch.compile the networks' encoders and decoders (the "
         "first iterations pay the compilation: minutes on a CPU, about a minute on a GPU; "
         "dropout draws other random numbers than eager mode)")
-    channels_last: Literal["auto"] | bool = Field(
+    channels_last: AutoBool = Field(
         default="auto", description="networks and input batches in channels-last memory "
         "format; auto = on for CUDA runs (on the CPU it did not pay, docs/benchmarks.md)")
     foreach: bool = Field(

@@ -95,10 +95,15 @@ def _device_stream(cfg: ExperimentConfig, layout: Layout, labeled_ids: list[str]
     without loader workers (the loader would augment in this process anyway), when the slices
     take under a quarter of the free memory."""
     setting = cfg.data.on_device
-    if setting is False or not device_augmentable(cfg.data):
-        return None, ""
+    if setting is False:
+        return None, "; data.on_device: false"
+    if not device_augmentable(cfg.data):
+        d = cfg.data
+        why = ("3D patches" if len(d.patch_size) != 2 else "data.resize: false" if not d.resize
+               else f"data.augmentation {d.augmentation}")
+        return None, f"; data.on_device: auto, and {why} has no device form"
     if setting == "auto" and device.type != "cuda" and cfg.data.num_workers > 0:
-        return None, ""
+        return None, "; data.on_device: auto leaves CPU runs with loader workers to them"
     labeled_set = layout.train_dataset(labeled_ids, None, with_label=True)
     unlabeled_set = (layout.train_dataset(unlabeled_ids, None, with_label=False)
                      if unlabeled_ids else None)
@@ -122,9 +127,10 @@ def _device_stream(cfg: ExperimentConfig, layout: Layout, labeled_ids: list[str]
             raise
         return None, f"; {err} (data.on_device: auto)"
     nbytes = labeled.nbytes + (unlabeled.nbytes if unlabeled is not None else 0)
+    unused = "; data.num_workers unused" if cfg.data.num_workers else ""
     note = (f"training batches: held and augmented on {device} ({len(labeled)} labeled + "
             f"{len(unlabeled) if unlabeled is not None else 0} unlabeled slices, "
-            f"{_size(nbytes)}; data.on_device)")
+            f"{_size(nbytes)}; data.on_device: {str(setting).lower()}{unused})")
     return DeviceBatchStream(labeled, unlabeled, sampler, cfg.data.patch_size), note
 
 

@@ -498,6 +498,19 @@ def test_patch_and_batch_rules_are_checked_before_anything_is_written(
     assert not (tmp_path / "runs").exists()
 
 
+def test_phase_lengths_are_checked_before_a_run_folder_exists(
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pre-training as long as the run is one line, and no run folder (not even its lock)."""
+    raw = tiny_config(phantom_root, tmp_path / "runs", iterations=2, unlabeled_batch_size=2)
+    raw["method"] = {"name": "bcp", "params": {"pretrain_iterations": 2}}
+    path = _write(tmp_path, raw)
+    assert main(["train", str(path), "--quiet"]) == 2
+    assert "method.params.pretrain_iterations: 2 leaves no self-training within " \
+           "train.iterations = 2" in _error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_bcp_and_cml_train_with_their_batch_rules(phantom_root: Path, tmp_path: Path) -> None:
     """CML allows different labeled and unlabeled batch sizes (each split in halves)."""
     raw = tiny_config(phantom_root, tmp_path, iterations=2, val_every=2, batch_size=2,

@@ -143,6 +143,7 @@ def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
     layout = build_layout(cfg)
     split = split or build_split(cfg, layout)
     method = build_method(cfg)
+    method.phases()  # phase lengths against train.iterations, before a run folder exists
     per_process = check_process_batch(cfg, method, dist.world_size())
     notes = dist.on_main(check_data, cfg, split, need_unlabeled=method.uses_unlabeled,
                          layout=layout) or []

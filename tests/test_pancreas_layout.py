@@ -10,6 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+import yaml
 
 from ssmis.config import read_yaml, validate_config
 from ssmis.data.h5 import load_h5_case
@@ -157,7 +158,9 @@ def test_data_example_and_inspect_through_the_cli(tmp_path: Path,
     out = tmp_path / "pancreas"
     assert main(["data", "example", "pancreas_h5", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("data:\n  layout: pancreas_h5\n") and "labeled_count: 2" in printed
+    assert "\ndata:\n  layout: pancreas_h5\n" in printed and "labeled_count: 2" in printed
+    config = yaml.safe_load(printed)  # a complete config, checked as `ssmis train` checks it
+    assert validate_config(config).method.name == "supervised"
     assert sorted(p.name for p in (out / "Pancreas_h5").iterdir())[0] == "image0001_norm.h5"
     assert main(["data", "example", "pancreas_h5", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err

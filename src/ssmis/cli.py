@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     exa = dsub.add_parser("example", help="write a layout's tiny synthetic copy",
                           description="Write the tiny synthetic dataset a layout is tested on "
                                       "(its exact file names, keys and dtypes) into OUT and "
-                                      "print the data section that trains on it.")
+                                      "print a complete config that trains on it (supervised, 20 "
+                                      "iterations).")
     exa.add_argument("layout", help="a data.layout value (ssmis data layouts)")
     exa.add_argument("out", type=Path, help="folder to write (must not exist)")
     insp = dsub.add_parser("inspect", help="layout, cases, shapes, spacings, labels, problems",
@@ -280,13 +281,23 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "example":
         import yaml
 
+        from ssmis.config import validate_config
         from ssmis.data.layouts import get_layout
 
         cls = get_layout(args.layout)
         if args.out.exists():
             raise SSMISError(f"{args.out}: already exists; give a new folder")
-        print(yaml.safe_dump({"data": cls.write_example(args.out)}, sort_keys=False,
-                             default_flow_style=None), end="")
+        data = cls.write_example(args.out)
+        config = {  # the smallest complete config that trains on the copy (checked below)
+            "name": f"example_{args.layout}", "output_dir": "runs", "data": data,
+            "model": {"name": "unet2d" if len(data["patch_size"]) == 2 else "vnet3d"},
+            "method": {"name": "supervised"},
+            "train": {"iterations": 20, "batch_size": 2, "val_every": 10},
+        }
+        validate_config(config, source=f"ssmis data example {args.layout}")
+        print(f"# a config that trains on {args.out}: save it as a .yaml file and run "
+              "`ssmis train FILE`\n# (another method: method.name=..., see configs/)")
+        print(yaml.safe_dump(config, sort_keys=False, default_flow_style=None), end="")
         return 0
     if args.data_command == "inspect":
         config_path, overrides = args.config, list(args.overrides)

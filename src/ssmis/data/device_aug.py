@@ -173,8 +173,8 @@ class SliceBank:
 
     ``images`` holds each slice's (C, H, W) float32 pixels back to back (no padding), ``labels``
     each (H, W) label as uint8 (None for an unlabeled stream); ``offsets`` (N,) and
-    ``label_offsets`` (N,) int64 say where item n starts, ``heights``/``widths`` (N,) its size
-    in pixels, ``cases`` its id. Built once per run from the layout's own training dataset with
+    ``label_offsets`` (N,) int64 say where item n starts, ``sizes`` its (H, W) in pixels,
+    ``cases`` its id. Built once per run from the layout's own training dataset with
     no transform, so every reader (h5 slices, NIfTI slices, pictures) feeds it unchanged.
 
     Raises:
@@ -217,15 +217,13 @@ class SliceBank:
         hw = torch.tensor([h * w for h, w in sizes], dtype=torch.int64)
         self.label_offsets = torch.cumsum(hw, 0) - hw
         self.offsets = self.label_offsets * self.channels
-        self.heights = torch.tensor([h for h, _ in sizes], dtype=torch.int64)
-        self.widths = torch.tensor([w for _, w in sizes], dtype=torch.int64)
         self.images = _pack(images, torch.float32, device)
         self.labels = _pack(labels, torch.uint8, device) if with_label else None
         self.to(device)
 
     def to(self, device: torch.device) -> SliceBank:
         """Move the pixels, labels and index tensors to ``device`` (in place); returns self."""
-        for name in ("label_offsets", "offsets", "heights", "widths", "images", "labels"):
+        for name in ("label_offsets", "offsets", "images", "labels"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))

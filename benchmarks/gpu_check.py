@@ -43,10 +43,12 @@ from typing import Any
 
 import torch
 
+# the sibling script (python puts benchmarks/ on sys.path when this file runs)
+from method_throughput import time_steps
+
 from ssmis.config import apply_overrides, read_yaml, validate_config
-from ssmis.engine.fast import apply_speed_settings, batch_to_device
-from ssmis.engine.trainer import optimization_step
-from ssmis.methods import alhvr, build_method, teacher
+from ssmis.engine.fast import batch_to_device
+from ssmis.methods import alhvr, teacher
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["supervised", "mean_teacher", "uamt", "cps", "bcp", "cvbm", "cml", "alhvr"]
@@ -94,46 +96,7 @@ def step_throughput(dataset: str, method: str, var: str, device: torch.device, s
         return None
     cfg = _config(dataset, method, quick, var, device.type)
     with variant(var):
-        torch.manual_seed(0)
-        m = build_method(cfg).to(device).train()
-        channels_last = apply_speed_settings(m, cfg.train, device, cfg.data.spatial_dims)
-        opt = m.make_optimizer(cfg.train) or torch.optim.SGD(
-            list(m.trainable_parameters()), lr=1e-3, momentum=0.9, foreach=cfg.train.foreach)
-        phases = m.phases()
-        step = cfg.train.iterations // 2
-        if len(phases) > 1:
-            m.on_phase_start(phases[-1])
-            step = max(step, phases[0].iterations + 1)
-        size = tuple(cfg.data.patch_size)
-        lb = cfg.train.batch_size
-        ub = cfg.train.unlabeled_batch_size if m.uses_unlabeled else 0
-        g = torch.Generator().manual_seed(0)
-
-        def batch(n: int) -> dict[str, torch.Tensor]:
-            b = {"image": torch.randn(n, cfg.data.in_channels, *size, generator=g),
-                 "label": torch.randint(0, cfg.data.num_classes, (n, *size), generator=g)}
-            return batch_to_device(b, device, channels_last)
-
-        labeled = batch(lb)
-        unlabeled = batch(ub) if ub else None
-        amp = cfg.train.amp and device.type == "cuda"
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        t_compile = time.perf_counter()
-        for _ in range(warmup):
-            optimization_step(m, opt, labeled, unlabeled, step, amp)
-        sync()
-        t_compile = time.perf_counter() - t_compile
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            losses = optimization_step(m, opt, labeled, unlabeled, step, amp)
-        sync()
-        elapsed = time.perf_counter() - t0
-        finite = bool(torch.isfinite(losses["loss"]))
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return {"it_s": steps / elapsed, "peak_gib": peak, "batch": f"{lb}+{ub}",
-            "patch": "x".join(map(str, size)), "warmup_s": t_compile, "finite": finite}
+        return time_steps(cfg, device, steps, warmup, speed_settings=True)
 
 
 def whole_loop(method: str, data: Path, iterations: int, out: Path, device: str,

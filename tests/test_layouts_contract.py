@@ -169,3 +169,39 @@ def test_device_batches_equal_the_loader_batches(example: tuple[str, Any]) -> No
             assert torch.equal(lab_a["image"], lab_b["image"])
             assert torch.equal(lab_a["label"], lab_b["label"])
             assert torch.equal(unl_a["image"], unl_b["image"]) and "label" not in unl_b
+
+
+def test_predict_normalises_a_case_as_evaluation_does(example: tuple[str, Any]) -> None:
+    """One normalisation per run, whatever the container: ``ssmis predict`` reads a case's
+    own files with the run's recorded normalisation (``data.resolved_normalization``) and gets
+    the network input evaluation gets (so the same probabilities). h5 layouts, whose files hold
+    already-normalised intensities, record what produced them (raw scans need it)."""
+    from ssmis.data.normalisation import ChannelNorm
+    from ssmis.engine.data import resolve_normalisation
+    from ssmis.predict import Job, _load_job, run_normalisation
+
+    name, cfg = example
+    layout = get_layout(name)(cfg.data)
+    cfg, lines = resolve_normalisation(cfg, layout)
+    records = cfg.data.resolved_normalization
+    assert records is not None and len(records) == cfg.data.in_channels
+    assert len([ln for ln in lines if ln.startswith("normalisation channel")]) == len(records)
+    norms = run_normalisation(cfg, cfg.data.root)
+    assert norms == [ChannelNorm.from_dict(r) for r in records]
+    if not hasattr(layout, "catalog"):
+        assert all(n.stored and n.source for n in norms), name
+        return
+    case_id = layout.split().val[0]
+    info = layout.catalog.get(case_id)
+    files = [Path(p) for p in layout.catalog.manifest["cases"][0]["source"]] \
+        if name == "prepared" else info.images
+    if name == "prepared":
+        case_id = layout.catalog.manifest["cases"][0]["case"]
+    case = next(iter(layout.eval_cases([case_id])))
+    kind = "image" if files[0].suffix.lower() in (".png", ".jpg", ".tif", ".gif") else "nifti"
+    image, _ = _load_job(Job(case_id, kind, files), cfg, norms)
+    if cfg.data.spatial_dims == 2 and image.ndim == 4:
+        image = np.moveaxis(image, cfg.data.slice_axis + 1, 1)
+    expected = case.image if case.image.ndim == image.ndim else case.image[None]
+    atol = 2e-3 * max(1.0, float(np.abs(expected).max())) if name == "prepared" else 1e-5
+    np.testing.assert_allclose(image, expected, atol=atol)

@@ -160,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
                            "<name>_overlay_slice<k>.png (NIfTI)")
     pred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pred.add_argument("--tta", action="store_true", help="average over flips (slower)")
+    pred.add_argument("--fill-nonfinite", action="store_true",
+                      help="replace NaN/inf pixels by the image's finite minimum/maximum, with "
+                           "a warning (default: such an input is refused, naming the file)")
     pred.add_argument("--threads", type=int, default=None,
                       help="torch CPU threads (default: the run's train.threads, else picked "
                            "from the CPUs this process may use, as in training)")
@@ -359,7 +362,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     written = predict_files(args.checkpoint, list(args.inputs), args.out,
                             overwrite=args.overwrite, overlay=args.overlay, device=args.device,
-                            tta=args.tta, progress=not args.quiet, threads=args.threads)
+                            tta=args.tta, progress=not args.quiet, threads=args.threads,
+                            fill_nonfinite=args.fill_nonfinite)
     print(f"wrote {len(written)} file(s) to {args.out}")
     return 0
 

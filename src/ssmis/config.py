@@ -30,7 +30,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-Normalization = Literal["auto", "zscore", "ct", "scale", "none"]
+Normalization = Literal["auto", "zscore", "minmax", "ct", "scale", "none"]
 
 
 def _auto_or_bool(value: object) -> object:
@@ -148,10 +148,17 @@ class DataConfig(_Section):
                                                "cases when there is no labeled imagesTs")
     test_fraction: float | None = Field(default=None, gt=0, lt=1)
     normalization: Normalization | list[Normalization] = Field(
-        default="auto", description="per channel: zscore (MRI), ct (clip to intensity_window, "
-                                    "scale to [0, 1]), scale (divide by the integer type's "
-                                    "maximum, e.g. 255), none; auto: ct for channels named CT, "
-                                    "scale for image files, else zscore")
+        default="auto", description="per channel: zscore (MRI), minmax (per case to [0, 1]), "
+                                    "ct (clip to intensity_window, scale to [0, 1]), scale "
+                                    "(divide by the integer type's maximum, e.g. 255), none; "
+                                    "auto: by the dataset.json channel name as nnU-Net (CT: "
+                                    "ct, noNorm: none, rescale_to_0_1: minmax, rgb_to_0_1: "
+                                    "scale, any other name: zscore), scale for image files, "
+                                    "else zscore")
+    resolved_normalization: list[dict[str, Any]] | None = Field(
+        default=None, description="written by ssmis train into the run's config.yaml: what "
+                                  "data.normalization resolved to per channel (scheme and its "
+                                  "numbers); ssmis predict applies it; not read for training")
     intensity_window: list[float] = Field(default=[-1000.0, 1000.0], min_length=2, max_length=2)
     label_geometry: Literal["check", "resample"] = Field(
         default="check", description="nifti: a label whose orientation, spacing or origin "
@@ -200,6 +207,12 @@ class DataConfig(_Section):
                              description="file stem of an ROI mask (DRIVE: '{id}_*_mask')")
     test_roi_dir: str | None = Field(default=None,
                                      description="ROI masks of test_images_dir")
+
+    @field_validator("mask_snap", mode="before")
+    @classmethod
+    def _mask_snap(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``off`` as false: take it as the word it was."""
+        return "off" if value is False else value
 
     @field_validator("mask_values", mode="before")
     @classmethod
@@ -294,9 +307,11 @@ class DataConfig(_Section):
         choice = norm[channel] if isinstance(norm, list) else norm
         if choice != "auto":
             return choice
-        if channel_name is not None and channel_name.strip().upper() == "CT":
-            return "ct"
-        return "scale" if from_image_file else "zscore"
+        if from_image_file:
+            return "scale"
+        from ssmis.data.normalisation import scheme_for_channel_name  # numpy only
+
+        return scheme_for_channel_name(channel_name) or "zscore"
 
     @property
     def spatial_dims(self) -> int:

@@ -19,7 +19,15 @@ from ssmis.config import DataConfig
 from ssmis.data.layouts import CatalogLayout, get_layout
 from ssmis.data.layouts.catalog import resample_notes
 from ssmis.data.layouts.h5 import H5Layout
-from ssmis.data.owndata import CaseReader, Catalog, detect_layout, scan
+from ssmis.data.normalisation import describe_all
+from ssmis.data.owndata import (
+    CaseReader,
+    Catalog,
+    declared_classes_problem,
+    detect_layout,
+    ignored_lines,
+    scan,
+)
 from ssmis.errors import SSMISError
 
 _PREVIEW = 20
@@ -222,10 +230,15 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
 
     if issubclass(get_layout(layout), H5Layout):
         rows: Iterator[dict[str, Any]] = _h5_cases(layout, root, problems)
+        stored = get_layout(layout).stored_normalisation
+        if stored is not None:
+            out(f"normalisation {stored.describe()}")
         if num_classes:
             expected = set(range(num_classes))
     else:
         catalog = scan(layout, root, data_cfg, problems=problems)
+        for line in ignored_lines(catalog, limit=len(catalog.ignored) if show_all else 5):
+            out(line)
         if catalog.channel_names:
             out(f"channels {catalog.channel_names}")
         if catalog.label_names:
@@ -244,6 +257,20 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
                                     mask_values=mask_values, num_classes=None)
             cfg.__dict__["num_classes"] = None  # report label values rather than reject them
         reader = get_layout(layout).make_reader(catalog, cfg)
+        if data_cfg is not None:
+            declared = declared_classes_problem(catalog, num_classes, mask_values)
+            if declared is not None:
+                problems.append(declared)
+        try:
+            norm_cfg = cfg if data_cfg is not None else loose_data_config(
+                layout, root, in_channels=cfg.in_channels, normalization="auto")
+            norm_reader = reader if data_cfg is not None else \
+                get_layout(layout).make_reader(catalog, norm_cfg)
+            for line in describe_all(norm_reader.normalisation(norm_cfg),
+                                     catalog.channel_names):
+                out(f"normalisation {line}")
+        except SSMISError as err:
+            problems.append(str(err))
         rows = _own_cases(catalog, reader, problems)
     counts: Counter[str] = Counter()
     domains: Counter[str] = Counter()
@@ -326,6 +353,14 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
         if len(shares) > 16:
             shares = shares[:8] + [f"... ({len(shares) - 16} more values)"] + shares[-8:]
         out("classes " + ", ".join(shares) + f" (voxels of labeled cases{roi_note})")
+        if data_cfg is not None and num_classes:
+            absent = [k for k in range(1, num_classes) if not voxels.get(k)]
+            if absent:
+                names = data_cfg.names()
+                problems.append(f"data.num_classes: {num_classes}, but class(es) "
+                                + ", ".join(f"{k} ({names[k]})" for k in absent)
+                                + " occur in no label of the dataset; check data.num_classes"
+                                " and data.mask_values")
     for line in _mask_summary(masks, mask_values, snap, problems):
         out(line)
     if reader is not None and getattr(reader, "resampled", None):

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from ssmis.config import ExperimentConfig, read_yaml, validate_config
+from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.owndata import (
     IMAGE_EXTS,
     NIFTI_ENDINGS,
-    PREPARED_MANIFEST,
     read_nifti,
     read_picture,
     strip_ending,
@@ -137,56 +137,78 @@ def _outputs(job: Job, out: Path, overlay: bool) -> list[Path]:
     return paths
 
 
-def _reader_settings(cfg: ExperimentConfig):
-    """The run's normalisation, for data read outside the training catalog."""
-    from ssmis.data.owndata import CaseReader, Catalog
+def run_normalisation(cfg: ExperimentConfig, run_dir: Path) -> list[ChannelNorm]:
+    """The run's normalisation per channel: the records its ``config.yaml`` holds
+    (``data.resolved_normalization``), else (runs of older ssmis) resolved again from its data
+    layout.
 
-    d = cfg.data
-    manifest = {}
-    if d.layout == "prepared":
-        import json
+    Raises:
+        SSMISError: a record that is not valid, or an older run whose data folder cannot be
+            read to resolve it.
+    """
+    from ssmis.data.layouts import get_layout
 
-        path = d.root / PREPARED_MANIFEST
-        if not path.is_file():
-            raise SSMISError(f"{path}: needed to know the run's normalisation (the run trained "
-                             "on a prepared dataset)")
-        manifest = json.loads(path.read_text())
-    names = manifest.get("channel_names", [])
-    if d.layout == "nifti" and (d.root / "dataset.json").is_file():
-        from ssmis.data.owndata import _read_dataset_json
-
-        meta = _read_dataset_json(d.root)
-        names = [str(v) for _, v in sorted((meta.get("channel_names") or {}).items(),
-                                           key=lambda kv: int(kv[0]))]
-    reader = CaseReader.__new__(CaseReader)
-    reader.catalog = Catalog(d.layout, d.root, {}, names)
-    reader.window = tuple(manifest.get("intensity_window", d.intensity_window))
-    if manifest:
-        reader.norms = list(manifest["normalization"])
+    where = f"{run_dir / 'config.yaml'}: data.resolved_normalization"
+    records = cfg.data.resolved_normalization
+    if records:
+        norms = [ChannelNorm.from_dict(r, where) for r in records]
     else:
-        src = d.layout == "images"
-        reader.norms = [d.normalization_for(c, names[c] if c < len(names) else None,
-                                            from_image_file=src)
-                        for c in range(d.in_channels)]
-    return reader
+        try:
+            norms = get_layout(cfg.data.layout)(cfg.data).normalisation()
+        except SSMISError as err:
+            raise SSMISError(f"{where}: not recorded (a run of an older ssmis) and the run's "
+                             f"data cannot tell it ({err})") from None
+    if len(norms) != cfg.data.in_channels:
+        raise SSMISError(f"{where}: {len(norms)} record(s) for data.in_channels = "
+                         f"{cfg.data.in_channels}")
+    return norms
 
 
-def _load_job(job: Job, cfg: ExperimentConfig, reader) -> tuple[np.ndarray, object]:
-    from ssmis.data.owndata import normalize
+def finite_or_refuse(path: Path, x: np.ndarray, fill: bool) -> np.ndarray:
+    """``x`` when every value is finite; with ``fill``, NaN and -inf replaced by the finite
+    minimum and +inf by the finite maximum, with a warning naming the file.
 
+    Raises:
+        SSMISError: non-finite values without ``fill`` (or no finite value at all).
+    """
+    if x.dtype.kind != "f":
+        return x
+    bad = ~np.isfinite(x)
+    count = int(bad.sum())
+    if not count:
+        return x
+    finite = x[~bad]
+    if not fill or finite.size == 0:
+        raise SSMISError(f"{path}: {int(np.isnan(x).sum())} NaN and {int(np.isinf(x).sum())} "
+                         "inf values, expected finite intensities (--fill-nonfinite replaces "
+                         "them by the image's finite minimum / maximum)")
+    lo, hi = float(finite.min()), float(finite.max())
+    out = np.where(np.isposinf(x), hi, np.where(bad, lo, x)).astype(x.dtype)
+    print(f"warning: {path}: {count} NaN/inf value(s) replaced by the finite minimum {lo:g} "
+          f"(NaN, -inf) / maximum {hi:g} (+inf) (--fill-nonfinite)", file=sys.stderr)
+    return out
+
+
+def _normalised(path: Path, x: np.ndarray, norm: ChannelNorm, fill: bool) -> np.ndarray:
+    """One channel of an input file, checked and normalised by the run's record."""
+    x = finite_or_refuse(path, x, fill)
+    norm.check_input(path, x.dtype, float(x.max()) if x.size else 0.0)
+    return norm.apply(x)
+
+
+def _load_job(job: Job, cfg: ExperimentConfig, norms: list[ChannelNorm],
+              fill_nonfinite: bool = False) -> tuple[np.ndarray, object]:
+    """(C, *spatial) float32 input normalised exactly as the run's training data, and the
+    reference the output is written with (NIfTI image, or the raw picture)."""
     d = cfg.data
-    norms = reader.norms
     if job.kind == "nifti":
         channels, ref = [], None
         for c, path in enumerate(job.inputs):
             data, _, _, img = read_nifti(path)
-            if not np.isfinite(data).all():
-                raise SSMISError(f"{path}: image contains NaN/inf values")
             if ref is not None and data.shape != channels[0].shape:
                 raise SSMISError(f"{path}: shape {data.shape} differs from "
                                  f"{job.inputs[0].name} {channels[0].shape}")
-            norm = norms[c] if d.layout != "images" else "zscore"
-            channels.append(normalize(data, norm, reader.window, data.dtype))
+            channels.append(_normalised(path, data, norms[c], fill_nonfinite))
             ref = ref or img
         return np.stack(channels), ref
     mode = {1: "L", 3: "RGB"}.get(d.in_channels)
@@ -195,16 +217,20 @@ def _load_job(job: Job, cfg: ExperimentConfig, reader) -> tuple[np.ndarray, obje
                          "files give 1 or 3")
     raw = read_picture(job.inputs[0], mode)
     pixels = raw if raw.ndim == 3 else raw[..., None]
-    norms_img = norms if d.layout in ("images", "prepared") else ["scale"] * d.in_channels
-    image = np.stack([normalize(pixels[..., c], norms_img[c], reader.window, raw.dtype)
+    image = np.stack([_normalised(job.inputs[0], pixels[..., c], norms[c], fill_nonfinite)
                       for c in range(pixels.shape[-1])])
     return image, raw
 
 
 def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite: bool = False,
                   overlay: bool = False, device: str = "auto", tta: bool = False,
-                  progress: bool = True, threads: int | None = None) -> list[Path]:
+                  progress: bool = True, threads: int | None = None,
+                  fill_nonfinite: bool = False) -> list[Path]:
     """Segment ``inputs`` (files or folders) with the run's checkpoint; writes into ``out``.
+
+    Every input is normalised by the run's own record (:func:`run_normalisation`), whatever
+    its container. ``fill_nonfinite``: NaN/inf pixels are replaced (with a warning) instead of
+    refused.
 
     ``threads``: torch CPU threads; None = the run's ``train.threads``, else the automatic
     pick of :mod:`ssmis.engine.threads`. Returns the written paths. Raises SSMISError (one
@@ -244,7 +270,7 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
             existing = sorted(out.glob(f"{glob.escape(job.name)}_overlay_slice*.png"))
             if existing:
                 raise SSMISError(f"{existing[0]}: exists (use --overwrite to replace it)")
-    reader = _reader_settings(cfg)
+    norms = run_normalisation(cfg, run_dir)
     dev = resolve_device(device)
     apply_threads(threads or cfg.train.threads)
     method = build_method(cfg)
@@ -266,7 +292,7 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
         iterator = tqdm(jobs, desc="predict", unit="file", file=sys.stderr)
     with torch.no_grad():
         for job in iterator:
-            image, ref = _load_job(job, cfg, reader)
+            image, ref = _load_job(job, cfg, norms, fill_nonfinite)
             targets = _outputs(job, out, overlay)
             if job.kind == "nifti":
                 pred = _predict_volume(fn, image, cfg, dev)

@@ -35,6 +35,7 @@ import numpy as np
 
 from ssmis.data.h5 import _label_to_int
 from ssmis.data.masks import LOSSY_MASK_EXTS, describe, lookup_classes, normalize_mask_values
+from ssmis.data.normalisation import ChannelNorm, normalize, type_divisor
 from ssmis.errors import SSMISError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -74,6 +75,8 @@ class Catalog:
     manifest: dict[str, Any] = field(default_factory=dict)
     #: how :class:`CaseReader` decodes the files: nifti | images | prepared (default: layout)
     kind: str = ""
+    #: (path, reason) of the entries in the dataset's folders that no case uses
+    ignored: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.kind = self.kind or self.layout
@@ -192,44 +195,178 @@ def _read_dataset_json(root: Path) -> dict[str, Any]:
     return data
 
 
-def _nifti_folder(folder: Path, ending: str, problems: list[str] | None
+def dataset_json_channels(meta: dict[str, Any], path: Path) -> list[str]:
+    """Channel names of a ``dataset.json`` in channel order: nnU-Net v2 ``channel_names`` or
+    v1/MSD ``modality``. Keys that are all channel indices ("0", "1") are ordered by number;
+    other keys (``{"CT": "CT"}``) by their order in the file, as nnU-Net takes the values.
+
+    Raises:
+        SSMISError: the entry is not an object of strings, naming ``path``.
+    """
+    key = "channel_names" if "channel_names" in meta else "modality"
+    raw = meta.get(key)
+    if raw is None:
+        return []
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise SSMISError(f"{path}: '{key}' must map channels to names ({{\"0\": \"CT\"}}), "
+                         f"got {raw!r}")
+    items = list(raw.items())
+    if all(str(k).strip().isdigit() for k, _ in items):
+        items.sort(key=lambda kv: int(kv[0]))
+    return [str(v) for _, v in items]
+
+
+def dataset_json_labels(meta: dict[str, Any], path: Path) -> dict[int, str]:
+    """Label value -> name of a ``dataset.json``: nnU-Net v2 ``{"background": 0, "LA": 1}``
+    (region lists ``{"WT": [1, 2, 3]}`` name no single value), or v1/MSD ``{"0":
+    "background", "1": "LA"}``.
+
+    Raises:
+        SSMISError: an entry that is neither form, naming ``path``.
+    """
+    raw = meta.get("labels") or {}
+    if not isinstance(raw, dict):
+        raise SSMISError(f"{path}: 'labels' must be an object, got {raw!r}")
+    names: dict[int, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            names[value] = str(key)
+            continue
+        elif isinstance(value, list) and all(isinstance(v, int) for v in value):
+            continue
+        elif isinstance(value, str) and str(key).strip().isdigit():
+            names[int(key)] = value
+            continue
+        raise SSMISError(f"{path}: labels entry {key!r}: {value!r} is neither nnU-Net v2 "
+                         "(name: value) nor v1 (\"value\": name)")
+    return names
+
+
+def dataset_json_values(meta: dict[str, Any]) -> set[int]:
+    """Every label value a ``dataset.json`` declares (v2 values and regions, v1 keys)."""
+    out: set[int] = set()
+    for key, value in (meta.get("labels") or {}).items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            out.add(value)
+        elif isinstance(value, list):
+            out.update(int(v) for v in value if isinstance(v, int))
+        elif str(key).strip().isdigit():
+            out.add(int(key))
+    return out
+
+
+def _file_ending(meta: dict[str, Any], path: Path) -> str:
+    """``file_ending`` of a dataset.json (default .nii.gz); ssmis reads NIfTI only.
+
+    Raises:
+        SSMISError: another ending (.mha, .nrrd, .png), naming ``path``.
+    """
+    ending = str(meta.get("file_ending", ".nii.gz"))
+    if ending.lower() not in NIFTI_ENDINGS:
+        raise SSMISError(f"{path}: file_ending '{ending}': the nifti layout reads .nii.gz and "
+                         ".nii files; convert the files (2D pictures: data.layout: images)")
+    return ending
+
+
+#: the entries of a nifti dataset's root that the layout reads
+NIFTI_ENTRIES = ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "imagesUnlabeled",
+                 "dataset.json")
+
+
+def _ignore(catalog: Catalog, path: Path, reason: str) -> None:
+    catalog.ignored.append((str(path), reason))
+
+
+def _nifti_folder(folder: Path, catalog: Catalog, problems: list[str] | None
                   ) -> dict[str, dict[int, Path]]:
-    """``<case>_<XXXX><ending>`` files of a folder grouped by case -> {channel: path}."""
+    """``<case>_<XXXX>.nii[.gz]`` files of a folder grouped by case -> {channel: path}; every
+    other entry is recorded in ``catalog.ignored`` with the reason."""
     cases: dict[str, dict[int, Path]] = {}
     for path in sorted(folder.iterdir()):
-        stem = strip_ending(path.name, (ending,))
-        if stem is None or not path.is_file():
+        if path.name.startswith("."):
+            _ignore(catalog, path, "hidden file")
+            continue
+        stem = strip_ending(path.name, NIFTI_ENDINGS)
+        if not path.is_file():
+            _ignore(catalog, path, "a folder inside an image folder (not read)")
+            continue
+        if stem is None:
+            _ignore(catalog, path, "not a NIfTI file (.nii.gz, .nii)")
             continue
         match = _CHANNEL.match(stem)
         if match is None:
-            _problem(problems, f"{path}: image name must end in _0000{ending} (channel index, "
+            _problem(problems, f"{path}: image name must end in _0000.nii.gz (channel index, "
                                "nnU-Net naming)")
             continue
-        cases.setdefault(match["case"], {})[int(match["ch"])] = path
+        channels = cases.setdefault(match["case"], {})
+        channel = int(match["ch"])
+        if channel in channels:
+            _problem(problems, f"{path}: channel {channel} of case '{match['case']}' also in "
+                               f"{channels[channel].name}; keep one file")
+            continue
+        channels[channel] = path
     return cases
 
 
+def _label_files(folder: Path, catalog: Catalog, problems: list[str] | None
+                 ) -> dict[str, Path]:
+    """{case: label file} of a labels folder, any NIfTI ending. A case's label in another
+    format (``.mha``, ``.nrrd``, ``.png``) or in two files is a problem naming the file: a
+    label that exists is never read as 'no label'."""
+    labels: dict[str, Path] = {}
+    if not folder.is_dir():
+        return labels
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            _ignore(catalog, path, "hidden file")
+            continue
+        if not path.is_file():
+            _ignore(catalog, path, "a folder inside a label folder (not read)")
+            continue
+        stem = strip_ending(path.name, NIFTI_ENDINGS)
+        if stem is None:
+            _problem(problems, f"{path}: label file in a format the nifti layout does not read "
+                               "(expected .nii.gz or .nii); convert it")
+            continue
+        if stem in labels:
+            _problem(problems, f"{path}: second label file of case '{stem}' (also "
+                               f"{labels[stem].name}); keep one")
+            continue
+        labels[stem] = path
+    return labels
+
+
 def scan_nifti(root: Path, problems: list[str] | None = None) -> Catalog:
+    """Catalog of an nnU-Net folder (v1 or v2 ``dataset.json``; ``.nii.gz`` and ``.nii`` files
+    alike). Entries the layout does not read are listed in ``Catalog.ignored`` with the reason.
+
+    Raises:
+        SSMISError: no ``imagesTr/``, a dataset.json nnU-Net would not read, or (without
+            ``problems``) the first problem found.
+    """
     meta = _read_dataset_json(root)
-    ending = str(meta.get("file_ending", ".nii.gz"))
-    channel_names = [str(v) for _, v in sorted((meta.get("channel_names") or {}).items(),
-                                                key=lambda kv: int(kv[0]))]
-    labels = meta.get("labels") or {}
-    label_names: dict[int, str] = {}
-    for name, value in labels.items():
-        if isinstance(value, int):
-            label_names[value] = str(name)
+    meta_path = root / "dataset.json"
+    _file_ending(meta, meta_path)
+    channel_names = dataset_json_channels(meta, meta_path)
+    label_names = dataset_json_labels(meta, meta_path)
     domains = meta.get("domains") or {}
     if not (root / "imagesTr").is_dir():
         raise SSMISError(f"{root}: no imagesTr/ folder (nnU-Net layout)")
     catalog = Catalog("nifti", root, {}, channel_names, label_names, meta)
+    for entry in sorted(root.iterdir()):
+        if entry.name not in NIFTI_ENTRIES:
+            _ignore(catalog, entry, "not part of the nifti layout (reads "
+                                    f"{', '.join(NIFTI_ENTRIES)})")
     for images_dir, labels_dir, subset in (("imagesTr", "labelsTr", "train"),
                                            ("imagesTs", "labelsTs", "test"),
                                            ("imagesUnlabeled", None, "unlabeled")):
         folder = root / images_dir
         if not folder.is_dir():
             continue
-        for case, channels in _nifti_folder(folder, ending, problems).items():
+        labels = _label_files(root / labels_dir, catalog, problems) if labels_dir else {}
+        for case, channels in _nifti_folder(folder, catalog, problems).items():
             expected = len(channel_names) or len(channels)
             if sorted(channels) != list(range(expected)):
                 got = ", ".join(p.name for _, p in sorted(channels.items()))
@@ -240,21 +377,41 @@ def scan_nifti(root: Path, problems: list[str] | None = None) -> Catalog:
                 _problem(problems, f"{folder}: case '{case}' also in "
                                    f"{catalog.cases[case].images[0].parent.name}/")
                 continue
-            label = None
-            if labels_dir is not None:
-                candidate = root / labels_dir / f"{case}{ending}"
-                label = candidate if candidate.is_file() else None
-            catalog.cases[case] = CaseInfo(case, [channels[k] for k in sorted(channels)], label,
-                                           domains.get(case), subset)
-        if labels_dir is not None and (root / labels_dir).is_dir():
-            for path in sorted((root / labels_dir).iterdir()):
-                stem = strip_ending(path.name, (ending,))
-                if stem is not None and stem not in catalog.cases:
-                    _problem(problems, f"{path}: label without an image "
-                                       f"({images_dir}/{stem}_0000{ending})")
+            catalog.cases[case] = CaseInfo(case, [channels[k] for k in sorted(channels)],
+                                           labels.get(case), domains.get(case), subset)
+        for stem, path in labels.items():
+            if stem not in catalog.cases or catalog.cases[stem].subset != subset:
+                _problem(problems, f"{path}: label without an image "
+                                   f"({images_dir}/{stem}_0000.nii.gz)")
     if not catalog.cases:
-        _problem(problems, f"{root / 'imagesTr'}: no images named <case>_0000{ending}")
+        _problem(problems, f"{root / 'imagesTr'}: no images named <case>_0000.nii.gz")
     return catalog
+
+
+def declared_classes_problem(catalog: Catalog, num_classes: int | None, mask_values: Any
+                             ) -> str | None:
+    """One line when the ``dataset.json`` labels declare another class count than
+    ``data.num_classes`` (values 0..k give k + 1 classes); None when they agree, when nothing
+    is declared or when ``data.mask_values`` maps the label values."""
+    values = dataset_json_values(catalog.manifest) if catalog.kind == "nifti" else set()
+    if not values or num_classes is None or mask_values is not None:
+        return None
+    declared = max(values) + 1
+    if declared == num_classes:
+        return None
+    return (f"{catalog.root / 'dataset.json'}: labels declare {declared} classes (values "
+            f"{sorted(values)}), data.num_classes = {num_classes}")
+
+
+def ignored_lines(catalog: Catalog, limit: int = 5) -> list[str]:
+    """Lines naming the entries of a dataset folder that the layout does not read, with the
+    reason (``ssmis data inspect`` and the run log); empty when every entry is used."""
+    if not catalog.ignored:
+        return []
+    lines = [f"not read: {path} ({why})" for path, why in catalog.ignored[:limit]]
+    if len(catalog.ignored) > limit:
+        lines.append(f"not read: ... and {len(catalog.ignored) - limit} more entries")
+    return lines
 
 
 # --------------------------------------------------------------------------- image folders
@@ -296,20 +453,26 @@ class NamePattern:
 
 
 def _image_files(folder: Path, pattern: NamePattern | None = None,
-                 problems: list[str] | None = None, any_name: bool = False
-                 ) -> dict[str, Path]:
+                 problems: list[str] | None = None, any_name: bool = False,
+                 ignored: list[tuple[str, str]] | None = None) -> dict[str, Path]:
     """{case id: file} of the picture files (``IMAGE_EXTS``) in ``folder`` ({} if missing).
 
     ``pattern`` (default: the whole stem) gives the id; a file that does not match it is a
     problem unless ``any_name`` (then its stem is the id), and so is a second file with the
-    same id. Hidden files (``.name``) are skipped.
+    same id. Hidden files, folders and files of other types are appended to ``ignored`` with
+    the reason.
     """
     out: dict[str, Path] = {}
     if not folder.is_dir():
         return out
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTS \
-                or path.name.startswith("."):
+        reason = ("hidden file" if path.name.startswith(".") else
+                  "a folder inside an image folder (not read)" if not path.is_file() else
+                  f"not a picture ({', '.join(IMAGE_EXTS)})"
+                  if path.suffix.lower() not in IMAGE_EXTS else None)
+        if reason is not None:
+            if ignored is not None:
+                ignored.append((str(path), reason))
             continue
         key = path.stem if pattern is None else pattern.id_of(path.stem)
         if key is None and pattern is not None and not any_name:
@@ -374,8 +537,17 @@ def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks"
         if sub is not None and not any((g[2] / sub).is_dir() for g in groups):
             _problem(problems, f"{field_name}: no folder '{sub}' in {root}"
                                + (" or its domain folders" if groups[0][0] else ""))
+    read = {Path(n).parts[0] for n in (images_dir, masks_dir, unlabeled_dir, roi_dir,
+                                        test_images_dir, test_masks_dir, test_roi_dir) if n}
+    used_top = {g[2].name for g in groups if g[2] != root} | (read if top else set())
+    _note_unused(root, used_top, catalog.ignored,
+                 "not an images/masks folder of the layout, a domain or a subset folder")
     for domain, subset, folder, prefix in groups:
-        unlabeled = (_image_files(folder / unlabeled_dir, pats["image"], problems, any_name=True)
+        if folder != root:
+            _note_unused(folder, read, catalog.ignored, "not one of the layout's folders ("
+                         + ", ".join(sorted(n for n in read if n)) + ")")
+        unlabeled = (_image_files(folder / unlabeled_dir, pats["image"], problems, any_name=True,
+                                  ignored=catalog.ignored)
                      if subset == "train" else {})
         rois = _scan_image_group(catalog, domain, subset, prefix, folder / images_dir,
                                  folder / masks_dir, folder / roi_dir if roi_dir else None,
@@ -398,13 +570,39 @@ def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks"
     return catalog
 
 
+def _note_unused(folder: Path, used: set[str], ignored: list[tuple[str, str]], reason: str
+                 ) -> None:
+    """Append the entries of ``folder`` whose names are not in ``used`` to ``ignored``."""
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in used:
+            ignored.append((str(entry), "hidden file" if entry.name.startswith(".") else reason))
+
+
+def _missing_masks(missing: list[Path], images: dict[str, Path], masks: dict[str, Path],
+                   masks_folder: Path, pattern: NamePattern, what: str, hint: str) -> str:
+    """One problem line for the images of a folder without a mask: the count, one example
+    and, when no image found one, how the masks there are named."""
+    first = missing[0]
+    key = next(k for k, p in images.items() if p == first)
+    example = f"{first.name} -> {masks_folder}/{pattern.name_for(key)}.*"
+    if len(missing) == 1:
+        return f"{first}: no {what} {masks_folder}/{pattern.name_for(key)}.*{hint}"
+    if len(missing) == len(images) and masks:
+        seen = next(iter(masks.values())).name
+        return (f"{masks_folder}: none of the {len(images)} images of {first.parent} has a "
+                f"{what} named by {pattern.field} '{pattern.text}' (e.g. {example}); the "
+                f"{what}s there are named like {seen}: set {pattern.field}")
+    return (f"{masks_folder}: {len(missing)} of the {len(images)} images of {first.parent} "
+            f"have no {what} (e.g. {example}){hint}")
+
+
 def _scan_image_group(catalog: Catalog, domain: str | None, subset: str, prefix: str,
                       images_folder: Path, masks_folder: Path, roi_folder: Path | None,
                       pats: dict[str, NamePattern], problems: list[str] | None,
                       other_ids: set[str] | frozenset[str] = frozenset()) -> dict[str, Path]:
     """The labeled images of one folder (training or test), paired with masks and ROIs;
     returns the ROI files by id (``other_ids``: unlabeled images that may have one too)."""
-    images = _image_files(images_folder, pats["image"], problems)
+    images = _image_files(images_folder, pats["image"], problems, ignored=catalog.ignored)
     what = "test mask" if subset == "test" else "mask"
     if not masks_folder.is_dir():
         if images:
@@ -414,20 +612,22 @@ def _scan_image_group(catalog: Catalog, domain: str | None, subset: str, prefix:
                                f"data.mask_pattern for other file names; `ssmis data inspect "
                                f"--config CONFIG.yaml` checks them){hint}")
         return {}
-    masks = _image_files(masks_folder, pats["mask"], problems)
+    masks = _image_files(masks_folder, pats["mask"], problems, ignored=catalog.ignored)
     rois: dict[str, Path] = {}
     if roi_folder is not None:
         if roi_folder.is_dir():
-            rois = _image_files(roi_folder, pats["roi"], problems)
+            rois = _image_files(roi_folder, pats["roi"], problems, ignored=catalog.ignored)
         elif images:
             _problem(problems, f"{roi_folder}: ROI folder not found (data.roi_dir)")
             return {}
+    missing = [path for key, path in images.items() if key not in masks]
+    if missing:
+        hint = " (put unlabeled images in unlabeled/)" if subset == "train" else ""
+        _problem(problems, _missing_masks(missing, images, masks, masks_folder, pats["mask"],
+                                          what, hint))
     for key, path in images.items():
         mask = masks.get(key)
         if mask is None:
-            hint = " (put unlabeled images in unlabeled/)" if subset == "train" else ""
-            _problem(problems, f"{path}: no {what} {masks_folder}/"
-                               f"{pats['mask'].name_for(key)}.*{hint}")
             continue
         roi = rois.get(key)
         if roi_folder is not None and roi is None:
@@ -783,26 +983,6 @@ def map_rgb_mask(raw: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     return out
 
 
-def normalize(image: np.ndarray, method: str, window: Sequence[float] = (-1000.0, 1000.0),
-              raw_dtype: np.dtype | None = None) -> np.ndarray:
-    """One channel's intensities as float32: zscore, ct (window -> [0, 1]), scale, none."""
-    x = image.astype(np.float32, copy=False)
-    if method == "zscore":
-        std = float(x.std())
-        return (x - float(x.mean())) / (std if std > 1e-8 else 1.0)
-    if method == "ct":
-        lo, hi = float(window[0]), float(window[1])
-        return (np.clip(x, lo, hi) - lo) / (hi - lo)
-    if method == "scale":
-        dtype = np.dtype(raw_dtype if raw_dtype is not None else image.dtype)
-        if dtype.kind in "iu":
-            return x / float(np.iinfo(dtype).max)
-        return x
-    if method == "none":
-        return x
-    raise SSMISError(f"data.normalization: unknown method '{method}'")
-
-
 def _check_finite(path: Path, image: np.ndarray) -> None:
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise SSMISError(f"{path}: image contains {int(np.isnan(image).sum())} NaN and "
@@ -849,6 +1029,43 @@ class CaseReader:
             if w not in ("auto", done):
                 raise SSMISError(f"{path}: prepared with normalization {m.get('normalization')}"
                                  f", but data.normalization = {norm}; prepare again")
+
+    # -- normalisation ----------------------------------------------------------------------
+    def normalisation(self, data_cfg: Any) -> list[ChannelNorm]:
+        """One record per channel of what :meth:`load_raw` does to the intensities, with its
+        numbers (the ct window; the divisor of ``scale`` from the first case's file type) and
+        where it was decided."""
+        if self.kind == "prepared":
+            return prepared_normalisation(self.catalog.manifest, self.catalog.root)
+        names = self.catalog.channel_names
+        norms = []
+        for c, scheme in enumerate(self.norms):
+            name = names[c] if c < len(names) else None
+            if data_cfg.normalization != "auto":
+                source = "data.normalization"
+            elif name is not None:
+                source = f"dataset.json channel name '{name}' (nnU-Net's scheme for it)"
+            elif self.kind == "images":
+                source = "data.normalization auto for picture files"
+            else:
+                source = "data.normalization auto (no channel name)"
+            clip = (float(self.window[0]), float(self.window[1])) if scheme == "ct" else None
+            divisor = dtype = None
+            if scheme == "scale":
+                dtype = self._file_dtype(c)
+                divisor = type_divisor(dtype) if dtype is not None else None
+            norms.append(ChannelNorm(scheme, clip=clip, divisor=divisor, file_dtype=dtype,
+                                     source=source))
+        return norms
+
+    def _file_dtype(self, channel: int) -> str | None:
+        """The value type of the first case's file of ``channel`` (None: no case)."""
+        if not self.catalog.cases:
+            return None
+        info = next(iter(self.catalog.cases.values()))
+        if self.kind == "nifti":
+            return str(read_nifti(info.images[channel], header_only=True)[3].get_data_dtype())
+        return str(read_picture(info.images[0], {1: "L", 3: "RGB"}.get(self.in_channels)).dtype)
 
     # -- metadata ---------------------------------------------------------------------------
     def spatial_shape(self, case: str, with_label: bool = False) -> tuple[int, ...]:
@@ -906,10 +1123,13 @@ class CaseReader:
         if with_label and info.label is None:
             raise SSMISError(f"case '{case}' has no label ({info.images[0]})")
         if self.kind == "prepared":
-            return self._load_prepared(info, with_label)
-        if self.kind == "nifti":
-            return self._load_nifti(info, with_label)
-        return self._load_picture(info, with_label)
+            arrays = self._load_prepared(info, with_label)
+        elif self.kind == "nifti":
+            arrays = self._load_nifti(info, with_label)
+        else:
+            arrays = self._load_picture(info, with_label)
+        _check_finite(info.images[0], arrays.image)
+        return arrays
 
     def load(self, case: str, with_label: bool) -> CaseArrays:
         arrays = self.load_raw(case, with_label)
@@ -1029,6 +1249,21 @@ class CaseReader:
                           source_dtype="float16")
 
 
+def prepared_normalisation(manifest: dict[str, Any], root: Path) -> list[ChannelNorm]:
+    """The normalisation records of a prepared dataset (already applied in its files).
+
+    Manifests of ssmis < 0.3 name the schemes only: their numbers (the ``scale`` divisor)
+    are unknown and the record says so."""
+    where = f"{root / PREPARED_MANIFEST} normalisation"
+    if manifest.get("normalisation"):
+        return [ChannelNorm.from_dict({**r, "stored": True}, where)
+                for r in manifest["normalisation"]]
+    window = manifest.get("intensity_window", [-1000.0, 1000.0])
+    return [ChannelNorm(n, clip=(float(window[0]), float(window[1])) if n == "ct" else None,
+                        stored=True, source=f"{root / PREPARED_MANIFEST} (scheme only)")
+            for n in manifest.get("normalization", [])]
+
+
 def move_slice_axis(arrays: CaseArrays, axis: int) -> CaseArrays:
     """Volume (C, X, Y, Z) -> (C, D, H, W) with ``axis`` first; spacing permuted the same way."""
     image = np.moveaxis(arrays.image, axis + 1, 1)
@@ -1091,6 +1326,7 @@ def prepare_dataset(catalog: Catalog, data_cfg: Any, out: Path, progress: bool =
     manifest = {
         "format": PREPARED_FORMAT, "source": str(catalog.root), "source_layout": catalog.layout,
         "in_channels": data_cfg.in_channels, "normalization": reader.norms,
+        "normalisation": [n.as_dict() for n in reader.normalisation(data_cfg)],
         "intensity_window": list(reader.window), "mask_values": data_cfg.mask_values,
         "num_classes": data_cfg.num_classes, "channel_names": catalog.channel_names,
         "label_names": {str(k): v for k, v in catalog.label_names.items()}, "cases": entries,

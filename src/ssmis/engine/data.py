@@ -17,6 +17,7 @@ from ssmis.data.augment import build_augmentation
 from ssmis.data.datasets import EvalCase, TwoStreamDataset, collate_two_stream
 from ssmis.data.device_aug import DeviceBatchStream, SliceBank
 from ssmis.data.layouts import CatalogLayout, Layout, get_layout
+from ssmis.data.normalisation import describe_all
 from ssmis.data.owndata import CaseReader
 from ssmis.data.sampler import RankShardSampler, TwoStreamBatchSampler
 from ssmis.data.splits import Split
@@ -45,6 +46,18 @@ def check_data(cfg: ExperimentConfig, split: Split, need_unlabeled: bool,
     layout = layout or build_layout(cfg)
     layout.check_split_nonempty(split, need_unlabeled)
     return layout.check_files(split, need_unlabeled) or []
+
+
+def resolve_normalisation(cfg: ExperimentConfig, layout: Layout
+                          ) -> tuple[ExperimentConfig, list[str]]:
+    """The config with ``data.resolved_normalization`` set from the layout's records (written
+    to the run's ``config.yaml``; ``ssmis predict`` applies it), and the run-log lines saying
+    how each channel is normalised and which dataset entries are not read."""
+    norms = layout.normalisation()
+    data = cfg.data.model_copy(update={"resolved_normalization": [n.as_dict() for n in norms]})
+    names = getattr(getattr(layout, "catalog", None), "channel_names", [])
+    lines = [f"normalisation {line}" for line in describe_all(norms, names)]
+    return cfg.model_copy(update={"data": data}), lines + layout.data_notes()
 
 
 def _train_transform(cfg: ExperimentConfig) -> Any:

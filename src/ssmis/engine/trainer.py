@@ -35,7 +35,14 @@ from ssmis.engine.checkpoint import (
     save_resumable,
     save_weights,
 )
-from ssmis.engine.data import build_layout, build_split, check_data, eval_cases, train_batches
+from ssmis.engine.data import (
+    build_layout,
+    build_split,
+    check_data,
+    eval_cases,
+    resolve_normalisation,
+    train_batches,
+)
 from ssmis.engine.evaluate import (
     ValidationScore,
     summarize_validation,
@@ -127,6 +134,8 @@ class Prepared:
     threads: ThreadChoice | None = None
     #: lines the data checks want in the run log (e.g. labels resampled onto their image)
     data_notes: list[str] = field(default_factory=list)
+    #: how the data are read: normalisation per channel, folder entries not read
+    data_info: list[str] = field(default_factory=list)
     #: input batches in channels-last layout (``train.channels_last``)
     channels_last: bool = False
     #: the dataset's layout (``data.layout``), built once: listing, reading, evaluation cases
@@ -147,13 +156,14 @@ def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
     per_process = check_process_batch(cfg, method, dist.world_size())
     notes = dist.on_main(check_data, cfg, split, need_unlabeled=method.uses_unlabeled,
                          layout=layout) or []
+    cfg, info = resolve_normalisation(cfg, layout)
     if dist.use_sync_bn(cfg.train.sync_bn, device, sum(per_process), method):
         dist.convert_sync_bn(method)
     if dist.world_size() > 1:  # same initial weights everywhere, own random stream per process
         seed_everything(dist.rank_seed(cfg.seed, dist.rank()), cfg.train.deterministic)
     method = method.to(device)
     channels_last = apply_speed_settings(method, cfg.train, device, cfg.data.spatial_dims)
-    return Prepared(cfg, split, method, device, threads=threads, data_notes=notes,
+    return Prepared(cfg, split, method, device, threads=threads, data_notes=notes, data_info=info,
                     channels_last=channels_last, layout=layout)
 
 
@@ -192,6 +202,7 @@ class Trainer:
         self.device = prepared.device
         self.threads = prepared.threads
         self.data_notes = prepared.data_notes
+        self.data_info = prepared.data_info
         self.layout = prepared.layout or build_layout(self.cfg)
         self.channels_last = prepared.channels_last
         self.run_dir = run_dir
@@ -397,6 +408,8 @@ class Trainer:
         self._log_schedule()
         for note in routes:
             self.log.info(note)
+        for line in self.data_info:
+            self.log.info(line)
         for note in self.data_notes:
             self.log.warning(note)
         if self.threads is not None:

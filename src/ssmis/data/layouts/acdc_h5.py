@@ -11,6 +11,7 @@ from typing import Any
 from ssmis.data.h5 import acdc_slice_path, acdc_volume_path, read_list
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.h5 import H5Layout
+from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.splits import Split, acdc_split, patient_of_slice
 
 
@@ -18,6 +19,10 @@ class ACDCH5(H5Layout):
     """2D training slices, whole volumes (Z, H, W) for validation and test; the first
     ``data.labeled_patients`` patients (or ``labeled_slices`` slices) of ``train_slices.list``
     are labeled."""
+
+    stored_normalisation = ChannelNorm(
+        "minmax", stored=True, source="SSL4MIS ACDC preprocessing, per volume "
+        "(HiLab-git/SSL4MIS code/dataloaders/acdc_data_processing.py)")
 
     name = "acdc_h5"
     description = "SSL4MIS ACDC: 2D training slices + (Z, H, W) volumes, *.list split files"

@@ -40,6 +40,7 @@ import numpy as np
 
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.catalog import CatalogLayout
+from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.owndata import CaseArrays, CaseInfo, CaseReader, Catalog, read_nifti
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError
@@ -101,6 +102,14 @@ class ACDCReader(CaseReader):
     def __init__(self, catalog: Catalog, data_cfg: Any, slice_axis: int | None) -> None:
         super().__init__(catalog, data_cfg, slice_axis=slice_axis)
         self.minmax = data_cfg.normalization == "auto"
+
+    def normalisation(self, data_cfg: Any) -> list[ChannelNorm]:
+        """Min-max per volume with ``data.normalization: auto`` (SSL4MIS), else the
+        configured scheme."""
+        if not self.minmax:
+            return super().normalisation(data_cfg)
+        return [ChannelNorm("minmax", source="data.normalization auto: the SSL4MIS ACDC "
+                            "preprocessing (code/dataloaders/acdc_data_processing.py)")]
 
     def load_raw(self, case: str, with_label: bool) -> CaseArrays:
         """Image (1, X, Y, Z) float32, label (X, Y, Z) int64, spacing (mm) from the header."""

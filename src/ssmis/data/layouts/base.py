@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError
 
@@ -70,6 +71,9 @@ class Layout:
     #: image size, ``probabilities`` (bilinear, then argmax) or ``labels`` (nearest neighbour,
     #: for a layout whose published numbers were computed that way)
     zoom_back: ClassVar[str] = "probabilities"
+    #: layouts whose files hold intensities normalised by the dataset's own preprocessing
+    #: (the h5 copies of the literature): what produced them, per channel
+    stored_normalisation: ClassVar[ChannelNorm | None] = None
 
     def __init__(self, data: Any) -> None:
         self.data = data
@@ -130,6 +134,24 @@ class Layout:
             SSMISError: one line naming the file.
         """
         raise NotImplementedError
+
+    def normalisation(self) -> list[ChannelNorm]:
+        """How the run's input intensities are normalised, one record per channel (logged,
+        stored in the run's ``config.yaml`` as ``data.resolved_normalization`` and applied by
+        ``ssmis predict`` to new files). The default is :attr:`stored_normalisation`.
+
+        Raises:
+            SSMISError: the layout does not say (a layout without a record cannot be
+                predicted from raw files).
+        """
+        if self.stored_normalisation is None:
+            raise SSMISError(f"data.layout {self.name}: the layout records no normalisation")
+        return [self.stored_normalisation] * int(self.data.in_channels)
+
+    def data_notes(self) -> list[str]:
+        """Lines for the run log and ``ssmis data inspect`` about how the files are read
+        (entries of the dataset folder that are not read, with the reason); default none."""
+        return []
 
     def train_dataset(self, ids: list[str], transform: Any, with_label: bool) -> Any:
         """A map-style dataset of training items of ``ids`` (see the module docstring)."""

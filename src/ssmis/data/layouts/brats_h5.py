@@ -12,6 +12,7 @@ import numpy as np
 from ssmis.data.h5 import brats_volume_path, read_list
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.h5 import H5Layout, write_h5, write_list
+from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.splits import Split, brats_split
 
 
@@ -21,6 +22,10 @@ class BraTSH5(H5Layout):
     name = "brats_h5"
     description = "SSL4MIS BraTS2019: data/<id>.h5, train.txt / val.txt / test.txt"
     patch_dims = (3,)
+    stored_normalisation = ChannelNorm(
+        "zscore", clip_percentile=99.9, stats="nonzero", stored=True,
+        source="SSL4MIS BraTS2019 preprocessing (HiLab-git/SSL4MIS "
+        "code/dataloaders/brats_proprecessing.py)")
 
     @classmethod
     def config_problem(cls, data: Any) -> str | None:

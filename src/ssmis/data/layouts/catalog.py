@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ssmis.data.layouts.base import CaseEntry, Layout
-from ssmis.data.owndata import CaseReader, Catalog
+from ssmis.data.normalisation import ChannelNorm
+from ssmis.data.owndata import CaseReader, Catalog, declared_classes_problem, ignored_lines
 from ssmis.data.spacing import check_spacing_order
 from ssmis.data.splits import Split, case_groups, multi_case_groups, split_from_catalog
 from ssmis.errors import SSMISError
@@ -73,6 +74,14 @@ class CatalogLayout(Layout):
             self._reader = self.make_reader(self.catalog, self.data, slice_axis=axis)
         return self._reader
 
+    def normalisation(self) -> list[ChannelNorm]:
+        """The reader's records (:meth:`ssmis.data.owndata.CaseReader.normalisation`)."""
+        return self.reader.normalisation(self.data)
+
+    def data_notes(self) -> list[str]:
+        """The entries of the dataset's folders that no case uses, with the reason."""
+        return ignored_lines(self.catalog)
+
     def cases(self) -> list[CaseEntry]:
         """Every case, its group by ``data.group_by`` (:func:`ssmis.data.splits.case_groups`)."""
         groups = case_groups(list(self.catalog.cases), getattr(self.data, "group_by", "auto"))
@@ -107,6 +116,10 @@ class CatalogLayout(Layout):
         """Headers of every case first (channels, shapes, image/label agreement), then the
         spacing's axis order, then the values."""
         reader = self.reader
+        declared = declared_classes_problem(self.catalog, self.data.num_classes,
+                                            self.data.mask_values)
+        if declared is not None:
+            raise SSMISError(declared)
         groups = [(split.labeled, True), (split.val, True), (split.test, True)]
         if need_unlabeled:
             groups.append((split.unlabeled, False))

@@ -12,6 +12,7 @@ import numpy as np
 from ssmis.data.h5 import LA_FOLDER, la_volume_path, read_list
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.h5 import H5Layout, write_h5, write_list
+from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.splits import Split, la_split
 
 
@@ -22,6 +23,9 @@ class LAH5(H5Layout):
     name = "la_h5"
     description = "UA-MT Left Atrium: '2018LA_Seg_Training Set/<id>/mri_norm2.h5', *.list"
     patch_dims = (3,)
+    stored_normalisation = ChannelNorm(
+        "zscore", stored=True, source="UA-MT LA preprocessing, per volume before cropping "
+        "(yulequan/UA-MT code/dataloaders/la_heart_processing.py)")
 
     #: what the labeled count means for this dataset (the config error's hint)
     labeled_hint: str = "the first ids of train.list"

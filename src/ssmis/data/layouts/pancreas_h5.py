@@ -23,6 +23,7 @@ import numpy as np
 
 from ssmis.data.layouts.h5 import write_list
 from ssmis.data.layouts.la_h5 import LAH5
+from ssmis.data.normalisation import ChannelNorm
 
 #: folder of the preprocessed volumes under ``data.root``
 PANCREAS_FOLDER = "Pancreas_h5"
@@ -58,6 +59,10 @@ class PancreasH5(LAH5):
     name = "pancreas_h5"
     description = "NIH Pancreas-CT (MC-Net/CVBM): Pancreas_h5/<id>_norm.h5, train/test.list"
     labeled_hint = "the first ids of train.list; CVBM uses 6 or 12"
+    stored_normalisation = ChannelNorm(
+        "zscore", clip=(-125.0, 275.0), stored=True,
+        source="MC-Net Pancreas pre-processing: CT window level 75 / width 400, then z-score "
+        "per volume (ycwu1997/MC-Net data/Pancreas/Pre-processing.ipynb)")
 
     @classmethod
     def detect(cls, root: Path) -> bool:

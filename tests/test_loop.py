@@ -53,18 +53,43 @@ def test_cgroup_quota_v1(tmp_path: Path) -> None:
     assert threads.cgroup_cpu_limit(tmp_path, tmp_path / "none") is None
 
 
+def _stat_lines(busy: dict[int, tuple[int, int]]) -> str:
+    """A /proc/stat text: per CPU (busy ticks, idle ticks) split into its columns, and the
+    aggregate ``cpu`` line."""
+    def line(name: str, b: int, i: int) -> str:
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        return f"{name} {b - b // 4} 0 {b // 4} {i - i // 10} {i // 10} 0 0 0 0 0"
+    rows = [line("cpu", sum(b for b, _ in busy.values()), sum(i for _, i in busy.values()))]
+    rows += [line(f"cpu{c}", b, i) for c, (b, i) in sorted(busy.items())]
+    return "\n".join(rows + ["intr 1 2 3", "ctxt 99"]) + "\n"
+
+
 @pytest.fixture
 def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """An 8-CPU machine whose affinity, cgroup quota, load and torch default are set by the
-    test (no cgroup quota, idle, torch default 64 threads)."""
-    state = {"affinity": set(range(8)), "load": 0.0, "quota": None}
+    """An 8-CPU machine whose affinity, cgroup quota, busy CPUs now and torch default are set by
+    the test (no cgroup quota, idle, torch default 64 threads). ``state["busy"]`` maps a CPU to
+    its busy share during the /proc/stat sample; ``state["load"]`` is a 1-minute load average
+    that must not matter."""
+    state = {"affinity": set(range(8)), "busy": {}, "load": 0.0, "quota": None}
+    stat = tmp_path / "proc_stat"
+    ticks = {c: (1000 * c, 5000) for c in range(8)}  # since boot: anything
+
+    def sleep(seconds: float) -> None:  # 100 ticks per CPU pass during the sample
+        assert seconds == threads.SAMPLE_S
+        for c, (b, i) in ticks.items():
+            share = state["busy"].get(c, 0.0)
+            ticks[c] = (b + round(100 * share), i + round(100 * (1 - share)))
+        stat.write_text(_stat_lines(ticks))
 
     def set_quota(cpus: float | None) -> None:
         text = "max 100000" if cpus is None else f"{int(cpus * 100000)} 100000"
         (tmp_path / "cpu.max").write_text(text + "\n")
 
+    stat.write_text(_stat_lines(ticks))
     monkeypatch.setattr(threads, "CGROUP_ROOT", tmp_path)
     monkeypatch.setattr(threads, "PROC_CGROUP", tmp_path / "no_such_file")
+    monkeypatch.setattr(threads, "PROC_STAT", stat)
+    monkeypatch.setattr(threads.time, "sleep", sleep)
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: state["affinity"],
                         raising=False)
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 8)
@@ -73,10 +98,11 @@ def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     set_quota(None)
     state["set_quota"] = set_quota
+    state["stat"] = stat
     return state
 
 
-def test_threads_follow_affinity_quota_ranks_and_load(machine, monkeypatch) -> None:
+def test_threads_follow_affinity_quota_ranks_and_busy_cpus(machine, monkeypatch) -> None:
     assert threads.pick_threads().threads == 8
     machine["affinity"] = {0, 1, 2, 3}  # taskset / SLURM --cpus-per-task 4
     assert threads.pick_threads().threads == 4
@@ -86,9 +112,42 @@ def test_threads_follow_affinity_quota_ranks_and_load(machine, monkeypatch) -> N
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # torchrun: 3 processes share them
     assert threads.pick_threads().threads == 1
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    machine["load"] = 7.6  # the 8-CPU machine is busy: 0.4 CPUs idle
+    machine["set_quota"](None)
+    machine["affinity"] = set(range(8))
+    machine["busy"] = {c: 0.95 for c in range(8)}  # the 8-CPU machine is busy: 0.4 idle
     choice = threads.pick_threads()
-    assert choice.threads == 1 and "load 7.6" in choice.reason
+    assert choice.threads == 1 and "0.4 idle now (/proc/stat over 0.2 s)" in choice.reason
+    machine["busy"] = {0: 1.0, 1: 1.0, 2: 0.5}  # 2.5 CPUs busy: 5.5 idle -> 6 (rounded)
+    choice = threads.pick_threads()
+    assert choice.threads == 6 and "5.5 idle now" in choice.reason
+
+
+def test_threads_ignore_a_lagging_load_average(machine) -> None:
+    """Right after a job ended, the 1-minute load still reads ~1 on an idle 2-core machine:
+    the pick used it and took 1 thread (half speed). The CPUs idle now give 2."""
+    machine["affinity"] = {0, 1}
+    machine["load"] = 7.0  # 8 CPUs, load 7: the former rule left 1 thread
+    choice = threads.pick_threads()
+    assert choice.threads == 2 and "2.0 idle now" in choice.reason
+
+
+def test_idle_cpus_count_the_affinity_mask_only(machine) -> None:
+    machine["busy"] = {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}  # CPUs 0-3 busy, 4-7 idle
+    assert threads.idle_cpus({0, 1, 2, 3}) == pytest.approx(0.0)
+    assert threads.idle_cpus({4, 5}) == pytest.approx(2.0)
+    assert threads.idle_cpus(None) == pytest.approx(4.0)  # the whole machine (cpu line)
+    assert threads.idle_cpus({42}) == pytest.approx(4.0)  # a CPU the file lacks: the machine
+    machine["affinity"] = {0, 1, 2, 3}
+    assert threads.pick_threads().threads == 1
+
+
+def test_no_proc_stat_leaves_the_count_to_the_usable_cpus(machine, tmp_path) -> None:
+    machine["stat"].unlink()
+    machine["load"] = 7.9
+    choice = threads.pick_threads()
+    assert choice.threads == 8 and "idle CPUs not measured" in choice.reason
+    machine["stat"].write_text("cpu 1 2\n")  # malformed
+    assert threads.idle_cpus(stat=machine["stat"], wait=lambda s: None) is None
 
 
 def test_threads_never_raise_a_count_set_before(machine, monkeypatch) -> None:

@@ -225,14 +225,14 @@ def _relaunch_train(args: argparse.Namespace, cpu: bool = False) -> int:
     the same command as N processes through ``torch.distributed.run``."""
     from ssmis.config import load_config
     from ssmis.engine.distributed import relaunch
-    from ssmis.engine.run import load_run_config
+    from ssmis.engine.resume import plan_resume
 
     argv = ["train"]
     if args.resume is not None:
         if args.config and "=" not in args.config:
             raise SSMISError("train --resume RUN_DIR takes no config file (the run's own "
                              "config.yaml is used); give only key=value overrides")
-        load_run_config(args.resume, [o for o in [args.config, *args.overrides] if o])
+        plan_resume(args.resume, [o for o in [args.config, *args.overrides] if o])
         argv += ["--resume", str(args.resume)]
         if args.config:
             argv.append(args.config)

@@ -361,8 +361,8 @@ class TrainConfig(_Section):
     threads: int | None = Field(
         default=None, ge=1, description="torch CPU threads (also used by `ssmis predict`); "
         "null = picked at start from the CPUs this process may use (affinity, cgroup quota, "
-        "processes of this job on the machine) and those left idle by other work (load "
-        "average): see ssmis.engine.threads")
+        "processes of this job on the machine) and those left idle by other work now "
+        "(/proc/stat over 0.2 s): see ssmis.engine.threads")
     checkpoint_minutes: float = Field(
         default=30.0, ge=0, description="also save a resumable checkpoint every this many "
                                         "minutes of training (0: only at validation); SIGINT/"

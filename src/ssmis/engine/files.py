@@ -6,6 +6,8 @@ from __future__ import annotations
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "splits.json"
 CKPT_DIR = "checkpoints"
+#: the run's training sessions: start/end iteration, overrides given, lr rule (engine/resume.py)
+SEGMENTS_FILE = "segments.json"
 #: the checkpoint the run selected on validation (``eval.selection``); test and predict use it
 SELECTED = "best"
 

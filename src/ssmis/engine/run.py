@@ -16,6 +16,7 @@ from ssmis.engine.checkpoint import load_into
 from ssmis.engine.data import eval_cases
 from ssmis.engine.evaluate import evaluate_split
 from ssmis.engine.files import result_stem
+from ssmis.engine.resume import plan_resume
 from ssmis.engine.runlock import run_lock
 from ssmis.engine.runlog import LOGGER_NAME, setup_logger
 from ssmis.engine.trainer import (
@@ -83,18 +84,23 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Experi
 
 def resume_run(run_dir: Path, overrides: list[str] | None = None, evaluate: bool = True,
                verbose: bool = True) -> Path:
-    """Continue a stopped run from its last checkpoint (``train.iterations=`` may extend it)."""
+    """Continue a stopped run from its last checkpoint. Overrides follow the rules of
+    :mod:`ssmis.engine.resume` (``train.iterations=`` and ``train.lr=`` by a stated rule with
+    a warning, run-changing fields refused); the session is added to ``segments.json``."""
     with dist.shared_errors():
-        cfg = load_run_config(run_dir, overrides)
+        plan = plan_resume(run_dir, overrides or [])
+        cfg = plan.cfg
         dist.setup(cfg.train.device)
         split = Split.load(run_dir / SPLIT_FILE)
         prepared = prepare(cfg, split)
     with dist.main_only(run_lock, run_dir):
-        trainer = Trainer(prepared, run_dir)
+        trainer = Trainer(prepared, run_dir, plan=plan)
         _logger(run_dir, verbose)
-        # the checkpoint is verified before the overrides rewrite config.yaml (rank 0)
-        rewrite = trainer.write_start_files if overrides and dist.is_main_process() else None
-        trainer.fit(resume=True, after_resume=rewrite)
+        # the checkpoint and the plan are checked before config.yaml / segments.json (rank 0)
+        write = None
+        if dist.is_main_process():
+            write = trainer.write_start_files if plan.changes else trainer.write_segments
+        trainer.fit(resume=True, after_resume=write)
         if evaluate:
             evaluate_run(run_dir, split="test", checkpoint="best", verbose=verbose,
                          prepared=prepared)

@@ -51,6 +51,7 @@ from ssmis.engine.evaluate import (
 )
 from ssmis.engine.fast import apply_speed_settings, batch_to_device
 from ssmis.engine.files import CKPT_DIR, CONFIG_FILE, SELECTED, SPLIT_FILE  # noqa: F401
+from ssmis.engine.resume import ResumePlan, restarts, write_segments
 from ssmis.engine.runlog import (
     LOGGER_NAME,
     JsonlWriter,
@@ -58,7 +59,7 @@ from ssmis.engine.runlog import (
     TensorBoard,
     truncate_jsonl,
 )
-from ssmis.engine.schedule import learning_rate
+from ssmis.engine.schedule import Restart, phase_lr
 from ssmis.engine.seed import capture_rng_state, restore_rng_state, seed_everything
 from ssmis.engine.threads import ThreadChoice, apply_threads
 from ssmis.errors import RunInterrupted, SSMISError
@@ -195,8 +196,11 @@ class Trainer:
     Ties keep the earliest checkpoint and are reported.
     """
 
-    def __init__(self, prepared: Prepared, run_dir: Path) -> None:
+    def __init__(self, prepared: Prepared, run_dir: Path,
+                 plan: ResumePlan | None = None) -> None:
         self.cfg = prepared.cfg
+        #: the checked overrides of a resume (``--resume``), applied once the step is known
+        self.plan = plan
         self.split = prepared.split
         self.method = prepared.method
         self.device = prepared.device
@@ -224,6 +228,10 @@ class Trainer:
         self.main = dist.is_main_process()
         self.world = dist.world_size()
         self.stepper = dist.wrap(self.method, self.device)
+        #: the run's training sessions (``segments.json``) and its poly restarts
+        self.segments: list[dict[str, Any]] = (
+            plan.segments if plan is not None else [self._segment(0, [], {}, {})])
+        self.restarts: list[Restart] = restarts(self.segments)
 
     # -- set-up -----------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -236,13 +244,49 @@ class Trainer:
                                nesterov=t.nesterov, foreach=t.foreach)
 
     def write_start_files(self) -> None:
+        """``config.yaml`` (every method option with its default), ``splits.json`` and
+        ``segments.json``; after a resume that changed the config, ``config.yaml`` starts with
+        a comment saying that the run was trained in segments."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # every option of the method with its default, as declared (percentages kept)
         params = self.method.declared_params.model_dump(mode="json")
         method = self.cfg.method.model_copy(update={"params": params})
-        (self.run_dir / CONFIG_FILE).write_text(to_yaml(self.cfg.model_copy(
+        changed = [s["start"] for s in self.segments if s.get("changes")]
+        header = ("# resumed with overrides at iteration(s) "
+                  f"{', '.join(map(str, changed))}: trained in segments (segments.json), with\n"
+                  "# the lr schedule and phase lengths given there; training this file from "
+                  "scratch would not repeat the run\n") if changed else ""
+        (self.run_dir / CONFIG_FILE).write_text(header + to_yaml(self.cfg.model_copy(
             update={"method": method})))
         self.split.save(self.run_dir / SPLIT_FILE)
+        write_segments(self.run_dir, self.segments)
+
+    def write_segments(self) -> None:
+        """Only ``segments.json`` (a resume without overrides: the config is unchanged)."""
+        write_segments(self.run_dir, self.segments)
+
+    def _segment(self, start: int, overrides: list[str], changes: dict[str, Any],
+                 lr: dict[str, Any]) -> dict[str, Any]:
+        """One entry of ``segments.json``: a training session from iteration ``start``."""
+        return {"start": start, "end": self.total, "overrides": list(overrides),
+                "changes": changes, "lr_schedule": self.cfg.train.schedule.kind,
+                "lr_rule": lr.pop("rule", f"{self.cfg.train.schedule.kind} from train.lr "
+                                              f"{self.cfg.train.lr:g}, restarted at each phase"),
+                **lr}
+
+    def lr_at(self, step: int, phases: list[Phase] | None = None, base: float | None = None,
+              restarts: list[Restart] | None = None) -> float:
+        """The scheduled lr of global iteration ``step`` (before the optimizer's per-group
+        ``lr_scale``); by default with this run's phases, ``train.lr`` and restarts."""
+        phases = self.phases if phases is None else phases
+        start = 0
+        for phase in phases:
+            if step < start + phase.iterations or phase is phases[-1]:
+                break
+            start += phase.iterations
+        return phase_lr(self.cfg.train.lr if base is None else base, step, start,
+                        phase.iterations, self.cfg.train.schedule,
+                        self.restarts if restarts is None else restarts)
 
     def phase_at(self, step: int) -> tuple[Phase, int]:
         """The phase that iteration ``step`` belongs to and the step within it."""
@@ -287,8 +331,10 @@ class Trainer:
             self.log.warning(f"warning: {problem}; resuming from the previous consistent "
                              f"checkpoint (iteration {found.step})")
         state = found.state
-        self._load(found.weights)
         self.step = found.step
+        if self.plan is not None:
+            self._begin_segment()
+        self._load(found.weights)
         phase, _ = self.phase_at(self.step)
         if not (phase.reset_optimizer and self._phase_start(phase) == self.step):
             try:
@@ -305,6 +351,100 @@ class Trainer:
             truncate_jsonl(self.run_dir / "scalars.jsonl", self.step)
             truncate_jsonl(self.run_dir / "val.jsonl", self.step)
         return self._rank_rng(state)
+
+    def _begin_segment(self) -> None:
+        """Apply the resume plan at ``self.step`` (README, "Resume"): refuse an extension that
+        would change phases or loss weights of iterations already trained, or continue a poly
+        schedule that already reached 0; record the poly restart; log one warning with the lr
+        before/after; append this session to ``self.segments``. Writes nothing.
+
+        Raises:
+            SSMISError: naming the field and the iteration."""
+        plan, step, cfg = self.plan, self.step, self.cfg
+        assert plan is not None
+        old = plan.stored
+        old_phases = self.phases
+        if "train.iterations" in plan.changes:
+            old_phases = self._check_past_unchanged(old)
+        before = self.lr_at(step, old_phases, old.train.lr)
+        phase, local = self.phase_at(step)
+        restart = None
+        poly = cfg.train.schedule.kind == "poly"
+        if plan.ruled and poly and local > 0:
+            if before == 0.0 and "train.iterations" in plan.changes:
+                raise SSMISError(
+                    f"train.iterations: the poly schedule of {self.run_dir} reached lr 0 at "
+                    f"iteration {step} (the end of its phase '{phase.name}'); continuing it "
+                    "would train at lr 0: start a new run with the longer train.iterations")
+            end = self._phase_start(phase) + phase.iterations
+            restart = Restart(step, before * cfg.train.lr / old.train.lr, end)
+        after = self.lr_at(step, restarts=self.restarts + ([restart] if restart else []))
+        lr: dict[str, Any] = {"lr_before": before, "lr_after": after}
+        if restart is not None:
+            lr["rule"] = (f"poly continued from {restart.lr:.6g} at iteration {step} to 0 at "
+                          f"iteration {restart.end}: lr = {restart.lr:.6g} * (1 - (t - {step}) "
+                          f"/ {restart.end - step}) ** {cfg.train.schedule.power:g}")
+            lr["lr_restart"] = {"step": step, "lr": restart.lr, "end": restart.end}
+            self.restarts = [*self.restarts, restart]
+        elif poly:
+            lr["rule"] = (f"poly of phase '{phase.name}' from iteration {step - local} over "
+                          f"its {phase.iterations} iterations")
+        else:
+            lr["rule"] = f"{cfg.train.schedule.kind} schedule from train.lr {cfg.train.lr:g}"
+        changes = {k: list(v) for k, v in plan.changes.items()}
+        if plan.frozen:
+            lr["frozen"] = {k: list(v) for k, v in plan.frozen.items()}
+        if not self.segments:  # a run written before segments.json: its start, reconstructed
+            self.segments = [{"start": 0, "end": old.train.iterations, "overrides": [],
+                              "changes": {}, "lr_schedule": old.train.schedule.kind,
+                              "lr_rule": "reconstructed from config.yaml at the first resume"}]
+        self.segments = [*self.segments, self._segment(step, plan.overrides, changes, lr)]
+        if plan.ruled:
+            shown = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in plan.ruled.items())
+            self.log.warning(f"warning: resumed at iteration {step} with {shown}: lr "
+                             f"{before:.6g} -> {after:.6g} at the resume point "
+                             f"({self.segments[-1]['lr_rule']})")
+        for name, (given, kept) in plan.frozen.items():
+            self.log.info(f"{name}: {given} of the {old.train.iterations} iterations the run "
+                          f"started with, kept as {kept} (a phase or ramp does not move at "
+                          "--resume)")
+
+    def _check_past_unchanged(self, old: ExperimentConfig) -> list[Phase]:
+        """The phases of the run as configured before the resume; refuses (SSMISError naming
+        the field) when the resumed config moves a phase boundary at or before ``self.step``
+        or changes an unsupervised weight of an iteration already trained."""
+        with torch.random.fork_rng(devices=[]):
+            before = build_method(old)
+        old_phases = before.phases()
+
+        def starts(phases: list[Phase]) -> list[tuple[str, int]]:
+            out, start = [], 0
+            for p in phases:
+                out.append((p.name, start))
+                start += p.iterations
+            return out
+
+        old_starts, new_starts = starts(old_phases), starts(self.phases)
+        for (name, a), (_, b) in zip(old_starts, new_starts, strict=False):
+            if a != b and min(a, b) <= self.step:
+                raise SSMISError(
+                    f"train.iterations: phase '{name}' started at iteration {a}; the resumed "
+                    f"config starts it at {b}, before iteration {self.step} already trained: "
+                    "start a new run (or give the phase length in iterations)")
+        new_terms = {t.name: t for t in self.method.unsupervised_terms()}
+        for term in before.unsupervised_terms():
+            other = new_terms.get(term.name)
+            if other is None:
+                continue
+            for k in range(self.step):
+                if term.weight(k) != other.weight(k):
+                    fields = ", ".join(f"method.params.{p}" for p in term.params)
+                    raise SSMISError(
+                        f"train.iterations: the weight of '{term.name}' at iteration {k}, "
+                        f"already trained, would change ({term.weight(k):g} -> "
+                        f"{other.weight(k):g}; set by {fields or 'train.iterations'}): start "
+                        "a new run")
+        return old_phases
 
     def _resume_threads(self, saved: int | None) -> None:
         """With automatic threads, continue with the count the run was saved with when it is
@@ -434,7 +574,8 @@ class Trainer:
                 phase, local = self.phase_at(self.step)
                 if local == 0 and self.step > 0:
                     self._start_phase(phase)
-                lr = learning_rate(cfg.train.lr, local, phase.iterations, cfg.train.schedule)
+                lr = phase_lr(cfg.train.lr, self.step, self.step - local, phase.iterations,
+                              cfg.train.schedule, self.restarts)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 labeled, unlabeled = next(batches)

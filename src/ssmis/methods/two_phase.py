@@ -18,6 +18,7 @@ from ssmis.methods.base import Batch, Method, Phase
 from ssmis.methods.teacher import (
     BufferPolicy,
     EMAParams,
+    buffer_policy,
     copy_weights,
     ema_update,
     make_teacher,
@@ -38,7 +39,7 @@ class TwoPhaseParams(EMAParams):
     ema_buffers: BufferPolicy | None = Field(
         default=None,
         description="null = as the authors: 'ema' (state_dict EMA) for the acdc recipe, "
-        "'own' (parameters only) for la",
+        "'own' (parameters only) for la; 'ema' for both with teacher_train_mode false",
     )
     pretrain_iterations: ShareOrInt = Field(
         default=0, description="first phase length, carved from train.iterations; or a share "
@@ -105,7 +106,8 @@ class TwoPhaseMethod(HalvedBatches, Method):
         if recipe == "auto":
             recipe = "acdc" if cfg.data.spatial_dims == 2 else "la"
         self.recipe = recipe
-        self.ema_buffers: BufferPolicy = p.ema_buffers or ("ema" if recipe == "acdc" else "own")
+        self.ema_buffers: BufferPolicy = buffer_policy(p.ema_buffers, p.teacher_train_mode,
+                                                    "ema" if recipe == "acdc" else "own")
         self.reset_opt = p.reset_optimizer if p.reset_optimizer is not None else recipe == "la"
 
     def _init_teacher(self) -> None:

@@ -257,3 +257,49 @@ def test_teachers_move_under_every_option_combination(name: str, tmp_path: Path)
             frozen = [k for k, v in buffers.items() if torch.equal(v, now[k])]
             assert not frozen, f"{name} {options}: {t}'s BatchNorm statistics never moved: {frozen}"
     assert accepted, f"{name}: every teacher option combination is refused"
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_unset_pretraining_is_the_published_share_of_the_run(name: str, tmp_path: Path) -> None:
+    """A phase length left unset is the authors' share of train.iterations (ACDC 10,000 of
+    40,000, LA 2,000 of 17,000), not 0: `method.name=bcp` on an own-data config used to run
+    BCP without its pre-training. The run log's phase line says so."""
+    cls = METHODS[name]
+    if "pretrain_iterations" not in cls.Params.model_fields:
+        pytest.skip(f"{name} has one phase")
+    for kind, total, pretrain, share in (("2d", 1000, 250, "25%"), ("3d", 1700, 200, "11.8%")):
+        if int(kind[0]) not in cls.spatial_dims:
+            continue
+        method = cls(tiny_method_config(name, {}, kind, tmp_path, iterations=total))
+        assert [(p.name, p.iterations) for p in method.phases()] == [
+            ("pretrain", pretrain), ("self_train", total - pretrain)]
+        assert method.phase_summary() == (
+            f"phases: pretrain 0..{pretrain - 1} ({pretrain} it, {share} of {total}), "
+            f"self_train {pretrain}..{total - 1} ({total - pretrain} it, "
+            f"{100 * (total - pretrain) / total:.3g}% of {total}); "
+            f"method.params.pretrain_iterations unset: the published share {share}")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_pretraining_as_long_as_the_run_names_the_share_fix(name: str, tmp_path: Path) -> None:
+    """`ssmis train configs/acdc/bcp_cpu.yaml train.iterations=200` (pretrain 200): the error
+    names the fix, a share of the run."""
+    cls = METHODS[name]
+    if "pretrain_iterations" not in cls.Params.model_fields:
+        pytest.skip(f"{name} has one phase")
+    kind = "2d" if 2 in cls.spatial_dims else "3d"
+    cfg = tiny_method_config(name, {"pretrain_iterations": 200}, kind, tmp_path, iterations=200)
+    with pytest.raises(SSMISError) as err:
+        cls(cfg).phases()
+    assert str(err.value).startswith("method.params.pretrain_iterations: 200 leaves no "
+                                     "self-training within train.iterations = 200; ")
+    assert "method.params.pretrain_iterations=25%" in str(err.value)
+    fixed = tiny_method_config(name, {"pretrain_iterations": "25%"}, kind, tmp_path,
+                               iterations=200)
+    assert [p.iterations for p in cls(fixed).phases()] == [50, 150]
+
+
+def test_single_phase_summary(tmp_path: Path) -> None:
+    method = METHODS["mean_teacher"](tiny_method_config("mean_teacher", {}, "2d", tmp_path,
+                                                        iterations=600))
+    assert method.phase_summary() == "phases: train 0..599 (600 it, 100% of 600)"

@@ -72,8 +72,10 @@ def test_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         "evaluate RUN_DIR` writes it)" in capsys.readouterr().err
     a = _run(tmp_path, "x", "supervised", 1, {"A": 0.5})
     b = _run(tmp_path, "y", "supervised", 1, None)
-    with pytest.raises(SSMISError, match="some runs have per-domain results"):
+    with pytest.raises(SSMISError, match="some runs have per-domain results") as err:
         compare_runs([a, b])
+    # `ssmis compare runs/*/*` with mixed settings: the line names a run of each kind
+    assert f"({b} has none, {a} has)" in str(err.value) and "\n" not in str(err.value)
     c = _run(tmp_path, "z", "supervised", 2, None)
     meta = json.loads((c / "metrics.json").read_text())
     meta["unit"] = "mm"

@@ -17,7 +17,19 @@ def test_demo_runs_share_data_split_and_seed(tmp_path: Path) -> None:
     assert sup["train"]["batch_size"] == ssl["train"]["batch_size"]
     assert sup["method"]["name"] == "supervised" and ssl["method"]["name"] == SSL_METHOD
     assert ssl["train"]["unlabeled_batch_size"] > 0
-    assert ssl["method"]["params"]["pretrain_iterations"] == 10
+
+
+@pytest.mark.parametrize(("iterations", "pretrain"), [(1, 0), (2, 1), (3, 1), (30, 10), (300, 100)])
+def test_demo_pretraining_scales_with_iterations(tmp_path: Path, iterations: int,
+                                                 pretrain: int) -> None:
+    """`ssmis demo --iterations 1` used to fail: pre-training max(n // 3, 1) = the whole run."""
+    from ssmis.config import validate_config
+    from ssmis.methods import build_method
+
+    cfg = validate_config(demo_configs(tmp_path, iterations)[SSL_METHOD], source="demo")
+    phases = build_method(cfg).phases()
+    assert sum(p.iterations for p in phases) == iterations
+    assert phases[-1].name == "self_train" and phases[-1].iterations == iterations - pretrain
 
 
 @pytest.mark.slow

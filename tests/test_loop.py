@@ -226,6 +226,7 @@ def test_run_log_names_the_threads_and_the_schedule(mt_run: Path) -> None:
     log = (mt_run / "train.log").read_text()
     assert "torch threads: " in log and "usable CPU" in log
     assert "consistency_rampup 50% = 2 iterations" in log
+    assert "INFO phases: train 0..3 (4 it, 100% of 4)\n" in log  # among the first lines
     assert "WARNING warning: mean_teacher's consistency weight stays at most 0 " in log
     summary = json.loads((mt_run / "train_summary.json").read_text())
     assert summary["threads"] >= 1

@@ -112,3 +112,42 @@ def test_regions_score_unions_of_classes() -> None:
     assert out["cup"]["dice"] == pytest.approx(0.0)
     per_class = case_metrics(pred, gt, [1, 2])
     assert per_class[2]["dice"] < 1.0  # the rim alone is not perfect
+
+
+def _nothing_segmented(n_empty: int, n_missed: int) -> list[dict]:
+    """A model that predicts nothing: ``n_empty`` cases with an empty reference (empty/empty
+    pairs, distance 0 by the empty rule) and ``n_missed`` with a structure (distance undefined)."""
+    gt_full = np.zeros((16, 16), np.int64)
+    gt_full[4:9, 4:9] = 1
+    pred = np.zeros((16, 16), np.int64)
+    refs = [np.zeros_like(gt_full)] * n_empty + [gt_full] * n_missed
+    return [{"case": f"c{i}", "domain": None, "metrics": {
+        str(k): v for k, v in case_metrics(pred, gt, [1]).items()}} for i, gt in enumerate(refs)]
+
+
+@pytest.mark.parametrize("empty_rule_cases", [(3, 2), (2, 0)])
+def test_a_distance_made_of_empty_pairs_only_is_undefined(empty_rule_cases) -> None:
+    """A model that segments nothing read 'HD95 0.00' (3 of 5 test masks empty): the defined
+    values were all empty/empty pairs, which are not distances."""
+    n_empty, n_missed = empty_rule_cases
+    summary = summarize(_nothing_segmented(n_empty, n_missed), {1: "fg"})
+    for m in ("hd95", "asd"):
+        for stat in (summary["per_class"]["fg"][m], summary["mean"][m]):
+            assert stat["mean"] is None and stat["n"] == 0
+            assert stat["empty_pairs"] == n_empty and stat["undefined"] == n_empty + n_missed
+    assert summary["mean"]["dice"]["mean"] == pytest.approx(n_empty / (n_empty + n_missed))
+
+
+def test_empty_pairs_beside_real_distances_still_count_as_zero() -> None:
+    """The documented empty rule is kept where a real distance exists."""
+    cases = _nothing_segmented(2, 0)
+    gt = np.zeros((16, 16), np.int64)
+    gt[4:9, 4:9] = 1
+    pred = np.zeros_like(gt)
+    pred[4:9, 5:10] = 1
+    real = case_metrics(pred, gt, [1])[1]
+    cases.append({"case": "c9", "domain": None, "metrics": {"1": real}})
+    summary = summarize(cases, {1: "fg"})
+    assert summary["mean"]["hd95"]["mean"] == pytest.approx(real["hd95"] / 3)
+    assert "empty_pairs" not in summary["mean"]["hd95"]
+    assert summary["per_class"]["fg"]["hd95"]["n"] == 3

@@ -213,3 +213,25 @@ def test_log_scale_only_when_all_losses_positive() -> None:
     assert report._all_positive(rows, keys)
     rows[1]["loss_ce"] = -0.1  # e.g. a negative entropy term
     assert not report._all_positive(rows, keys)
+
+
+def test_empty_pair_distances_read_as_undefined_in_the_tables() -> None:
+    """metrics.md / the printed table: a distance mean of empty/empty pairs only is 'n/a'."""
+    from ssmis.eval.metrics import case_metrics, summarize
+    from ssmis.eval.report import metrics_table_markdown
+
+    gt = np.zeros((16, 16), np.int64)
+    gt[4:9, 4:9] = 1
+    refs = [np.zeros_like(gt)] * 3 + [gt] * 2
+    per_case = [{"case": f"c{i}", "domain": None,
+                 "metrics": {str(k): v for k, v in case_metrics(np.zeros_like(gt), g,
+                                                                [1]).items()}}
+                for i, g in enumerate(refs)]
+    result = {**summarize(per_case, {1: "fg"}), "classes": {1: "fg"}, "unit": "voxel",
+              "hd95_mode": "monai"}
+    text = metrics_table_markdown(result)
+    rows = [line for line in text.splitlines() if line.startswith(("| fg", "| mean"))]
+    assert len(rows) == 2
+    for row in rows:
+        assert row.endswith("| 60.00 ± 48.99 | n/a (3 empty/empty) | n/a (3 empty/empty) "
+                            "| 5 | 5/5 |"), row

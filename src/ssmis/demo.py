@@ -51,7 +51,8 @@ DEMO_CONFIG: dict[str, Any] = {
 
 #: What changes for the semi-supervised run (same data, split, seed, batch of labeled slices).
 SSL_CHANGES: dict[str, Any] = {
-    "method": {"name": SSL_METHOD, "params": {"pretrain_iterations": 100}},
+    # a third of the run (any --iterations: 1 leaves self-training only)
+    "method": {"name": SSL_METHOD, "params": {"pretrain_iterations": "33.3%"}},
     "train": {"unlabeled_batch_size": 4},
 }
 
@@ -74,9 +75,6 @@ def demo_configs(out: Path, iterations: int | None = None) -> dict[str, dict[str
             "train": {**DEMO_CONFIG["train"], "iterations": n, "val_every": max(n // 6, 1)}}
     ssl = {**base, "name": f"demo_{SSL_METHOD}", "method": dict(SSL_CHANGES["method"]),
            "train": {**base["train"], **SSL_CHANGES["train"]}}
-    params = dict(ssl["method"]["params"])
-    params["pretrain_iterations"] = max(min(n // 3, n - 1), 1)
-    ssl["method"]["params"] = params
     return {"supervised": {**base, "name": "demo_supervised"}, SSL_METHOD: ssl}
 
 

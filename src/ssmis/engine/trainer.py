@@ -638,8 +638,9 @@ class Trainer:
         return self.summary()
 
     def _log_schedule(self) -> None:
-        """The method params given as shares of the run, resolved; a warning for each
-        unsupervised term that never switches on within ``train.iterations``."""
+        """Each phase's length; the method params given as shares of the run, resolved; a
+        warning for each unsupervised term that never switches on within ``train.iterations``."""
+        self.log.info(self.method.phase_summary())
         declared = self.method.declared_params
         shares = [f"{name} {value} = {getattr(self.method.params, name):g} iterations"
                   for name, value in declared.model_dump().items()

@@ -127,9 +127,13 @@ def comparison_rows(results: Sequence[RunResult]) -> tuple[list[str], list[list[
                 raise SSMISError(f"{r.path}: {key} '{r.metrics.get(key)}' differs from "
                                  f"'{first.metrics.get(key)}' of {first.path}; compare like "
                                  "with like")
-    with_domains = [bool(r.metrics.get("per_domain")) for r in results]
-    if any(with_domains) and not all(with_domains):
-        raise SSMISError("compare: some runs have per-domain results and some have not")
+    with_domains = [r for r in results if r.metrics.get("per_domain")]
+    without = [r for r in results if not r.metrics.get("per_domain")]
+    if with_domains and without:
+        raise SSMISError(
+            f"compare: some runs have per-domain results and some have not ({without[0].path} "
+            f"has none, {with_domains[0].path} has); compare like with like: pass the runs of "
+            "one setting")
     domains = sorted({d for r in results for d in r.metrics.get("per_domain") or {}})
     classes = list(dict.fromkeys(c for r in results for c in r.metrics.get("per_class") or {}))
     groups: dict[str, list[RunResult]] = {}

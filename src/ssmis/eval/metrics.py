@@ -32,6 +32,13 @@ __all__ = [
 
 METRIC_NAMES: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd")
 
+#: the distance metrics: 0 for a pair of empty masks by the empty-mask rule, not a measurement
+DISTANCES: tuple[str, ...] = ("hd95", "asd")
+
+#: per-case key (true) of a class whose prediction and reference are both empty; a distance
+#: mean made of such pairs only is undefined (``empty_pairs`` in the summary, "n/a" in tables)
+EMPTY_PAIR = "empty_pair"
+
 METRIC_DEFINITIONS: dict[str, str] = {
     "dice": "2|P∩G| / (|P| + |G|) over the voxels of one class",
     "jaccard": "|P∩G| / |P∪G| over the voxels of one class",
@@ -50,9 +57,10 @@ METRIC_DEFINITIONS: dict[str, str] = {
 
 EmptyRule = Literal["nan", "medpy"]
 EMPTY_RULES: dict[str, str] = {
-    "nan": "both masks empty: dice 1, jaccard 1, hd95 0, asd 0; exactly one empty: dice 0, "
-           "jaccard 0, hd95 and asd undefined (null, left out of means and counted as "
-           "'undefined')",
+    "nan": "both masks empty: dice 1, jaccard 1, hd95 0, asd 0 (a distance mean made of such "
+           "pairs only is undefined: null, with their count as empty_pairs); exactly one "
+           "empty: dice 0, jaccard 0, hd95 and asd undefined (null, left out of means and "
+           "counted as 'undefined')",
     "medpy": "as SSL4MIS/UA-MT's calculate_metric_percase: an empty prediction scores 0 on all "
              "four metrics (which flatters the distances); a prediction with an empty ground "
              "truth scores dice 0, jaccard 0 and undefined distances",
@@ -146,14 +154,25 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray,
     regions = classes if isinstance(classes, Mapping) else {int(c): [c] for c in classes}
     out: dict[Any, dict[str, float | None]] = {}
     for key, ids in regions.items():
-        values = binary_metrics(class_mask(pred, ids), class_mask(gt, ids), spacing, empty_rule,
-                                hd95_mode)
+        p, g = class_mask(pred, ids), class_mask(gt, ids)
+        values = binary_metrics(p, g, spacing, empty_rule, hd95_mode)
         out[key] = {k: (None if math.isnan(v) else v) for k, v in values.items()}
+        if not p.any() and not g.any():
+            out[key][EMPTY_PAIR] = True
     return out
 
 
-def _stat(values: Sequence[float | None]) -> dict[str, Any]:
-    defined = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+def _stat(values: Sequence[float | None], empty: Sequence[bool] = ()) -> dict[str, Any]:
+    """Mean, population std, ``n`` defined and ``undefined`` values. ``empty`` (distances):
+    per value, whether it comes from empty/empty pairs only; when every defined value does,
+    the mean is not a distance: undefined, with their count as ``empty_pairs``."""
+    flags = list(empty) or [False] * len(values)
+    pairs = [(float(v), e) for v, e in zip(values, flags, strict=True)
+             if v is not None and math.isfinite(float(v))]
+    defined = [v for v, _ in pairs]
+    if pairs and all(e for _, e in pairs):
+        return {"mean": None, "std": None, "n": 0, "undefined": len(values),
+                "empty_pairs": len(pairs)}
     if not defined:
         return {"mean": None, "std": None, "n": 0, "undefined": len(values)}
     arr = np.asarray(defined)
@@ -161,15 +180,26 @@ def _stat(values: Sequence[float | None]) -> dict[str, Any]:
             "undefined": len(values) - len(defined)}
 
 
-def _case_means(entries: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, list]:
-    """Per metric, each case's mean over its classes (None when every class is undefined)."""
-    out: dict[str, list] = {m: [] for m in METRIC_NAMES}
+def _case_means(entries: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, dict]:
+    """Per metric, the summary of each case's mean over its classes (None when every class is
+    undefined); a distance case mean made of empty/empty pairs only is flagged (see
+    :func:`_stat`)."""
+    means: dict[str, list] = {m: [] for m in METRIC_NAMES}
+    empty: dict[str, list] = {m: [] for m in METRIC_NAMES}
     for entry in entries:
         for m in METRIC_NAMES:
-            vals = [entry["metrics"][k][m] for k in keys if entry["metrics"].get(k)]
-            vals = [v for v in vals if v is not None]
-            out[m].append(float(np.mean(vals)) if vals else None)
-    return out
+            found = [entry["metrics"][k] for k in keys if entry["metrics"].get(k)]
+            found = [c for c in found if c.get(m) is not None]
+            means[m].append(float(np.mean([c[m] for c in found])) if found else None)
+            empty[m].append(bool(found) and all(c.get(EMPTY_PAIR) for c in found))
+    return {m: _stat(means[m], empty[m] if m in DISTANCES else ()) for m in METRIC_NAMES}
+
+
+def _class_stat(entries: Sequence[Mapping[str, Any]], key: str, metric: str) -> dict[str, Any]:
+    """The summary of one class and metric over cases (distances: empty/empty pairs flagged)."""
+    cells = [e["metrics"].get(key) or {} for e in entries]
+    flags = [bool(c.get(EMPTY_PAIR)) for c in cells] if metric in DISTANCES else []
+    return _stat([c.get(metric) for c in cells], flags)
 
 
 def summarize(per_case: Sequence[Mapping[str, Any]],
@@ -189,16 +219,12 @@ def summarize(per_case: Sequence[Mapping[str, Any]],
     display = {str(k): v for k, v in names.items()}
     absent_keys = {str(k) for k in absent}
     keys = [k for k in display if k not in absent_keys]
-    per_class = {
-        display[k]: {m: _stat([e["metrics"].get(k, {}).get(m) for e in per_case])
-                     for m in METRIC_NAMES}
-        for k in display
-    }
-    means = _case_means(per_case, keys)
+    per_class = {display[k]: {m: _class_stat(per_case, k, m) for m in METRIC_NAMES}
+                 for k in display}
     summary: dict[str, Any] = {
         "num_cases": len(per_case),
         "per_class": per_class,
-        "mean": {m: _stat(means[m]) for m in METRIC_NAMES},
+        "mean": _case_means(per_case, keys),
     }
     if absent_keys:
         summary["absent_classes"] = [display[k] for k in display if k in absent_keys]
@@ -207,8 +233,7 @@ def summarize(per_case: Sequence[Mapping[str, Any]],
         summary["per_domain"] = {}
         for d in domains:
             members = [e for e in per_case if e.get("domain") == d]
-            dm = _case_means(members, keys)
-            summary["per_domain"][d] = {m: _stat(dm[m]) for m in METRIC_NAMES}
+            summary["per_domain"][d] = _case_means(members, keys)
         summary["domain_mean"] = domain_average(summary["per_domain"])
     return summary
 

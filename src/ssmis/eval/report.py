@@ -81,12 +81,14 @@ def _fmt(value: Any, metric: str) -> str:
 
 
 def _fmt_stat(stat: Any, metric: str) -> str:
-    """``mean ± std`` of one summary entry; a missing std (single case) shows the mean alone."""
+    """``mean ± std`` of one summary entry; a missing std (single case) shows the mean alone;
+    a distance made of empty/empty pairs only is "n/a (k empty/empty)"."""
     if not isinstance(stat, dict):
         return _fmt(stat, metric)
     mean = _fmt(stat.get("mean"), metric)
     if mean == NA:
-        return NA
+        pairs = stat.get("empty_pairs")
+        return f"{NA} ({pairs} empty/empty)" if pairs else NA
     std = _fmt(stat.get("std"), metric)
     return mean if std == NA else f"{mean} ± {std}"
 

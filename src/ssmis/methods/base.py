@@ -168,6 +168,23 @@ class Method(nn.Module):
     def phases(self) -> list[Phase]:
         return [Phase("train", self.cfg.train.iterations)]
 
+    def phase_summary(self) -> str:
+        """One line for the start of the run log: each phase's iterations (0-based, inclusive)
+        and share of ``train.iterations``, e.g. ``phases: pretrain 0..199 (200 it, 20% of
+        1000), self_train 200..999 (800 it, 80% of 1000)``, then :meth:`phase_note`."""
+        total = self.cfg.train.iterations
+        parts, start = [], 0
+        for phase in self.phases():
+            parts.append(f"{phase.name} {start}..{start + phase.iterations - 1} "
+                         f"({phase.iterations} it, {100 * phase.iterations / total:.3g}% of "
+                         f"{total})")
+            start += phase.iterations
+        return "phases: " + ", ".join(parts) + self.phase_note()
+
+    def phase_note(self) -> str:
+        """Where the phase lengths come from, when a default chose them (default: nothing)."""
+        return ""
+
     def unsupervised_terms(self) -> list[UnsupervisedTerm]:
         """The method's loss terms on unlabeled data with their weight schedules (default:
         none); used by :meth:`schedule_warnings`."""

@@ -56,7 +56,14 @@ from ssmis.methods.base import Batch, Phase
 from ssmis.methods.copy_paste import pseudo_labels
 from ssmis.methods.cotraining import DualNetMethod, DualNetParams, cosine_discrepancy
 from ssmis.methods.teacher import teacher_mode
-from ssmis.methods.two_phase import HalvedBatches, halves, local_step, two_phases
+from ssmis.methods.two_phase import (
+    HalvedBatches,
+    halves,
+    local_step,
+    pretrain_note,
+    two_phases,
+    with_published_pretrain,
+)
 from ssmis.mixing import box_mask, mix
 from ssmis.ramps import ShareOrInt, run_share
 
@@ -64,9 +71,10 @@ from ssmis.ramps import ShareOrInt, run_share
 class CMLParams(DualNetParams):
     predict_mode: Literal["net1", "net2", "average", "best"] = Field(
         default="average", description="CML averages the two subnets at inference")
-    pretrain_iterations: ShareOrInt = Field(
-        default=0, description="labeled-only CutMix pre-training, carved from "
-        "train.iterations (LA 2000 of 17000, ACDC 10000 of 40000); or a share of it ('25%')",
+    pretrain_iterations: ShareOrInt | None = Field(
+        default=None, description="labeled-only CutMix pre-training, carved from "
+        "train.iterations (LA 2000 of 17000, ACDC 10000 of 40000); or a share of it ('25%'); "
+        "null = that published share of train.iterations",
         json_schema_extra=run_share("iterations"))
     reset_optimizer: bool = Field(
         default=False, description="false = as the code: phase 2 keeps the optimizer state "
@@ -141,6 +149,8 @@ class CML(HalvedBatches, DualNetMethod):
         self.mask_ratio = p.mask_ratio or (0.5 if dims == 2 else 2.0 / 3.0)
         self.w_u = p.w_u if p.w_u is not None else (0.5 if dims == 2 else 1.0)
         self.w_dis = p.w_dis if p.w_dis is not None else (0.1 if dims == 2 else 0.2)
+        self.recipe = "acdc" if dims == 2 else "la"
+        self.params = with_published_pretrain(p, self.recipe, cfg.train.iterations)
         self._init_choice()
 
     # -- the two subnets --------------------------------------------------------------------
@@ -180,7 +190,11 @@ class CML(HalvedBatches, DualNetMethod):
     # -- the interface ----------------------------------------------------------------------
     def phases(self) -> list[Phase]:
         p: CMLParams = self.params  # type: ignore[assignment]
-        return two_phases(self.cfg.train.iterations, p.pretrain_iterations, p.reset_optimizer)
+        return two_phases(self.cfg.train.iterations, p.pretrain_iterations, p.reset_optimizer,
+                          self.recipe)
+
+    def phase_note(self) -> str:
+        return pretrain_note(self.declared_params, self.recipe)
 
     def training_step(
         self, labeled: Batch, unlabeled: Batch | None, step: int

@@ -7,7 +7,8 @@ the student, never put in eval mode by the originals) sees the unlabeled images 
 the softmax maps, weighted by ``consistency * sigmoid_rampup(step // rampup_iters_per_epoch,
 consistency_rampup)``. SSL4MIS 2D additionally sets the consistency to 0 for the first 1,000
 iterations (``consistency_start``). EMA after every step with
-``alpha = min(1 - 1/(step + 1), ema_decay)``, over parameters only.
+``alpha = min(1 - 1/(step + 1), ema_decay)``, over parameters only (and the BatchNorm buffers
+too with ``teacher_train_mode: false``, see :func:`~ssmis.methods.teacher.buffer_policy`).
 
 Forward passes per iteration: 2 (student on L+U, teacher on noisy U); 1 while the consistency is
 off (``step < consistency_start``), because then the teacher output would be unused.
@@ -22,6 +23,7 @@ from ssmis.losses import cross_entropy, dice_loss
 from ssmis.methods.base import Batch, Method, UnsupervisedTerm
 from ssmis.methods.teacher import (
     EMAParams,
+    buffer_policy,
     ema_update,
     gaussian_noise,
     make_teacher,
@@ -121,7 +123,8 @@ class MeanTeacher(Method):
     def on_step_end(self, step: int) -> None:
         p: MeanTeacherParams = self.params  # type: ignore[assignment]
         ema_update(self.teacher, self.student, p.ema_decay,
-                   step=step if p.ema_warmup else None, buffers=p.ema_buffers)
+                   step=step if p.ema_warmup else None,
+                   buffers=buffer_policy(p.ema_buffers, p.teacher_train_mode))
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return self.student(images)

@@ -46,8 +46,8 @@ Faithful vs fixed (defaults = the code; each fix is a named param):
   background class (SSL4MIS ``DiceLoss`` quirk); true = every class respects the mask.
 * ``ce_masked_mean`` (false): the masked CE is averaged over *all* pixels; true = over the
   confident ones.
-* ``teacher_train_mode`` (true): the EMA U-Net runs in train mode (BN batch statistics);
-  false = eval mode.
+* ``teacher_train_mode`` (true): the EMA U-Net runs in train mode (BN batch statistics;
+  false = eval mode, its BN statistics then follow the student's by EMA).
 * ``student_pl_train_mode`` (true): the student U-Net's forward for the self-confidence runs in
   train mode and updates its BN running statistics (the code also keeps it in the autograd
   graph; here it runs under no_grad, which gives the same numbers); false = eval mode.
@@ -93,7 +93,13 @@ from ssmis.methods.base import (
     MethodParams,
     UnsupervisedTerm,
 )
-from ssmis.methods.teacher import ema_alpha, ema_update, make_teacher, teacher_mode
+from ssmis.methods.teacher import (
+    buffer_policy,
+    ema_alpha,
+    ema_update,
+    make_teacher,
+    teacher_mode,
+)
 from ssmis.mixing import cutmix_box
 from ssmis.models import build_model
 from ssmis.optim import CombinedOptimizer
@@ -465,7 +471,8 @@ class SynFoC(ChoosablePredictor, Method):
 
     def on_step_end(self, step: int) -> None:
         p: SynFoCParams = self.params  # type: ignore[assignment]
-        ema_update(self.unet_teacher, self.unet, p.ema_decay, step=step, buffers="own")
+        ema_update(self.unet_teacher, self.unet, p.ema_decay, step=step,
+                   buffers=buffer_policy(None, p.teacher_train_mode))
         a = ema_alpha(p.ema_decay, step)
         teacher = dict(self.sam_teacher.named_parameters())
         student = dict(self.sam.named_parameters())

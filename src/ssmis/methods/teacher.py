@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ssmis.components import largest_component_per_class_torch
@@ -39,17 +39,40 @@ class EMAParams(MethodParams):
         description="SSL4MIS/UA-MT: alpha = min(1 - 1/(step + 1), ema_decay) (true average "
         "early on); false = constant alpha (BCP/CVBM)",
     )
-    ema_buffers: BufferPolicy = Field(
-        default="own",
+    ema_buffers: BufferPolicy | None = Field(
+        default=None,
         description="'own': EMA over parameters only, the teacher's BatchNorm statistics come "
         "from its own train-mode forwards (SSL4MIS, UA-MT, BCP/CVBM LA); 'ema': EMA over the "
-        "whole state_dict incl. BN running stats (BCP/CVBM ACDC)",
+        "whole state_dict incl. BN running stats (BCP/CVBM ACDC); null = 'own' while the "
+        "teacher runs in train mode, 'ema' with teacher_train_mode false (an eval-mode teacher "
+        "never updates its own statistics)",
     )
     teacher_train_mode: bool = Field(
         default=True,
         description="faithful: the teacher is never put in eval mode (dropout active, BN on "
-        "batch statistics); false = eval mode for teacher predictions",
+        "batch statistics); false = eval mode for teacher predictions (its BN statistics then "
+        "follow the student's by EMA)",
     )
+
+    @model_validator(mode="after")
+    def _buffers_move(self) -> EMAParams:
+        """Refuse the one combination that freezes the teacher's BatchNorm statistics."""
+        if self.ema_buffers == "own" and not self.teacher_train_mode:
+            raise ValueError(
+                "ema_buffers: 'own' with teacher_train_mode false leaves the eval-mode "
+                "teacher's BatchNorm statistics frozen (only train-mode forwards update them); "
+                "expected 'ema' or null")
+        return self
+
+
+def buffer_policy(ema_buffers: BufferPolicy | None, teacher_train_mode: bool,
+                  default: BufferPolicy = "own") -> BufferPolicy:
+    """The teacher's buffer update: ``ema_buffers`` when set; else 'ema' for an eval-mode
+    teacher (``teacher_train_mode`` false: nothing else would move its BatchNorm statistics)
+    and ``default`` (the method's recipe) for a train-mode one."""
+    if ema_buffers is not None:
+        return ema_buffers
+    return default if teacher_train_mode else "ema"
 
 
 def make_teacher(student: nn.Module) -> nn.Module:

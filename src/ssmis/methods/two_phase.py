@@ -1,28 +1,32 @@
 """Supervised pre-training then teacher-student self-training (BCP, CVBM), as one schedule.
 
 ``train.iterations`` is the *total*; ``method.params.pretrain_iterations`` of them are the first
-phase. The self-training phase starts from the best pre-trained weights (``init_from_best``),
+phase (null, the default: the authors' share of their total, :data:`PUBLISHED_PRETRAIN`, scaled to
+the run). The self-training phase starts from the best pre-trained weights (``init_from_best``),
 where :meth:`TwoPhaseMethod.on_phase_start` copies the student into the teacher. The ramps of the
 second phase count from its own start (the originals restart ``iter_num`` at 0).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ssmis.errors import SSMISError
 from ssmis.methods.base import Batch, Method, Phase
 from ssmis.methods.teacher import (
     BufferPolicy,
     EMAParams,
+    buffer_policy,
     copy_weights,
     ema_update,
     make_teacher,
 )
 from ssmis.ramps import ShareOrInt, run_share
+
+P = TypeVar("P", bound=BaseModel)
 
 PRETRAIN = "pretrain"
 SELF_TRAIN = "self_train"
@@ -38,11 +42,12 @@ class TwoPhaseParams(EMAParams):
     ema_buffers: BufferPolicy | None = Field(
         default=None,
         description="null = as the authors: 'ema' (state_dict EMA) for the acdc recipe, "
-        "'own' (parameters only) for la",
+        "'own' (parameters only) for la; 'ema' for both with teacher_train_mode false",
     )
-    pretrain_iterations: ShareOrInt = Field(
-        default=0, description="first phase length, carved from train.iterations; or a share "
-        "of it ('25%')", json_schema_extra=run_share("iterations"))
+    pretrain_iterations: ShareOrInt | None = Field(
+        default=None, description="first phase length, carved from train.iterations; or a "
+        "share of it ('25%'); null = the published share (ACDC 10,000 of 40,000 = 25%, LA "
+        "2,000 of 17,000 = 11.8%) of train.iterations", json_schema_extra=run_share("iterations"))
     reset_optimizer: bool | None = Field(
         default=None,
         description="fresh SGD state for self-training; null = as the authors: ACDC (2D) keeps "
@@ -51,11 +56,45 @@ class TwoPhaseParams(EMAParams):
     )
 
 
-def two_phases(total: int, pretrain: int, reset_optimizer: bool) -> list[Phase]:
+#: the authors' pre-training length and total per recipe (BCP, CVBM and CML scripts: ACDC 10,000
+#: pre-training + 30,000 self-training, LA 2,000 + 15,000); a null ``pretrain_iterations`` is
+#: this share of ``train.iterations``
+PUBLISHED_PRETRAIN: dict[str, tuple[int, int]] = {"acdc": (10000, 40000), "la": (2000, 17000)}
+
+
+def with_published_pretrain(params: P, recipe: str, total: int) -> P:
+    """``params`` with a null ``pretrain_iterations`` set to the published share of ``total``
+    (:data:`PUBLISHED_PRETRAIN` of ``recipe``), rounded to whole iterations."""
+    if params.pretrain_iterations is not None:  # type: ignore[attr-defined]
+        return params
+    pre, of = PUBLISHED_PRETRAIN[recipe]
+    return params.model_copy(update={"pretrain_iterations": int(round(total * pre / of))})
+
+
+def published_share(recipe: str) -> str:
+    """The published pre-training share of ``recipe`` as a percentage string (``'25%'``)."""
+    pre, of = PUBLISHED_PRETRAIN[recipe]
+    return f"{100 * pre / of:.3g}%"
+
+
+def pretrain_note(declared: Any, recipe: str) -> str:
+    """What the phase line adds when ``pretrain_iterations`` was left unset (the default)."""
+    if declared.pretrain_iterations is not None:
+        return ""
+    return (f"; method.params.pretrain_iterations unset: the published share "
+            f"{published_share(recipe)}")
+
+
+def two_phases(total: int, pretrain: int, reset_optimizer: bool, recipe: str = "acdc"
+               ) -> list[Phase]:
+    """[pretrain (when > 0), self_train]; ``pretrain >= total`` is refused with the fix (a
+    share of the run, by default the published one of ``recipe``)."""
     if pretrain >= total:
         raise SSMISError(
             f"method.params.pretrain_iterations: {pretrain} leaves no self-training within "
-            f"train.iterations = {total}"
+            f"train.iterations = {total}; give it as a share of the run, e.g. "
+            f"method.params.pretrain_iterations={published_share(recipe)} (the published "
+            f"share, also the default when unset)"
         )
     phases = []
     if pretrain > 0:
@@ -105,7 +144,9 @@ class TwoPhaseMethod(HalvedBatches, Method):
         if recipe == "auto":
             recipe = "acdc" if cfg.data.spatial_dims == 2 else "la"
         self.recipe = recipe
-        self.ema_buffers: BufferPolicy = p.ema_buffers or ("ema" if recipe == "acdc" else "own")
+        self.params = p = with_published_pretrain(p, recipe, cfg.train.iterations)
+        self.ema_buffers: BufferPolicy = buffer_policy(p.ema_buffers, p.teacher_train_mode,
+                                                    "ema" if recipe == "acdc" else "own")
         self.reset_opt = p.reset_optimizer if p.reset_optimizer is not None else recipe == "la"
 
     def _init_teacher(self) -> None:
@@ -113,7 +154,11 @@ class TwoPhaseMethod(HalvedBatches, Method):
 
     def phases(self) -> list[Phase]:
         p: TwoPhaseParams = self.params  # type: ignore[assignment]
-        return two_phases(self.cfg.train.iterations, p.pretrain_iterations, self.reset_opt)
+        return two_phases(self.cfg.train.iterations, p.pretrain_iterations, self.reset_opt,
+                          self.recipe)
+
+    def phase_note(self) -> str:
+        return pretrain_note(self.declared_params, self.recipe)
 
     def on_phase_start(self, phase: Phase) -> None:
         if phase.name == SELF_TRAIN:

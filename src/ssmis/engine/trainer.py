@@ -8,7 +8,6 @@ ends with the same weights as an uninterrupted run (on the CPU; GPU kernels may 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ssmis.atomic import write_json, write_text
 from ssmis.config import ExperimentConfig, check_method, to_yaml
 from ssmis.data.datasets import EvalCase
 from ssmis.data.layouts import Layout
@@ -229,8 +229,8 @@ class Trainer:
         # every option of the method with its default, as declared (percentages kept)
         params = self.method.declared_params.model_dump(mode="json")
         method = self.cfg.method.model_copy(update={"params": params})
-        (self.run_dir / CONFIG_FILE).write_text(to_yaml(self.cfg.model_copy(
-            update={"method": method})))
+        write_text(self.run_dir / CONFIG_FILE,
+                   to_yaml(self.cfg.model_copy(update={"method": method})))
         self.split.save(self.run_dir / SPLIT_FILE)
 
     def phase_at(self, step: int) -> tuple[Phase, int]:
@@ -650,7 +650,7 @@ class Trainer:
         if self.timing:  # this session's iterations; validation and checkpoints included
             info["timing"] = self.timing
         if self.main:
-            (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=2) + "\n")
+            write_json(self.run_dir / "train_summary.json", info)
         return info
 
 

@@ -152,6 +152,7 @@ def _list_tables() -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``ssmis reproduce``: plan (validated), sweep, report; exit 1 when a run failed."""
+    from ssmis.atomic import write_text
     from ssmis.reproduce.published import find_table
     from ssmis.reproduce.report import write_report
     from ssmis.reproduce.runner import plan_reproduction
@@ -173,7 +174,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     previous = _previous_wall(out)
     wall = outcome.wall_s + previous
     paths = write_report(plan, wall_s=wall if wall > 0 else None)
-    (out / "wall_time_s.txt").write_text(f"{wall:.1f}\n")
+    write_text(out / "wall_time_s.txt", f"{wall:.1f}\n")
     print(f"reproduce {table.id}: {len(outcome.finished)} runs finished now, "
           f"{len(outcome.skipped)} already done, {len(outcome.failed)} failed")
     print(f"wrote {paths['md']} and {paths['html']}")

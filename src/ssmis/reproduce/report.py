@@ -490,17 +490,18 @@ def _table_from(report: dict[str, Any]) -> PublishedTable:
 
 def write_report(plan: Plan, wall_s: float | None = None) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` (+ ``report_files/*.png``) and ``report.html``
-    under ``plan.out``; returns their paths."""
+    under ``plan.out``, each atomically (:mod:`ssmis.atomic`); returns their paths."""
+    from ssmis.atomic import write_bytes, write_json, write_text
+
     report = build_report(plan, wall_s)
     figures = _figures(report)
     out = plan.out
     files = out / "report_files"
-    files.mkdir(parents=True, exist_ok=True)
     for items in figures.values():
         for name, png in items:
-            (files / f"{name}.png").write_bytes(png)
+            write_bytes(files / f"{name}.png", png)
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
-    paths["json"].write_text(json.dumps(report, indent=1) + "\n")
-    paths["md"].write_text(render_markdown(report, figures))
-    paths["html"].write_text(render_html(report, figures))
+    write_json(paths["json"], report, indent=1)
+    write_text(paths["md"], render_markdown(report, figures))
+    write_text(paths["html"], render_html(report, figures))
     return paths

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssmis.atomic import write_json, write_text
 from ssmis.errors import SSMISError
 
 __all__ = [
@@ -262,11 +263,8 @@ def write_spec(jobs: Sequence[Job], out: Path) -> Path:
     """``OUT/sweep_jobs.json``: the jobs, read by ``run-job`` (locally and under SLURM)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / SPEC_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"schema": "ssmis-sweep-1", "cwd": os.getcwd(),
-                               "jobs": [asdict(j) for j in jobs]}, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, {"schema": "ssmis-sweep-1", "cwd": os.getcwd(),
+                             "jobs": [asdict(j) for j in jobs]}, indent=1)
 
 
 def read_spec(path: Path) -> list[Job]:
@@ -444,7 +442,7 @@ def emit_slurm(jobs: Sequence[Job], out: Path, per_task_gpus: int = 1,
         '"$SLURM_ARRAY_TASK_ID"',
     ]
     script = out / "sweep.slurm"
-    script.write_text("\n".join(lines) + "\n")
+    write_text(script, "\n".join(lines) + "\n")
     script.chmod(0o755)
     return script
 

@@ -74,7 +74,9 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=["honest", "paper"], default="honest",
                    help="the headline protocol of the report (both are always computed)")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: reproduce/<table>-<budget>)")
+                   help="output folder (default: reproduce/<table>-<budget>-<N>it, N the "
+                        "iterations per run); runs in it are reused only when their recorded "
+                        "config equals the grid's, else the command stops naming the field")
     p.add_argument("--configs", type=Path, default=Path("configs"),
                    help="the configs folder (default: ./configs of the ssmis repository)")
     p.add_argument("--data-root", type=Path, default=None,
@@ -162,11 +164,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.table:
         raise SSMISError("reproduce: expected a TABLE (see `ssmis reproduce --list`)")
     table = find_table(args.table)
-    out = args.out or Path("reproduce") / f"{table.id}-{args.budget}"
-    plan = plan_reproduction(table, out, args.configs, methods=args.methods,
+    plan = plan_reproduction(table, args.out, args.configs, methods=args.methods,
                              labeled=args.labeled, seeds=args.seeds, budget=args.budget,
                              iterations=args.iterations, protocol=args.protocol,
                              data_root=args.data_root, extra_overrides=args.overrides)
+    out = plan.out
     status = _execute(plan.jobs, out, args)
     if status is not None:
         return status

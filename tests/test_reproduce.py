@@ -325,3 +325,59 @@ def test_slots_pack_runs_per_gpu_or_split_cpu_threads(monkeypatch: pytest.Monkey
     monkeypatch.setattr(sweep, "visible_gpus", lambda: [])
     with pytest.raises(SSMISError, match="no CUDA device"):
         sweep.make_slots("cuda")
+
+
+def test_reproduce_reuses_a_run_only_when_its_recorded_config_is_the_grids(
+    phantom_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finished run of 2 iterations is refused by a grid of 3 (and by another train.lr),
+    reused by the same grid; the default folder names budget and length; the report states
+    the runs' recorded iterations; the run folder is one `compare` and `evaluate` read."""
+    from ssmis.reproduce.report import write_report
+    from ssmis.reproduce.runner import plan_reproduction
+    from ssmis.reproduce.sweep import run_job
+
+    configs = tmp_path / "configs"
+    _write_configs(configs / "ph", phantom_root, 4)
+    table_file = tmp_path / "table.yaml"
+    table_file.write_text(_table_yaml())
+    monkeypatch.chdir(tmp_path)
+    plan = plan_reproduction(load_table(table_file), None, configs, methods=["supervised"],
+                             seeds="1", budget="cpu", iterations=2)
+    assert plan.out == Path("reproduce/phantom-test-cpu-2it")
+    run = Path(plan.jobs[0].run_dir)
+    assert run_job(plan.jobs[0]) == 0
+    for name in ("metrics.json", "metrics.md", "protocol_honest.json", "protocol_paper.json",
+                 "learning_curve.png"):
+        assert (run / name).is_file(), name
+    honest = json.loads((run / "protocol_honest.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["mean"]["dice"] == honest["mean"]["dice"]
+    assert main(["compare", str(run)]) == 0
+    table_out = capsys.readouterr().out
+    assert "supervised" in table_out and f"{metrics['mean']['dice']['mean'] * 100:.2f}" in \
+        table_out
+
+    base = ["reproduce", str(table_file), "--methods", "supervised", "--seeds", "1",
+            "--budget", "cpu", "--configs", str(configs), "--out", str(plan.out), "--dry-run"]
+    for extra, field in [(["--iterations", "3"], "train.iterations: run has 2, the sweep "
+                                                  "asks 3"),
+                         (["--iterations", "2", "--set", "train.lr=0.02"],
+                          "train.lr: run has 0.01, the sweep asks 0.02")]:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(run) in err and field in err, err
+    assert main([*base, "--iterations", "2"]) == 0
+    assert capsys.readouterr().out.startswith("done ")
+
+    report = json.loads(write_report(plan)["json"].read_text())
+    assert report["budget_text"] == "supervised 2 it, patch 32x32"
+    assert report["settings"][0]["rows"][0]["iterations"] == [2]
+    assert not report["paper_length"]
+    recorded = yaml.safe_load((run / "config.yaml").read_text())  # the report reads the run's
+    recorded["train"]["iterations"] = 5  # own record, not the plan
+    (run / "config.yaml").write_text(yaml.safe_dump(recorded))
+    report = json.loads(write_report(plan)["json"].read_text())
+    assert report["budget_text"].startswith("supervised 5 it (this budget asks 2)")
+    assert "supervised 5 it (this budget asks 2)" in (plan.out / "report.md").read_text()

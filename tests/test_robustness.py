@@ -132,7 +132,7 @@ def test_a_full_disk_during_the_state_write_keeps_the_previous_generation(
 
     monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(SSMISError, match=r"last-00000004_state.pt: cannot write \(No space left "
-                                         r"on device\); the previous file is kept"):
+                                         r"on device\); no partial file is left"):
         ckpt.save_resumable(tmp_path, 4, {"w": torch.zeros(2)}, {"step": "4"}, state(4))
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == [

@@ -155,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="NIfTI/image files or folders of them")
     pred.add_argument("--out", type=Path, required=True, help="output folder")
     pred.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    pred.add_argument("--skip-existing", action="store_true",
+                      help="skip cases whose outputs exist (outputs are written to a temporary "
+                           "file and renamed, the mask last, so they are complete); rerun with "
+                           "it after a stop or a full disk")
     pred.add_argument("--overlay", action="store_true",
                       help="also write <name>_overlay.png (images) or a few slice PNGs "
                            "<name>_overlay_slice<k>.png (NIfTI)")
@@ -363,7 +367,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     written = predict_files(args.checkpoint, list(args.inputs), args.out,
                             overwrite=args.overwrite, overlay=args.overlay, device=args.device,
                             tta=args.tta, progress=not args.quiet, threads=args.threads,
-                            fill_nonfinite=args.fill_nonfinite)
+                            fill_nonfinite=args.fill_nonfinite,
+                            skip_existing=args.skip_existing)
     print(f"wrote {len(written)} file(s) to {args.out}")
     return 0
 
@@ -376,8 +381,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                          metrics_file=f"{result_stem(args.split, args.checkpoint)}.json")
     print(table)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        from ssmis.atomic import write_text
+
+        write_text(args.out, table + "\n")
     return 0
 
 

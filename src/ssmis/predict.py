@@ -3,8 +3,10 @@
 NIfTI in -> NIfTI out (uint8 class indices, the input's affine and header geometry, voxel
 order unchanged), optionally with a few slice PNGs of the prediction over the image; images in
 -> PNG masks of class indices (optionally a colour overlay PNG).
-Inputs are never overwritten and existing outputs only with ``overwrite``; every output path is
-checked before the first prediction.
+Inputs are never overwritten and existing outputs only with ``overwrite`` (``skip_existing``
+keeps finished cases instead); every output path is checked before the first prediction. Every
+output is written to a temporary file and renamed (:mod:`ssmis.atomic`): a full disk or a kill
+leaves no partial file under a real name, and the error names the file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssmis.atomic import atomic_write
 from ssmis.config import ExperimentConfig, read_yaml, validate_config
 from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.owndata import (
@@ -225,7 +228,7 @@ def _load_job(job: Job, cfg: ExperimentConfig, norms: list[ChannelNorm],
 def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite: bool = False,
                   overlay: bool = False, device: str = "auto", tta: bool = False,
                   progress: bool = True, threads: int | None = None,
-                  fill_nonfinite: bool = False) -> list[Path]:
+                  fill_nonfinite: bool = False, skip_existing: bool = False) -> list[Path]:
     """Segment ``inputs`` (files or folders) with the run's checkpoint; writes into ``out``.
 
     Every input is normalised by the run's own record (:func:`run_normalisation`), whatever
@@ -233,8 +236,12 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
     refused.
 
     ``threads``: torch CPU threads; None = the run's ``train.threads``, else the automatic
-    pick of :mod:`ssmis.engine.threads`. Returns the written paths. Raises SSMISError (one
-    line, before anything is written) for unreadable inputs or outputs that exist.
+    pick of :mod:`ssmis.engine.threads`. Every output is written to a temporary file and
+    renamed (:mod:`ssmis.atomic`), the mask last, so an existing mask is a finished case:
+    ``skip_existing`` skips those cases (a rerun after a full disk or a kill) and replaces the
+    other outputs of unfinished ones. Returns the written paths. Raises SSMISError (one line,
+    before anything is written) for unreadable inputs or outputs that exist; a write error is
+    one line naming the file.
     """
     from ssmis.engine.checkpoint import load_into
     from ssmis.engine.evaluate import segment
@@ -253,6 +260,8 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
         if job.kind == "image" and d.spatial_dims == 3:
             raise SSMISError(f"{job.inputs[0]}: a 3D model ({cfg.model.name}) cannot segment "
                              "2D images")
+    if overwrite and skip_existing:
+        raise SSMISError("--overwrite and --skip-existing: choose one")
     out = Path(out)
     sources = {p.resolve() for job in jobs for p in job.inputs}
     planned: dict[Path, Path] = {}
@@ -260,16 +269,15 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
         for target in _outputs(job, out, overlay):
             if target.resolve() in sources:
                 raise SSMISError(f"{target}: would overwrite an input; choose another --out")
-            if target.exists() and not overwrite:
-                raise SSMISError(f"{target}: exists (use --overwrite to replace it)")
             if target in planned:
                 raise SSMISError(f"{target}: two inputs give the same output "
                                  f"({planned[target]}, {job.inputs[0]})")
             planned[target] = job.inputs[0]
-        if overlay and job.kind == "nifti" and not overwrite:
-            existing = sorted(out.glob(f"{glob.escape(job.name)}_overlay_slice*.png"))
-            if existing:
-                raise SSMISError(f"{existing[0]}: exists (use --overwrite to replace it)")
+    if skip_existing:
+        jobs = [job for job in jobs if not _finished(job, out, overlay)]
+    elif not overwrite:
+        for job in jobs:
+            _refuse_existing(job, out, overlay)
     norms = run_normalisation(cfg, run_dir)
     dev = resolve_device(device)
     apply_threads(threads or cfg.train.threads)
@@ -296,15 +304,38 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
             targets = _outputs(job, out, overlay)
             if job.kind == "nifti":
                 pred = _predict_volume(fn, image, cfg, dev)
-                written.append(_write_nifti(targets[0], pred, ref))
                 if overlay:
                     written.extend(write_slice_overlays(out, job.name, image[0], pred,
                                                         _overlay_axis(cfg, pred.ndim)))
+                written.append(_write_nifti(targets[0], pred, ref))  # last: marks it finished
             else:
                 x = image[0] if image.shape[0] == 1 else image
                 pred = segment(fn, x, 2, cfg, dev)
                 written.extend(_write_png(targets, pred, ref))
     return written
+
+
+def _slice_overlays(job: Job, out: Path) -> list[Path]:
+    """The ``--overlay`` slice PNGs of a volume already in ``out``."""
+    return sorted(out.glob(f"{glob.escape(job.name)}_overlay_slice*.png"))
+
+
+def _finished(job: Job, out: Path, overlay: bool) -> bool:
+    """Whether every output of ``job`` exists (complete: outputs are renamed into place, the
+    mask last); with ``overlay`` a volume needs its slice PNGs too."""
+    if not all(p.is_file() for p in _outputs(job, out, overlay)):
+        return False
+    return not (overlay and job.kind == "nifti") or bool(_slice_overlays(job, out))
+
+
+def _refuse_existing(job: Job, out: Path, overlay: bool) -> None:
+    """SSMISError naming the first output of ``job`` that exists."""
+    existing = [p for p in _outputs(job, out, overlay) if p.exists()]
+    if overlay and job.kind == "nifti":
+        existing += _slice_overlays(job, out)
+    if existing:
+        raise SSMISError(f"{existing[0]}: exists (use --overwrite to replace it, or "
+                         "--skip-existing to keep finished cases)")
 
 
 def _predict_volume(fn, image: np.ndarray, cfg: ExperimentConfig, dev) -> np.ndarray:
@@ -333,8 +364,7 @@ def _write_nifti(path: Path, pred: np.ndarray, ref) -> Path:
         data = data[..., None]
     img = nib.Nifti1Image(data, ref.affine, header=header)
     img.header.set_slope_inter(1, 0)
-    nib.save(img, str(path))
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
 
 
 def _blend(base: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -353,15 +383,23 @@ def _blend(base: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.clip(base, 0, 255).astype(np.uint8)
 
 
-def _write_png(targets: list[Path], pred: np.ndarray, raw: np.ndarray) -> list[Path]:
+def _write_picture(path: Path, pixels: np.ndarray) -> Path:
+    """Save a uint8 array as an image file (format from the name), atomically."""
     from PIL import Image
 
-    Image.fromarray(pred.astype(np.uint8)).save(targets[0])
+    picture = Image.fromarray(np.ascontiguousarray(pixels))
+    return atomic_write(path, lambda tmp: picture.save(tmp))
+
+
+def _write_png(targets: list[Path], pred: np.ndarray, raw: np.ndarray) -> list[Path]:
+    """The mask (``targets[0]``) and, when asked, the overlay; the mask is written last, so
+    that an existing mask means a finished case (``skip_existing``)."""
     if len(targets) > 1:
         base = raw.astype(np.float32)
         if base.max() > 255:
             base = base / base.max() * 255.0
-        Image.fromarray(_blend(base, pred)).save(targets[1])
+        _write_picture(targets[1], _blend(base, pred))
+    _write_picture(targets[0], pred.astype(np.uint8))
     return targets
 
 
@@ -391,8 +429,6 @@ def write_slice_overlays(out: Path, name: str, image: np.ndarray, pred: np.ndarr
     :func:`overlay_slices` along ``axis``: the image (first channel, 1st-99th percentile grey
     window) with the predicted classes in the colours of ``overlays_test.png``, rotated by 90
     degrees so that the first array axis runs left to right. A 2D array gives slice 0."""
-    from PIL import Image
-
     from ssmis.eval.report import display_image
 
     volume, labels = (image[None], pred[None]) if pred.ndim == 2 else (image, pred)
@@ -403,7 +439,5 @@ def write_slice_overlays(out: Path, name: str, image: np.ndarray, pred: np.ndarr
         lo, hi = style["vmin"], style["vmax"]
         base = np.clip((grey - lo) / (hi - lo), 0.0, 1.0) * 255.0
         rgb = _blend(np.rot90(base), np.rot90(np.take(labels, index, axis)))
-        path = out / f"{name}_overlay_slice{index}.png"
-        Image.fromarray(np.ascontiguousarray(rgb)).save(path)
-        written.append(path)
+        written.append(_write_picture(out / f"{name}_overlay_slice{index}.png", rgb))
     return written

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ssmis.atomic import atomic_write, write_json
 from ssmis.data.h5 import _label_to_int
 from ssmis.data.masks import LOSSY_MASK_EXTS, describe, lookup_classes, normalize_mask_values
 from ssmis.data.normalisation import ChannelNorm, normalize, type_divisor
@@ -1313,12 +1314,14 @@ def prepare_dataset(catalog: Catalog, data_cfg: Any, out: Path, progress: bool =
                              f"normalization {reader.norms}; choose data.normalization")
         label = arrays.label if arrays.label is not None else np.zeros(0, np.uint8)
         name = case_file_name(info.case)
-        np.savez_compressed(
-            out / "cases" / name, image=arrays.image.astype(np.float16),
-            label=label.astype(np.uint8),
-            spacing=np.asarray(arrays.spacing or (), dtype=np.float64),
-            roi=arrays.roi.astype(np.uint8) if arrays.roi is not None else np.zeros(0, np.uint8),
-            affine=np.asarray(arrays.affine if arrays.affine is not None else (), np.float64))
+        fields = {
+            "image": arrays.image.astype(np.float16), "label": label.astype(np.uint8),
+            "spacing": np.asarray(arrays.spacing or (), dtype=np.float64),
+            "roi": arrays.roi.astype(np.uint8) if arrays.roi is not None
+            else np.zeros(0, np.uint8),
+            "affine": np.asarray(arrays.affine if arrays.affine is not None else (), np.float64)}
+        atomic_write(out / "cases" / name,
+                     lambda tmp, fields=fields: np.savez_compressed(tmp, **fields))
         entries.append({"case": info.case, "file": name, "label": info.label is not None,
                         "domain": info.domain, "subset": info.subset,
                         "shape": list(arrays.image.shape[1:]),
@@ -1331,5 +1334,5 @@ def prepare_dataset(catalog: Catalog, data_cfg: Any, out: Path, progress: bool =
         "num_classes": data_cfg.num_classes, "channel_names": catalog.channel_names,
         "label_names": {str(k): v for k, v in catalog.label_names.items()}, "cases": entries,
     }
-    (out / PREPARED_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(out / PREPARED_MANIFEST, manifest, indent=1)  # last: marks the copy complete
     return out

@@ -88,7 +88,10 @@ class Split:
         return cls(**lists, group_by=group_by, groups={k: list(v) for k, v in groups.items()})
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        """Write the split as JSON, atomically (:mod:`ssmis.atomic`)."""
+        from ssmis.atomic import write_json
+
+        write_json(Path(path), self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: Path) -> Split:

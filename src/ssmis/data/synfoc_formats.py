@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssmis.atomic import atomic_write
 from ssmis.errors import SSMISError
 
 BUSI_CLASSES = ("benign", "malignant")
@@ -82,7 +83,8 @@ def convert_busi(src: Path, dst: Path, classes: tuple[str, ...] = BUSI_CLASSES,
             for sub, arr in (("images", grey), ("masks", merged)):
                 out = dst / cls / subset / sub
                 out.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(arr).save(out / case)
+                picture = Image.fromarray(arr)
+                atomic_write(out / case, lambda tmp, picture=picture: picture.save(tmp))
     return counts
 
 

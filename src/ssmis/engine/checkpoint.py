@@ -23,7 +23,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ssmis.atomic import atomic_write
+from ssmis.atomic import clean_temporary as _clean_folder
 from ssmis.errors import SSMISError
 
 FORMAT = "ssmis-2"
@@ -45,39 +46,8 @@ RNG_KEYS = ("torch", "numpy_keys", "numpy_pos", "python")
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``.
-
-    Raises:
-        SSMISError: the folder cannot be created or written (permission, disk full, read-only
-            file system); ``path`` keeps its previous content.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as err:
-        raise SSMISError(f"{path}: cannot write ({err.strerror or err})") from None
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        reason = _io_reason(err)
-        if reason is not None:
-            raise SSMISError(f"{path}: cannot write ({reason}); the previous file is kept") \
-                from None
-        raise
-
-
-def _io_reason(err: BaseException) -> str | None:
-    """A short reason when ``err`` is an I/O failure (safetensors wraps those in its own type)."""
-    if isinstance(err, OSError):
-        return err.strerror or str(err)
-    text = str(err)
-    if "IoError" in text or "os error" in text.lower():
-        match = re.search(r'message: "([^"]+)"', text) or re.search(r"kind: (\w+)", text)
-        return match.group(1) if match else text.splitlines()[0]
-    return None
+    """:func:`ssmis.atomic.atomic_write` for writers that take the temporary path as a string."""
+    atomic_write(path, lambda tmp: write(str(tmp)))
 
 
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -202,12 +172,7 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
 
 def clean_temporary(ckpt_dir: Path) -> int:
     """Remove temporary files left by a killed write; returns how many were removed."""
-    removed = 0
-    if ckpt_dir.is_dir():
-        for path in ckpt_dir.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    return _clean_folder(ckpt_dir)
 
 
 # --------------------------------------------------------------------------- reading

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssmis.atomic import write_json
 from ssmis.config import ExperimentConfig, apply_overrides, check_paths, read_yaml, validate_config
 from ssmis.engine.files import CONFIG_FILE, SEGMENTS_FILE
 from ssmis.engine.schedule import Restart
@@ -157,8 +158,7 @@ def read_segments(run_dir: Path) -> list[dict[str, Any]]:
 
 def write_segments(run_dir: Path, segments: list[dict[str, Any]]) -> None:
     """Write ``segments.json`` (one entry per training session)."""
-    text = json.dumps({"segments": segments}, indent=2) + "\n"
-    (run_dir / SEGMENTS_FILE).write_text(text)
+    write_json(run_dir / SEGMENTS_FILE, {"segments": segments})
 
 
 def restarts(segments: list[dict[str, Any]]) -> list[Restart]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ssmis.atomic import write_json, write_text
 from ssmis.config import ExperimentConfig, apply_overrides, check_paths, read_yaml, validate_config
 from ssmis.data.splits import Split
 from ssmis.engine import distributed as dist
@@ -157,9 +157,9 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
         if not dist.is_main_process():  # every process holds the gathered result
             return result
         stem = result_stem(split, checkpoint)
-        (run_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (run_dir / f"{stem}.md").write_text(report.metrics_table_markdown(result) + "\n")
-        (run_dir / f"{stem}_per_case.csv").write_text(report.per_case_csv(result))
+        write_json(run_dir / f"{stem}.json", result)
+        write_text(run_dir / f"{stem}.md", report.metrics_table_markdown(result) + "\n")
+        write_text(run_dir / f"{stem}_per_case.csv", report.per_case_csv(result))
         _pictures(run_dir, cfg, kept, split)
     log = logging.getLogger(LOGGER_NAME)
     for name in result.get("absent_classes", []):

@@ -84,7 +84,9 @@ def truncate_jsonl(path: Path, max_iter: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("iter", 0) <= max_iter]
-    path.write_text("".join(line + "\n" for line in kept))
+    from ssmis.atomic import write_text
+
+    write_text(path, "".join(line + "\n" for line in kept))
 
 
 class TensorBoard:

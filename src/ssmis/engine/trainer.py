@@ -8,7 +8,6 @@ ends with the same weights as an uninterrupted run (on the CPU; GPU kernels may 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ssmis.atomic import write_json, write_text
 from ssmis.config import ExperimentConfig, check_method, to_yaml
 from ssmis.data.datasets import EvalCase
 from ssmis.data.layouts import Layout
@@ -256,8 +256,8 @@ class Trainer:
                   f"{', '.join(map(str, changed))}: trained in segments (segments.json), with\n"
                   "# the lr schedule and phase lengths given there; training this file from "
                   "scratch would not repeat the run\n") if changed else ""
-        (self.run_dir / CONFIG_FILE).write_text(header + to_yaml(self.cfg.model_copy(
-            update={"method": method})))
+        write_text(self.run_dir / CONFIG_FILE,
+                   header + to_yaml(self.cfg.model_copy(update={"method": method})))
         self.split.save(self.run_dir / SPLIT_FILE)
         write_segments(self.run_dir, self.segments)
 
@@ -805,7 +805,7 @@ class Trainer:
         if self.timing:  # this session's iterations; validation and checkpoints included
             info["timing"] = self.timing
         if self.main:
-            (self.run_dir / "train_summary.json").write_text(json.dumps(info, indent=2) + "\n")
+            write_json(self.run_dir / "train_summary.json", info)
         return info
 
 

@@ -516,6 +516,8 @@ def plot_overlays(cases: list[dict[str, Any]], out_png: Path,
 
 
 def _save(fig: Figure, out_png: Path) -> None:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    """Save ``fig`` atomically (:mod:`ssmis.atomic`): an error names the file, none is half
+    written."""
+    from ssmis.atomic import atomic_write
+
+    atomic_write(Path(out_png), lambda tmp: fig.savefig(tmp, dpi=100))

@@ -74,7 +74,9 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=["honest", "paper"], default="honest",
                    help="the headline protocol of the report (both are always computed)")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: reproduce/<table>-<budget>)")
+                   help="output folder (default: reproduce/<table>-<budget>-<N>it, N the "
+                        "iterations per run); runs in it are reused only when their recorded "
+                        "config equals the grid's, else the command stops naming the field")
     p.add_argument("--configs", type=Path, default=Path("configs"),
                    help="the configs folder (default: ./configs of the ssmis repository)")
     p.add_argument("--data-root", type=Path, default=None,
@@ -152,6 +154,7 @@ def _list_tables() -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """``ssmis reproduce``: plan (validated), sweep, report; exit 1 when a run failed."""
+    from ssmis.atomic import write_text
     from ssmis.reproduce.published import find_table
     from ssmis.reproduce.report import write_report
     from ssmis.reproduce.runner import plan_reproduction
@@ -161,11 +164,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.table:
         raise SSMISError("reproduce: expected a TABLE (see `ssmis reproduce --list`)")
     table = find_table(args.table)
-    out = args.out or Path("reproduce") / f"{table.id}-{args.budget}"
-    plan = plan_reproduction(table, out, args.configs, methods=args.methods,
+    plan = plan_reproduction(table, args.out, args.configs, methods=args.methods,
                              labeled=args.labeled, seeds=args.seeds, budget=args.budget,
                              iterations=args.iterations, protocol=args.protocol,
                              data_root=args.data_root, extra_overrides=args.overrides)
+    out = plan.out
     status = _execute(plan.jobs, out, args)
     if status is not None:
         return status
@@ -173,7 +176,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     previous = _previous_wall(out)
     wall = outcome.wall_s + previous
     paths = write_report(plan, wall_s=wall if wall > 0 else None)
-    (out / "wall_time_s.txt").write_text(f"{wall:.1f}\n")
+    write_text(out / "wall_time_s.txt", f"{wall:.1f}\n")
     print(f"reproduce {table.id}: {len(outcome.finished)} runs finished now, "
           f"{len(outcome.skipped)} already done, {len(outcome.failed)} failed")
     print(f"wrote {paths['md']} and {paths['html']}")

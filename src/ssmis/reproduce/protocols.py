@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ssmis.atomic import atomic_write, write_json
 from ssmis.config import ExperimentConfig, apply_overrides, parse_override, read_yaml
 from ssmis.errors import SSMISError
 
@@ -148,12 +148,6 @@ def _protocol_config(raw: dict[str, Any], name: str, source: str) -> ExperimentC
                            source=source)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def evaluate_protocols(run_dir: Path, overlay_cases: int = 2,
                        names: Sequence[str] = tuple(PROTOCOLS)) -> dict[str, dict[str, Any]]:
     """Score the run's test split under every protocol; write ``protocol_<name>.json``.
@@ -265,12 +259,11 @@ def _evaluate_protocols(run_dir: Path, overlay_cases: int,
         }
         results[n] = result
     if overlay["case"]:
-        tmp = run_dir / "protocol_overlays.tmp.npz"
-        np.savez_compressed(tmp, case=np.array(overlay["case"]),
-                            **{f"{k}{i}": overlay[k][i] for k in ("image", "label", "pred")
-                               for i in range(len(overlay["case"]))})
-        os.replace(tmp, run_dir / "protocol_overlays.npz")
+        arrays = {f"{k}{i}": overlay[k][i] for k in ("image", "label", "pred")
+                  for i in range(len(overlay["case"]))}
+        atomic_write(run_dir / "protocol_overlays.npz", lambda tmp: np.savez_compressed(
+            tmp, case=np.array(overlay["case"]), **arrays))
     for n, result in results.items():  # the result files last: they mark the job done
-        _write_json(protocol_files(run_dir)[n], result)
+        write_json(protocol_files(run_dir)[n], result)
     return results
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ssmis.errors import SSMISError
 from ssmis.reproduce.protocols import PROTOCOLS
 from ssmis.reproduce.published import METRIC_KEYS, PublishedTable
 from ssmis.reproduce.runner import Plan, describe_budget
@@ -56,6 +57,16 @@ def _val_curve(run: Path) -> list[tuple[int, float]]:
     return [(int(r["iter"]), float(r["val_dice"])) for r in _val_rows(run)]
 
 
+def _recorded_iterations(run: Path) -> int | None:
+    """``train.iterations`` of the run's recorded ``config.yaml`` (its real budget)."""
+    from ssmis.config import read_yaml
+
+    try:
+        return int((read_yaml(run / "config.yaml").get("train") or {})["iterations"])
+    except (SSMISError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def collect(plan: Plan) -> dict[str, Any]:
     """``report.json``'s content: per (setting, method), every seed's numbers per protocol."""
     cells: dict[str, dict[str, Any]] = {}
@@ -63,7 +74,7 @@ def collect(plan: Plan) -> dict[str, Any]:
         s, m = job.info["setting"], job.info["method"]
         cell = cells.setdefault(f"{s}/{m}", {"setting": s, "method": m, "seeds": [],
                                              "missing": [], "protocols": {}, "curves": [],
-                                             "runs": [], "wall_s": []})
+                                             "runs": [], "wall_s": [], "iterations": []})
         run = Path(job.run_dir)
         results = {p: _read_json(run / f"protocol_{p}.json") for p in PROTOCOLS}
         if not all(results.values()):
@@ -71,6 +82,7 @@ def collect(plan: Plan) -> dict[str, Any]:
             continue
         cell["seeds"].append(job.info["seed"])
         cell["runs"].append(str(run))
+        cell["iterations"].append(_recorded_iterations(run))
         summary = _read_json(run / "train_summary.json") or {}
         cell["wall_s"].append((summary.get("timing") or {}).get("wall_s"))
         cell["curves"].append(_val_curve(run))
@@ -275,12 +287,22 @@ def _per_class_rows(report: dict[str, Any], setting_key: str,
     return header, rows
 
 
+def _actual_iterations(collected: dict[str, Any]) -> dict[str, list[int]]:
+    """method -> the recorded iterations of its finished runs (every setting)."""
+    actual: dict[str, list[int]] = {}
+    for cell in collected["cells"].values():
+        actual.setdefault(cell["method"], []).extend(
+            i for i in cell["iterations"] if i is not None)
+    return actual
+
+
 def build_report(plan: Plan, wall_s: float | None = None) -> dict[str, Any]:
     """The report's data (written as ``report.json``; the Markdown and HTML render it)."""
     from ssmis.engine.evaluate import git_commit
 
     table = plan.table
     collected = collect(plan)
+    actual = _actual_iterations(collected)
     settings = []
     for s in plan.settings:
         run_methods = plan.methods.get(s.key, [])
@@ -308,6 +330,7 @@ def build_report(plan: Plan, wall_s: float | None = None) -> dict[str, Any]:
                                          "selection": entry["selection"]})
             rows.append({"label": r.method, "ssmis": r.ssmis, "status": status,
                          "seeds": len(cell["seeds"]) if cell else 0,
+                         "iterations": cell["iterations"] if cell else [],
                          "missing_seeds": cell["missing"] if cell else [],
                          "checkpoints": {p: e["checkpoints"] for p, e in
                                          (cell["protocols"].items() if cell else [])},
@@ -322,7 +345,10 @@ def build_report(plan: Plan, wall_s: float | None = None) -> dict[str, Any]:
                   "labeled_unit": table.labeled_unit, "selection": table.selection,
                   "empty_rule": table.empty_rule,
                   "metrics": {k: v.model_dump() for k, v in table.metrics.items()}},
-        "budget": plan.budget, "budget_text": describe_budget(plan),
+        "budget": plan.budget, "budget_text": describe_budget(plan, actual),
+        "paper_length": plan.budget == "paper" and all(
+            set(actual.get(m) or [b.iterations]) == {b.paper_iterations}
+            for m, b in plan.budgets.items()),
         "protocol": plan.protocol, "seeds": plan.seeds,
         "protocols": {n: {"text": p.text, "overrides": list(p.overrides),
                           "selection": p.selection} for n, p in PROTOCOLS.items()},
@@ -334,7 +360,7 @@ def build_report(plan: Plan, wall_s: float | None = None) -> dict[str, Any]:
 def _title(report: dict[str, Any]) -> str:
     t = report["table"]
     budget = report["budget"]
-    scale = ("the paper's budget" if budget == "paper"
+    scale = ("the paper's budget" if report.get("paper_length")
              else f"budget '{budget}': scaled down, not the paper's budget")
     return f"Reproduction of {t['paper']}, Table {t['table']} ({t['dataset']}) — {scale}"
 
@@ -490,17 +516,18 @@ def _table_from(report: dict[str, Any]) -> PublishedTable:
 
 def write_report(plan: Plan, wall_s: float | None = None) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` (+ ``report_files/*.png``) and ``report.html``
-    under ``plan.out``; returns their paths."""
+    under ``plan.out``, each atomically (:mod:`ssmis.atomic`); returns their paths."""
+    from ssmis.atomic import write_bytes, write_json, write_text
+
     report = build_report(plan, wall_s)
     figures = _figures(report)
     out = plan.out
     files = out / "report_files"
-    files.mkdir(parents=True, exist_ok=True)
     for items in figures.values():
         for name, png in items:
-            (files / f"{name}.png").write_bytes(png)
+            write_bytes(files / f"{name}.png", png)
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
-    paths["json"].write_text(json.dumps(report, indent=1) + "\n")
-    paths["md"].write_text(render_markdown(report, figures))
-    paths["html"].write_text(render_html(report, figures))
+    write_json(paths["json"], report, indent=1)
+    write_text(paths["md"], render_markdown(report, figures))
+    write_text(paths["html"], render_html(report, figures))
     return paths

@@ -127,7 +127,16 @@ class Plan:
     started: float = field(default_factory=time.time)
 
 
-def plan_reproduction(table: PublishedTable, out: Path, configs: Path,
+def default_out(table: PublishedTable, budget: str, budgets: dict[str, Budget]) -> Path:
+    """``reproduce/<table>-<budget>-<N>it``: the default folder names the budget and the run
+    length (``<min>-<max>it`` when the methods' lengths differ), so that reproductions with
+    another ``--budget`` or ``--iterations`` never share a folder."""
+    lengths = sorted({b.iterations for b in budgets.values()})
+    length = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
+    return Path("reproduce") / f"{table.id}-{budget}-{length}it"
+
+
+def plan_reproduction(table: PublishedTable, out: Path | None, configs: Path,
                       methods: Sequence[str] | None = None,
                       labeled: Sequence[str] | None = None, seeds: str | int = 3,
                       budget: str = "cpu", iterations: int | None = None,
@@ -135,6 +144,7 @@ def plan_reproduction(table: PublishedTable, out: Path, configs: Path,
                       extra_overrides: Sequence[str] = ()) -> Plan:
     """Everything a reproduction will run, validated before anything is written.
 
+    ``out`` None: :func:`default_out`.
     SSMISError: the table is not runnable (its reason), an unknown setting or method, a
     method without a config, a config that does not validate.
     """
@@ -158,7 +168,7 @@ def plan_reproduction(table: PublishedTable, out: Path, configs: Path,
     chosen: dict[str, list[str]] = {}
     skipped: dict[str, list[str]] = {}
     budgets: dict[str, Budget] = {}
-    jobs: list[Job] = []
+    grid: list[tuple[str, str, int, list[str]]] = []  # setting, method, seed, overrides
     honest = protocol_overrides("honest")
     seed_values: list[int] | None = None
     for s in settings:
@@ -182,26 +192,33 @@ def plan_reproduction(table: PublishedTable, out: Path, configs: Path,
             if seed_values is None:
                 seed_values = seed_list(seeds, int(read_yaml(b.config).get("seed", 0) or 0))
             chosen[s.key].append(m)
-            for seed in seed_values:
-                run = out / "runs" / f"labeled-{s.key}" / m / f"seed{seed}"
-                jobs.append(Job(key=f"labeled-{s.key}/{m}/seed{seed}",
-                                config=str(b.config.resolve()),
-                                overrides=[*overrides, f"seed={seed}",
-                                           f"name={table.id}-l{s.key}-{m}"],
-                                run_dir=str(run.resolve()), post="protocols",
-                                info={"setting": s.key, "method": m, "seed": seed}))
-    if not jobs:
+            grid.extend((s.key, m, seed, overrides) for seed in seed_values)
+    if out is None and budgets:
+        out = default_out(table, budget, budgets)
+    jobs = [Job(key=f"labeled-{key}/{m}/seed{seed}", config=str(budgets[m].config.resolve()),
+                overrides=[*overrides, f"seed={seed}", f"name={table.id}-l{key}-{m}"],
+                run_dir=str((Path(out or ".") / "runs" / f"labeled-{key}" / m / f"seed{seed}")
+                            .resolve()),
+                post="protocols", info={"setting": key, "method": m, "seed": seed})
+            for key, m, seed, overrides in grid]
+    if not jobs or out is None:
         reasons = "; ".join(r for v in skipped.values() for r in v) or "no ssmis method rows"
         raise SSMISError(f"TABLE {table.id}: nothing to run ({reasons})")
     return Plan(table, settings, chosen, skipped, seed_values or [], budget, protocol, jobs,
-                budgets, out)
+                budgets, Path(out))
 
 
-def describe_budget(plan: Plan) -> str:
-    """One line: the budget and how it scales each method's run against the paper's."""
+def describe_budget(plan: Plan, actual: dict[str, list[int]] | None = None) -> str:
+    """One line: the budget and how it scales each method's run against the paper's.
+
+    ``actual``: method -> the iterations recorded in its finished runs' ``config.yaml``; the
+    line states those (not the planned ones) where they are known, every distinct value."""
     parts = []
     for m, b in plan.budgets.items():
-        text = f"{m} {b.iterations} it"
+        real = sorted(set((actual or {}).get(m) or [b.iterations]))
+        text = f"{m} {'/'.join(map(str, real))} it"
+        if real != [b.iterations]:
+            text += f" (this budget asks {b.iterations})"
         if b.paper_iterations and b.paper_iterations != b.iterations:
             text += f" (paper {b.paper_iterations})"
         if b.patch:

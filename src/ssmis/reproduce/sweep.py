@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssmis.atomic import write_json, write_text
 from ssmis.errors import SSMISError
 
 __all__ = [
@@ -54,7 +55,7 @@ class Job:
 
     ``config`` is an experiment YAML, ``overrides`` its ``key=value`` overrides, ``run_dir``
     the run folder (absolute), ``post`` what runs after training (``"protocols"``: the two
-    protocols of :mod:`ssmis.reproduce.protocols` instead of the final test evaluation),
+    protocols of :mod:`ssmis.reproduce.protocols` after the final test evaluation),
     ``info`` free labels (method, seed, labeled, ...) used in reports.
     """
 
@@ -206,20 +207,34 @@ def has_checkpoint(run_dir: Path) -> bool:
     return folder.is_dir() and any(folder.glob("last-*.json"))
 
 
+def check_recorded_config(job: Job) -> None:
+    """SSMISError (one line naming the run folder and the first differing field) when the
+    folder's recorded ``config.yaml`` is not the config the grid asks for (another
+    ``--iterations``, ``--set train.lr=...``, method parameter, data, seed...), or when a
+    finished run has no ``config.yaml`` to compare."""
+    if not (job.path / "config.yaml").is_file():
+        raise SSMISError(f"{job.path}: holds a finished run without config.yaml, so it cannot "
+                         "be checked against the grid; choose another --out")
+    diff = _config_differences(job)
+    if diff:
+        raise SSMISError(f"{job.path}: holds a run with another config ({diff}); choose "
+                         "another --out")
+
+
 def job_state(job: Job, check_config: bool = True) -> str:
     """``done`` | ``resume`` (a checkpoint to continue from) | ``fresh`` (nothing usable).
 
-    SSMISError when the folder holds a run made with another config (say, another
-    ``--iterations``): such a folder is never resumed or overwritten.
+    A finished or resumable run is reused only when its recorded config equals the job's
+    (:func:`check_recorded_config`; SSMISError otherwise): a folder of runs with another
+    budget or other overrides is never counted as done, resumed or overwritten.
     """
     if all(f.is_file() for f in job.done_files()):
+        if check_config:
+            check_recorded_config(job)
         return "done"
     if has_checkpoint(job.path):
         if check_config and (job.path / "config.yaml").is_file():
-            diff = _config_differences(job)
-            if diff:
-                raise SSMISError(f"{job.path}: holds a run with another config ({diff}); "
-                                 "choose another --out")
+            check_recorded_config(job)
         return "resume"
     return "fresh"
 
@@ -238,15 +253,16 @@ def run_job(job: Job) -> int:
             state = job_state(job)
             if state == "done":
                 return 0
-            no_eval = ["--no-eval"] if job.post else []
+            # the final test evaluation always runs: a reproduction's run folder is a normal one
+            # (metrics.json, curves, overlays) that `ssmis compare` and `ssmis evaluate` read
             if state == "resume":
-                status = cli(["train", "--resume", job.run_dir, "--quiet", *no_eval])
+                status = cli(["train", "--resume", job.run_dir, "--quiet"])
             else:  # killed before its first checkpoint: nothing to continue from
                 for entry in job.path.iterdir():
                     if entry.name != LOCK_FILE:
                         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                 status = cli(["train", job.config, *job.overrides, "--run-dir", job.run_dir,
-                              "--quiet", *no_eval])
+                              "--quiet"])
             if status != 0 or not job.post:
                 return status
             from ssmis.reproduce.protocols import evaluate_protocols
@@ -262,11 +278,8 @@ def write_spec(jobs: Sequence[Job], out: Path) -> Path:
     """``OUT/sweep_jobs.json``: the jobs, read by ``run-job`` (locally and under SLURM)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / SPEC_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"schema": "ssmis-sweep-1", "cwd": os.getcwd(),
-                               "jobs": [asdict(j) for j in jobs]}, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, {"schema": "ssmis-sweep-1", "cwd": os.getcwd(),
+                             "jobs": [asdict(j) for j in jobs]}, indent=1)
 
 
 def read_spec(path: Path) -> list[Job]:
@@ -365,6 +378,7 @@ def run_jobs(jobs: Sequence[Job], out: Path, slots: Sequence[Slot],
     for i in todo:
         pending.put(i)
     lock = threading.Lock()
+    started: list[str] = []
     durations: list[float] = []
     t0 = time.perf_counter()
     echo(f"{len(todo)} runs to do on {len(slots)} slot(s): "
@@ -380,6 +394,10 @@ def run_jobs(jobs: Sequence[Job], out: Path, slots: Sequence[Slot],
             resumed = job_state(job, check_config=False) == "resume"
             log = logs / (job.key.replace("/", "__") + ".log")
             env = {**os.environ, **slot.env}
+            with lock:  # progress from the first run, not only when one finishes
+                started.append(job.key)
+                echo(f"[{len(started)}/{len(todo)}] {job.key}: "
+                     f"{'resuming' if resumed else 'started'} on {slot.label} (log: {log})")
             start = time.perf_counter()
             with log.open("a") as handle:
                 handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {slot.label}"
@@ -444,7 +462,7 @@ def emit_slurm(jobs: Sequence[Job], out: Path, per_task_gpus: int = 1,
         '"$SLURM_ARRAY_TASK_ID"',
     ]
     script = out / "sweep.slurm"
-    script.write_text("\n".join(lines) + "\n")
+    write_text(script, "\n".join(lines) + "\n")
     script.chmod(0o755)
     return script
 

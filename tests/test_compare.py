@@ -86,3 +86,25 @@ def test_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (c / "metrics.json").write_text(json.dumps(meta))
     with pytest.raises(SSMISError, match="hd95_mode 'medpy' differs from 'monai'"):
         compare_runs([b, c])
+
+
+def test_a_checkpoint_from_the_pretraining_phase_is_named_so() -> None:
+    """A two-phase result selected in pre-training reads 'best (200 pretrain)' in compare and
+    '(pretrain phase)' in metrics.md, not a plain 'best (200)'."""
+    from ssmis.engine.run import phase_of
+    from ssmis.eval.compare import RunResult, _checkpoints
+    from ssmis.eval.report import metrics_table_markdown
+    from ssmis.methods.base import Phase
+
+    phases = [Phase("pretrain", 200), Phase("self_train", 800)]
+    assert [phase_of(phases, i) for i in (1, 200, 201, 1000)] == [
+        "pretrain", "pretrain", "self_train", "self_train"]
+    assert phase_of([Phase("train", 1000)], 200) is None
+    runs = [RunResult(Path("a"), "bcp", "bcp", 1, {"checkpoint": "best", "iteration": 200,
+                                                   "phase": "pretrain"}),
+            RunResult(Path("b"), "bcp", "bcp", 2, {"checkpoint": "best", "iteration": 900,
+                                                   "phase": "self_train"})]
+    assert _checkpoints(runs) == "best (200 pretrain, 900 self_train)"
+    table = metrics_table_markdown({"checkpoint": "best", "iteration": 200, "phase": "pretrain",
+                                    "per_class": {}, "mean": {}})
+    assert "iteration: 200 (pretrain phase)" in table

@@ -132,3 +132,27 @@ def test_shares_of_the_run_keep_their_value_when_it_is_extended(
     assert rows[7]["lr"] == pytest.approx(0.01 * (1 / 6) ** 0.9)  # poly over its 6 iterations
     segments = json.loads((run / "segments.json").read_text())["segments"]
     assert segments[1]["frozen"] == {"method.params.pretrain_iterations": ["50%", 2]}
+
+
+def test_extending_a_run_keeps_a_published_default_pretraining(tmp_path: Path) -> None:
+    """BCP with pretrain_iterations unset (the published share of the run): extending the run
+    at --resume keeps the pre-training length it trained with instead of refusing or moving
+    the phase boundary."""
+    from ssmis.data.layouts import get_layout
+    from ssmis.methods import build_method
+
+    data = get_layout("images").write_example(tmp_path / "d")
+    cfg = validate_config({
+        "name": "b", "output_dir": str(tmp_path / "runs"), "seed": 1, "data": data,
+        "model": {"name": "unet2d", "options": {"widths": [4, 4, 8, 8, 8]}},
+        "method": {"name": "bcp"},
+        "train": {"iterations": 8, "batch_size": 2, "unlabeled_batch_size": 2, "val_every": 4,
+                  "device": "cpu", "threads": 1},
+        "eval": {"unit": "voxel", "overlay_cases": 0}})
+    assert build_method(cfg).phases()[0].iterations == 2
+    run = train_run(cfg, run_dir=tmp_path / "run", verbose=False, evaluate=False)
+    resume_run(run, ["train.iterations=16"], evaluate=False, verbose=False)
+    segments = json.loads((run / "segments.json").read_text())["segments"]
+    assert segments[-1]["frozen"] == {"method.params.pretrain_iterations": [None, 2]}
+    assert yaml.safe_load((run / "config.yaml").read_text())["method"]["params"][
+        "pretrain_iterations"] == 2

@@ -31,7 +31,6 @@ from ssmis.config import ExperimentConfig, apply_overrides, check_paths, read_ya
 from ssmis.engine.files import CONFIG_FILE, SEGMENTS_FILE
 from ssmis.engine.schedule import Restart
 from ssmis.errors import SSMISError
-from ssmis.ramps import resolve_run_shares
 
 #: fields a resume may change without changing what the run trains
 FREE = frozenset({
@@ -118,12 +117,14 @@ def plan_resume(run_dir: Path, overrides: list[str]) -> ResumePlan:
 
 def _freeze_shares(new_raw: dict[str, Any], stored: ExperimentConfig, source: str
                    ) -> tuple[ExperimentConfig, dict[str, tuple[Any, Any]]]:
-    """The resumed config with every ``method.params`` share of the run (``"20%"``) replaced by
-    its value for the iterations the run was started with, and the fields so frozen."""
-    from ssmis.methods import get_method
+    """The resumed config with every ``method.params`` value that depends on the run's length
+    (a share ``"20%"``, or a null default that a method resolves from ``train.iterations``,
+    such as the published pre-training share) replaced by its value for the iterations the run
+    was started with, and the fields so frozen."""
+    from ssmis.methods import build_method
 
-    declared = get_method(stored.method.name).parse_params(stored.method.params, source)
-    resolved = resolve_run_shares(declared, stored.train.iterations)
+    method = build_method(stored)
+    declared, resolved = method.declared_params, method.params
     frozen = {f"method.params.{name}": (getattr(declared, name), getattr(resolved, name))
               for name in type(declared).model_fields
               if getattr(declared, name) != getattr(resolved, name)}

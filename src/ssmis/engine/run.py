@@ -154,6 +154,9 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
         result, kept = evaluate_split(method, eval_cases(cfg, ids), cfg, device, split=split,
                                       checkpoint=ckpt.stem, iteration=iteration,
                                       keep_predictions=cfg.eval.overlay_cases, total=len(ids))
+        phase = phase_of(method.phases(), iteration)
+        if phase is not None:
+            result["phase"] = phase
         if not dist.is_main_process():  # every process holds the gathered result
             return result
         stem = result_stem(split, checkpoint)
@@ -167,6 +170,19 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
                     "reported apart and left out of the mean (check data.num_classes)")
     log.info("\n" + report.metrics_table_text(result))
     return result
+
+
+def phase_of(phases: list, iteration: int) -> str | None:
+    """The phase a checkpoint saved after ``iteration`` iterations belongs to (a two-phase
+    method's ``pretrain`` or ``self_train``), or None for a one-phase method."""
+    if len(phases) < 2:
+        return None
+    end = 0
+    for phase in phases:
+        end += phase.iterations
+        if iteration <= end:
+            return str(phase.name)
+    return str(phases[-1].name)
 
 
 def _pictures(run_dir: Path, cfg: ExperimentConfig, kept, split: str) -> None:

@@ -405,7 +405,8 @@ class Trainer:
                              f"{before:.6g} -> {after:.6g} at the resume point "
                              f"({self.segments[-1]['lr_rule']})")
         for name, (given, kept) in plan.frozen.items():
-            self.log.info(f"{name}: {given} of the {old.train.iterations} iterations the run "
+            how = "unset (a default from the run's length)" if given is None else given
+            self.log.info(f"{name}: {how} of the {old.train.iterations} iterations the run "
                           f"started with, kept as {kept} (a phase or ramp does not move at "
                           "--resume)")
 

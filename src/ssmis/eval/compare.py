@@ -110,9 +110,12 @@ def _counts(runs: Sequence[RunResult]) -> list[str]:
 
 def _checkpoints(runs: Sequence[RunResult]) -> str:
     """Which checkpoint the runs' numbers come from, and at which iterations, e.g.
-    ``best (1200, 1400)``."""
+    ``best (1200, 1400)``; a two-phase method's iterations name their phase, ``best (200
+    pretrain, 1400 self_train)``."""
     names = sorted({str(r.metrics.get("checkpoint", "?")) for r in runs})
-    iters = ", ".join(str(r.metrics.get("iteration", "?")) for r in runs)
+    iters = ", ".join(str(r.metrics.get("iteration", "?"))
+                      + (f" {r.metrics['phase']}" if r.metrics.get("phase") else "")
+                      for r in runs)
     return f"{'/'.join(names)} ({iters})"
 
 

@@ -181,7 +181,8 @@ def _footer(result: dict[str, Any]) -> str:
     parts = [
         f"split: {result.get('split', '?')}",
         f"checkpoint: {result.get('checkpoint', '?')}",
-        f"iteration: {result.get('iteration', '?')}",
+        f"iteration: {result.get('iteration', '?')}"
+        + (f" ({result['phase']} phase)" if result.get("phase") else ""),
         f"unit: {result.get('unit', '?')}",
         f"HD95: {result.get('hd95_mode', '?')}",
         f"empty rule: {result.get('empty_rule', '?')}"

@@ -130,7 +130,18 @@ def test_budget_scales_iterations_and_iteration_counted_parameters() -> None:
     assert (cpu.paper_iterations, cpu.paper_patch) == (40000, [256, 256])
     tiny = budget_for(acdc, "cvbm", "cpu", iterations=50)
     assert "train.iterations=50" in tiny.overrides
-    assert "method.params.pretrain_iterations=10" in tiny.overrides
+    # the CPU config gives its pre-training as a share ("20%"): it scales with the run (10 of
+    # 50) without an override
+    assert not any(o.startswith("method.params.pretrain_iterations") for o in tiny.overrides)
+    from ssmis.config import apply_overrides, read_yaml, validate_config
+    from ssmis.methods import get_method
+
+    raw = apply_overrides(read_yaml(tiny.config), tiny.overrides)
+    cfg = validate_config(raw)
+    params = get_method("cvbm").parse_params(cfg.method.params)
+    from ssmis.ramps import resolve_run_shares
+
+    assert resolve_run_shares(params, cfg.train.iterations).pretrain_iterations == 10
     with pytest.raises(SSMISError, match="no config for method 'synfoc'"):
         budget_for(acdc, "synfoc", "cpu")
     # SSL4MIS's Mean Teacher keeps its consistency off for 1,000 of 30,000 iterations: scaled

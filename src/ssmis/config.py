@@ -30,6 +30,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: config fields a run writes into its ``config.yaml`` as records of what it resolved (not
+#: inputs: two configs that differ only in them ask for the same run)
+RECORD_FIELDS = ("data.resolved_normalization",)
+
 Normalization = Literal["auto", "zscore", "minmax", "ct", "scale", "none"]
 
 

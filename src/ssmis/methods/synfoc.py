@@ -350,6 +350,11 @@ class SynFoC(ChoosablePredictor, Method):
                                  f"classes 1..{d.num_classes - 1}")
         self._init_choice()
         self._trainable_sam = [n for n, t in self.sam.named_parameters() if t.requires_grad]
+        if self.params.rampup_iterations is None:  # type: ignore[attr-defined]
+            # the code's T is the run's length: resolved once, so a resume that extends the
+            # run keeps the ramp it trained with (ssmis.engine.resume freezes it)
+            self.params = self.params.model_copy(
+                update={"rampup_iterations": cfg.train.iterations})
 
     def _build_sam(self) -> nn.Module:
         p: SynFoCParams = self.params  # type: ignore[assignment]

@@ -174,7 +174,7 @@ def expand_grid(configs: Sequence[Path], out: Path, methods: Sequence[str] | Non
 
 def _config_differences(job: Job) -> str | None:
     """The first key where the run folder's config differs from the job's, or None."""
-    from ssmis.config import load_config, read_yaml
+    from ssmis.config import RECORD_FIELDS, load_config, read_yaml
 
     stored = read_yaml(job.path / "config.yaml")
     from ssmis.methods import declared_params
@@ -186,7 +186,7 @@ def _config_differences(job: Job) -> str | None:
     def walk(a: Any, b: Any, prefix: str) -> str | None:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(a):  # keys a newer ssmis added (with defaults) are not differences
-                if prefix == "" and k == "output_dir":
+                if (prefix == "" and k == "output_dir") or f"{prefix}{k}" in RECORD_FIELDS:
                     continue
                 found = walk(a.get(k), b.get(k), f"{prefix}{k}.")
                 if found:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ssmis.components import largest_component_per_class
 from ssmis.errors import SSMISError
 from ssmis.losses import (
     class_argmax,
@@ -58,7 +59,7 @@ from ssmis.losses import (
 from ssmis.methods.base import Batch, UnsupervisedTerm
 from ssmis.methods.bcp import CopyPasteParams
 from ssmis.methods.copy_paste import pseudo_labels, region_loss_2d, region_loss_3d
-from ssmis.methods.teacher import largest_component_per_class, teacher_mode
+from ssmis.methods.teacher import teacher_mode
 from ssmis.methods.two_phase import TwoPhaseMethod, halves
 from ssmis.mixing import box_mask, mix
 from ssmis.ramps import ShareOrFloat, ramped_weight, run_share

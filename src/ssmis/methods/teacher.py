@@ -5,26 +5,22 @@
 * :func:`ema_update`: the teacher update, in the variants the reference codes use;
 * :func:`teacher_mode`: run the teacher in train mode (the originals never call ``.eval()``:
   dropout on, BatchNorm on batch statistics) or in eval mode;
-* :func:`gaussian_noise`: SSL4MIS's input perturbation ``clamp(randn * 0.1, -0.2, 0.2)``;
-* :func:`largest_component` / :func:`largest_component_per_class`: the LCC filter that BCP and
-  CVBM apply to every pseudo-label (full connectivity as skimage's default; scipy on the CPU,
-  :mod:`ssmis.components` on the GPU).
+* :func:`gaussian_noise`: SSL4MIS's input perturbation ``clamp(randn * 0.1, -0.2, 0.2)``.
+
+The LCC filter BCP and CVBM apply to pseudo-labels lives in :mod:`ssmis.components`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ssmis.components import largest_component_per_class_torch
-from ssmis.eval.inference import largest_connected_component
 from ssmis.methods.base import MethodParams
 
 BufferPolicy = Literal["own", "ema"]
@@ -172,25 +168,3 @@ def gaussian_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torc
     """``x + clamp(randn_like(x) * std, -clip, clip)`` (SSL4MIS / UA-MT teacher input)."""
     return x + torch.clamp(torch.randn_like(x) * std, -clip, clip)
 
-
-#: ``"auto"``: CUDA tensors on the GPU, CPU tensors through scipy; ``"scipy"``: always scipy
-#: (the authors' route: a host copy per call; kept for comparisons, see
-#: ``benchmarks/method_throughput.py --lcc``).
-LCC_BACKEND: Literal["auto", "scipy"] = "auto"
-
-
-def largest_component_per_class(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-    """Per sample of a B x spatial label batch, keep only the largest connected component of
-    each class in ``classes``; other pixels of those classes become 0 (BCP ``get_ACDC_masks``,
-    ``LargestCC_pancreas``). CPU tensors go through scipy, as the originals (skimage) do; CUDA
-    tensors stay on the GPU (:mod:`ssmis.components`, the same result, no host copy)."""
-    if labels.is_cuda and LCC_BACKEND == "auto":
-        return largest_component_per_class_torch(labels.detach().long(), classes)
-    arr = labels.detach().to("cpu", torch.long).numpy()
-    out = np.stack([largest_connected_component(a, classes) for a in arr])
-    return torch.from_numpy(out).to(labels.device)
-
-
-def largest_component(mask: torch.Tensor) -> torch.Tensor:
-    """Largest connected component of each binary mask in a B x spatial batch (0/1 long)."""
-    return largest_component_per_class(mask.long(), [1])

@@ -1,7 +1,7 @@
 """Mean-teacher machinery shared by every method with an EMA teacher (MT, UA-MT, BCP, CVBM, ...).
 
-* :func:`make_teacher`: a frozen copy of the student, registered by the caller as a submodule so
-  it is checkpointed with the method;
+* :func:`make_teacher`: a frozen (:func:`freeze`) copy of the student, registered by the caller
+  as a submodule so it is checkpointed with the method;
 * :func:`ema_update`: the teacher update, in the variants the reference codes use;
 * :func:`teacher_mode`: run the teacher in train mode (the originals never call ``.eval()``:
   dropout on, BatchNorm on batch statistics) or in eval mode;
@@ -13,7 +13,7 @@ The LCC filter BCP and CVBM apply to pseudo-labels lives in :mod:`ssmis.componen
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
@@ -71,12 +71,16 @@ def buffer_policy(ema_buffers: BufferPolicy | None, teacher_train_mode: bool,
     return default if teacher_train_mode else "ema"
 
 
+def freeze(module: nn.Module) -> nn.Module:
+    """``module`` with every parameter set not to require gradients (a teacher)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
 def make_teacher(student: nn.Module) -> nn.Module:
     """A deep copy of ``student`` whose parameters do not require gradients."""
-    teacher = copy.deepcopy(student)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
+    return freeze(copy.deepcopy(student))
 
 
 def ema_alpha(decay: float, step: int | None = None) -> float:
@@ -100,15 +104,23 @@ def ema_update(
     *,
     step: int | None = None,
     buffers: BufferPolicy = "own",
+    names: Sequence[str] | None = None,
 ) -> float:
     """theta_t <- a theta_t + (1 - a) theta_s; returns the alpha used.
 
     ``step`` given: SSL4MIS warm-up ``a = min(1 - 1/(step + 1), decay)`` (step 0 copies the
     student). ``buffers='ema'`` also averages floating-point buffers (BN running mean/var) and
-    copies integer ones (``num_batches_tracked``), like BCP's state_dict EMA.
+    copies integer ones (``num_batches_tracked``), like BCP's state_dict EMA. ``names``: only
+    these parameters (SynFoC's LoRA weights; the frozen SAM tensors the teacher shares with the
+    student must not be averaged with themselves).
     """
     alpha = ema_alpha(decay, step)
-    t_params, s_params = _pairs(teacher.parameters(), student.parameters())
+    if names is None:
+        t_params, s_params = _pairs(teacher.parameters(), student.parameters())
+    else:
+        t_named, s_named = dict(teacher.named_parameters()), dict(student.named_parameters())
+        t_params, s_params = _pairs(iter([t_named[n] for n in names]),
+                                    iter([s_named[n] for n in names]))
     t_float, s_float, t_other, s_other = [], [], [], []
     if buffers == "ema":
         t_buf, s_buf = _pairs(teacher.buffers(), student.buffers())

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ssmis.components import largest_component_per_class_torch
-from ssmis.eval.inference import largest_connected_component
+from ssmis.components import largest_component_per_class_torch, largest_connected_component
 
 CASES = {"acdc": ((12, 256, 256), 3), "la": ((2, 112, 112, 80), 1)}
 

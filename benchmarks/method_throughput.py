@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssmis import components
 from ssmis.config import read_yaml, validate_config
 from ssmis.engine.fast import apply_speed_settings, batch_to_device
 from ssmis.engine.trainer import optimization_step
-from ssmis.methods import METHODS, build_method, teacher
+from ssmis.methods import METHODS, build_method
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +135,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for m in args.methods:
         for backend in backends:
-            teacher.LCC_BACKEND = backend
+            components.LCC_BACKEND = backend
             for amp in modes:
                 r = measure(args.dataset, m, device, amp, args.steps, args.warmup)
                 if r is None:

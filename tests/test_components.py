@@ -7,8 +7,11 @@ import pytest
 import torch
 from scipy import ndimage
 
-from ssmis.components import component_labels, largest_component_per_class_torch
-from ssmis.eval.inference import largest_connected_component
+from ssmis.components import (
+    component_labels,
+    largest_component_per_class_torch,
+    largest_connected_component,
+)
 
 
 def _blobs(shape: tuple[int, ...], classes: int, seed: int) -> np.ndarray:

@@ -123,7 +123,7 @@ def test_inspect_reads_vessels_as_classes(hrf_root: Path) -> None:
 
 
 def test_scores_count_only_the_fov(hrf_root: Path) -> None:
-    from ssmis.engine.evaluate import within_roi
+    from ssmis.eval.segment import within_roi
 
     case = next(iter(_layout(hrf_root, val_count=1).eval_cases(["10_dr"])))
     pred, label = within_roi(np.ones_like(case.label), case)  # vessel everywhere

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ssmis.components import largest_connected_component
 from ssmis.eval.inference import (
-    largest_connected_component,
     predict_slicewise,
     predict_sliding_window,
     window_starts,

@@ -15,8 +15,8 @@ from ssmis.cli import main
 from ssmis.config import validate_config
 from ssmis.data.augment import build_augmentation
 from ssmis.data.native import NativeCrop2D
-from ssmis.engine.evaluate import segment
 from ssmis.errors import SSMISError
+from ssmis.eval.segment import segment
 from tests.test_owndata import _write, images_config, make_images
 
 

@@ -232,7 +232,7 @@ def test_batched_sliding_windows_match_one_at_a_time(batch_size: int) -> None:
 def test_evaluation_passes_window_batch_size(monkeypatch) -> None:
     import numpy as np
 
-    from ssmis.engine import evaluate
+    from ssmis.eval import segment
 
     seen = {}
 
@@ -240,10 +240,10 @@ def test_evaluation_passes_window_batch_size(monkeypatch) -> None:
         seen.update(kwargs)
         return np.zeros(args[1].shape, np.uint8)
 
-    monkeypatch.setattr(evaluate, "predict_sliding_window", fake)
+    monkeypatch.setattr(segment, "predict_sliding_window", fake)
     cfg = tiny_method_config("supervised", {}, kind="3d")
     cfg.eval.window_batch_size = 5
-    evaluate.segment(lambda x: x, np.zeros((40, 40, 20), np.float32), 3, cfg,
+    segment.segment(lambda x: x, np.zeros((40, 40, 20), np.float32), 3, cfg,
                      torch.device("cpu"))
     assert seen["batch_size"] == 5
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from ssmis.cli import main
 from ssmis.methods import synfoc as sf
-from ssmis.mixing import cutmix_box
+from ssmis.mixing import cutmix_box, mix
 from ssmis.optim import CombinedOptimizer
 from tests.test_mixed_domain import DOMAINS, make_domains
 from tests.test_sam_lora import GEOMETRY, _require_sam
@@ -61,10 +61,11 @@ def test_cutmix_box_statistics() -> None:
     assert fractions.min() > 0.01 and fractions.max() <= 0.41
     # copy-paste: labeled content inside the box, unlabeled outside
     m = boxes[0][None]
-    mixed = sf.copy_paste(torch.zeros(1, 1, 64, 64), torch.ones(1, 1, 64, 64), m)
+    mixed = mix(torch.zeros(1, 1, 64, 64), torch.ones(1, 1, 64, 64), m, ones="paste",
+                batched=True)
     assert torch.equal(mixed[0, 0], m[0])
-    labels = sf.copy_paste(torch.zeros(1, 64, 64, dtype=torch.long),
-                           torch.full((1, 64, 64), 2), m)
+    labels = mix(torch.zeros(1, 64, 64, dtype=torch.long), torch.full((1, 64, 64), 2), m,
+                 ones="paste", batched=True)
     assert torch.equal(labels[0], (m[0] * 2).long())
 
 

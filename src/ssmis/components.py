@@ -1,4 +1,11 @@
-"""Largest connected component of label batches on the GPU, identical to scipy's.
+"""The largest-connected-component (LCC) filter, the one post-processing step: per class, keep
+only the largest connected component (full connectivity, as ``skimage.measure.label`` in the
+UA-MT and BCP code).
+
+* :func:`largest_connected_component`: one label map with scipy (``eval.lcc`` at evaluation);
+* :func:`largest_component_per_class_torch`: a label batch on the tensor's device;
+* :func:`largest_component_per_class`: the dispatcher the methods call on pseudo-labels
+  (CUDA tensors on the GPU, CPU tensors through scipy; :data:`LCC_BACKEND`).
 
 BCP and CVBM filter every teacher pseudo-label to its largest connected component per class.
 Done with scipy (as the authors do with skimage) it costs a device-to-host copy and a Python
@@ -16,9 +23,12 @@ the one ``bincount(...).argmax()`` keeps.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 #: Propagation steps between two convergence checks (each check is one host sync).
 CHECK_EVERY = 4
@@ -76,3 +86,39 @@ def largest_component_per_class_torch(labels: torch.Tensor,
         mask = labels == c
         out[mask & ~largest_component_mask(mask)] = 0
     return out
+
+
+def largest_connected_component(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Keep, for each class in ``classes``, only its largest connected component (scipy)."""
+    out = labels.copy()
+    structure = np.ones((3,) * labels.ndim, dtype=bool)
+    for c in classes:
+        mask = labels == c
+        if not mask.any():
+            continue
+        components, n = ndimage.label(mask, structure=structure)
+        if n <= 1:
+            continue
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        out[mask & (components != int(sizes.argmax()))] = 0
+    return out
+
+
+#: ``"auto"``: CUDA tensors on the GPU, CPU tensors through scipy; ``"scipy"``: always scipy
+#: (the authors' route: a host copy per call; kept for comparisons, see
+#: ``benchmarks/method_throughput.py --lcc``).
+LCC_BACKEND: Literal["auto", "scipy"] = "auto"
+
+
+def largest_component_per_class(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """Per sample of a B x spatial label batch, keep only the largest connected component of
+    each class in ``classes``; other pixels of those classes become 0 (BCP ``get_ACDC_masks``,
+    ``LargestCC_pancreas``). CPU tensors go through scipy, as the originals (skimage) do; CUDA
+    tensors stay on the GPU (:func:`largest_component_per_class_torch`, the same result, no
+    host copy)."""
+    if labels.is_cuda and LCC_BACKEND == "auto":
+        return largest_component_per_class_torch(labels.detach().long(), classes)
+    arr = labels.detach().to("cpu", torch.long).numpy()
+    out = np.stack([largest_connected_component(a, classes) for a in arr])
+    return torch.from_numpy(out).to(labels.device)

@@ -106,11 +106,6 @@ def soft_cross_entropy(
     return per_class.mean()
 
 
-def softmax_mse(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    """Element-wise (softmax(a) - softmax(b))^2 (SSL4MIS ``softmax_mse_loss``, no reduction)."""
-    return (torch.softmax(logits, dim=1) - torch.softmax(target_logits, dim=1)) ** 2
-
-
 def region_weighted_loss(
     loss_fn,
     target_out: torch.Tensor,

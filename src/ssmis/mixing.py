@@ -1,8 +1,11 @@
 """Copy-paste / CutMix masks and mixing of image batches (BCP, CVBM; reusable by CPS/CML/...).
 
-Convention (BCP's ``context_mask`` / ``generate_mask``): a mask ``M`` is 1 where the *first*
-image is kept and 0 inside the pasted box, so ``mix(a, b, M) = M * a + (1 - M) * b`` shows ``b``
-inside the box. One mask is drawn per iteration and shared by the whole half-batch, as in BCP.
+Two mask polarities, named by :func:`mix`'s ``ones``: ``"keep"`` (BCP's ``context_mask`` /
+``generate_mask``, :func:`box_mask`): ``M`` is 1 where the *first* image is kept and 0 inside the
+pasted box, so ``mix(a, b, M) = M * a + (1 - M) * b`` shows ``b`` inside the box; ``"paste"``
+(UniMatch/SynFoC ``obtain_cutmix_box``, :func:`cutmix_box`): ``M`` is 1 inside the box, so
+``mix(a, b, M, ones="paste") = a * (1 - M) + b * M``. BCP draws one mask per iteration shared by
+the whole half-batch; SynFoC one per sample (``batched=True``).
 
 Random numbers come from ``torch`` (seeded and checkpointed by the engine), so a resumed run draws
 the same boxes; the originals use ``np.random.randint`` with the same (exclusive) bounds.
@@ -11,8 +14,12 @@ the same boxes; the originals use ``np.random.randint`` with the same (exclusive
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
+
+#: what a mask's ones mean: ``"keep"`` the first image, ``"paste"`` the second one
+Polarity = Literal["keep", "paste"]
 
 
 def box_size(spatial: Sequence[int], ratio: float) -> tuple[int, ...]:
@@ -51,15 +58,21 @@ def box_mask(
     return mask
 
 
-def mix(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``mask * a + (1 - mask) * b`` with ``mask`` broadcast over batch (and channel) axes.
+def mix(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, *, ones: Polarity = "keep",
+        batched: bool = False) -> torch.Tensor:
+    """``b`` pasted into ``a`` where ``mask`` says: ``a * M + b * (1 - M)`` with ``ones="keep"``
+    (1 = keep ``a``), ``a * (1 - M) + b * M`` with ``ones="paste"`` (1 = paste ``b``).
 
-    Works for images (B x C x spatial, mask of shape spatial) and for integer label maps
-    (B x spatial), for which the result keeps the label dtype.
+    Works for images (B x C x spatial) and for integer label maps (B x spatial), for which the
+    result keeps the label dtype. ``mask`` is spatial (one box for the whole batch, broadcast
+    over the batch and channel axes) or, with ``batched``, B x spatial (one box per sample,
+    broadcast over the channel axis).
     """
     m = mask.to(a.dtype) if a.is_floating_point() else mask.to(torch.long)
     while m.dim() < a.dim():
-        m = m.unsqueeze(0)
+        m = m.unsqueeze(1 if batched else 0)
+    if ones == "paste":
+        return a * (1 - m) + b * m
     return a * m + b * (1 - m)
 
 

@@ -244,10 +244,10 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
     one line naming the file.
     """
     from ssmis.engine.checkpoint import load_into
-    from ssmis.engine.evaluate import segment
     from ssmis.engine.threads import apply_threads
     from ssmis.engine.trainer import CONFIG_FILE, resolve_device
     from ssmis.eval.inference import flip_tta
+    from ssmis.eval.segment import segment
     from ssmis.methods import build_method
 
     if threads is not None and threads < 1:
@@ -340,7 +340,7 @@ def _refuse_existing(job: Job, out: Path, overlay: bool) -> None:
 
 def _predict_volume(fn, image: np.ndarray, cfg: ExperimentConfig, dev) -> np.ndarray:
     """(C, *spatial) in file voxel order -> label map in the same order."""
-    from ssmis.engine.evaluate import segment
+    from ssmis.eval.segment import segment
 
     ndim = image.ndim - 1
     if cfg.data.spatial_dims == 2 and ndim == 3:

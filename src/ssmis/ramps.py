@@ -36,12 +36,6 @@ def linear_rampup(current: float, rampup_length: float) -> float:
     return min(max(float(current) / rampup_length, 0.0), 1.0)
 
 
-def cosine_rampdown(current: float, rampdown_length: float) -> float:
-    """0.5 (cos(pi t / L) + 1) for t in [0, L] (Loshchilov & Hutter)."""
-    t = min(max(float(current), 0.0), float(rampdown_length))
-    return float(0.5 * (math.cos(math.pi * t / rampdown_length) + 1.0))
-
-
 def ramped_weight(
     step: int, weight: float, rampup: float, iters_per_epoch: int = 150, kind: str = "sigmoid"
 ) -> float:

@@ -64,11 +64,6 @@ def env_world_size() -> int:
                          f"{os.environ['WORLD_SIZE']!r}") from None
 
 
-def env_rank() -> int:
-    """``RANK`` set by torchrun (0 when absent); usable before the process group exists."""
-    return int(os.environ.get("RANK", "0") or 0)
-
-
 def is_distributed() -> bool:
     """True inside an initialised process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

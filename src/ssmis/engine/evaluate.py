@@ -1,4 +1,6 @@
-"""Validation during training and the final evaluation of a chosen checkpoint.
+"""Validation during training and the final evaluation of a chosen checkpoint: the engine's
+side, which drives :mod:`ssmis.eval` (a case segmented by :mod:`ssmis.eval.segment`, scored by
+:mod:`ssmis.eval.metrics`) over the cases, the processes and the run's record.
 
 Model selection reads only the validation split; the test split is touched once, by
 :func:`evaluate_split` on the chosen checkpoint, and every number is stored with its definition.
@@ -20,111 +22,16 @@ from ssmis.config import ExperimentConfig
 from ssmis.data.datasets import EvalCase
 from ssmis.engine import distributed as dist
 from ssmis.engine.runlog import CaseProgress
-from ssmis.eval.inference import (
-    largest_connected_component,
-    predict_slicewise,
-    predict_sliding_window,
-    predict_windows_2d,
-)
 from ssmis.eval.metrics import (
     EMPTY_RULES,
     METRIC_DEFINITIONS,
     case_metrics,
-    class_mask,
+    dice_per_class,
+    occurs_in,
     summarize,
 )
+from ssmis.eval.segment import inference_note, predict_case, within_roi
 from ssmis.methods.base import Method
-
-
-def predict_case(method: Method, case: EvalCase, cfg: ExperimentConfig,
-                 device: torch.device, amp: bool = False) -> np.ndarray:
-    """Integer label map for one evaluation case, with the network(s) ``method.predict`` uses."""
-
-    def predict_fn(batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return method.predict(batch).float()
-
-    return segment(predict_fn, case.image, case.label.ndim, cfg, device)
-
-
-def segment(predict_fn, image: np.ndarray, ndim: int, cfg: ExperimentConfig,
-            device: torch.device) -> np.ndarray:
-    """Label map of ``image`` ((*spatial) or (C, *spatial), ``ndim`` spatial axes).
-
-    2D models: a volume is segmented slice by slice along its first axis, a 2D image as one
-    slice, each resized to the patch (``data.resize: true``; zoomed back as ``eval.zoom_back``)
-    or by a 2D sliding window at native resolution (``data.resize: false``); 3D models: the
-    sliding window.
-    """
-    patch = tuple(cfg.data.patch_size)
-    if cfg.data.spatial_dims == 2:
-        if image.ndim == ndim:  # one channel: the historical (D, H, W) route
-            volume = image if ndim == 3 else image[None]
-        else:
-            volume = np.moveaxis(image, 0, 1) if ndim == 3 else image[None]
-        if not cfg.data.resize:  # native resolution: a 2D sliding window over each image
-            pred = predict_windows_2d(predict_fn, volume, patch, cfg.eval.stride,
-                                      batch_size=cfg.eval.slice_batch_size, device=device)
-        else:
-            pred = predict_slicewise(predict_fn, volume, patch,
-                                     batch_size=cfg.eval.slice_batch_size, device=device,
-                                     zoom_back=zoom_back_of(cfg))
-        if ndim == 2:
-            pred = pred[0]
-    else:
-        stride = tuple(cfg.eval.stride) if cfg.eval.stride else tuple(max(p // 2, 1) for p in patch)
-        pred = predict_sliding_window(predict_fn, image, patch, stride,
-                                      cfg.data.num_classes, device=device,
-                                      batch_size=cfg.eval.window_batch_size)
-    if cfg.eval.lcc:
-        pred = largest_connected_component(pred, list(range(1, cfg.data.num_classes)))
-    return pred
-
-
-def within_roi(pred: np.ndarray, case: EvalCase) -> tuple[np.ndarray, np.ndarray]:
-    """(prediction, reference) with every pixel outside ``case.roi`` set to background, so the
-    metrics count only the region of interest (DRIVE's field of view); unchanged without ROI."""
-    if case.roi is None:
-        return pred, case.label
-    return np.where(case.roi, pred, 0), np.where(case.roi, case.label, 0)
-
-
-def zoom_back_of(cfg: ExperimentConfig) -> str:
-    """``eval.zoom_back`` resolved: ``auto`` is the layout's rule (``Layout.zoom_back``: labels
-    for acdc_h5, the SSL4MIS protocol the published ACDC numbers use; probabilities for the
-    others)."""
-    if cfg.eval.zoom_back != "auto":
-        return cfg.eval.zoom_back
-    from ssmis.data.layouts import get_layout
-
-    return get_layout(cfg.data.layout).zoom_back
-
-
-def inference_note(cfg: ExperimentConfig) -> str:
-    """How predictions were made, stored with the metrics (resizing changes the numbers)."""
-    patch = "x".join(str(p) for p in cfg.data.patch_size)
-    if cfg.data.spatial_dims == 3:
-        return f"3D sliding window {patch}"
-    if not cfg.data.resize:
-        return f"2D sliding window {patch} at native resolution"
-    return f"2D, resized to {patch}, {zoom_back_of(cfg)} zoomed back"
-
-
-def occurs_in(label: np.ndarray, structures: dict[str, list[int]]) -> list[bool]:
-    """Per structure (class or region of class ids), whether ``label`` holds any of its voxels."""
-    return [bool(class_mask(label, ids).any()) for ids in structures.values()]
-
-
-def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int,
-                   regions: dict[str, list[int]] | None = None) -> list[float]:
-    """Dice of classes 1..C-1, or of each region (a union of classes), 1.0 when both masks are
-    empty: the cheap validation score."""
-    scores = []
-    for ids in (regions or {str(c): [c] for c in range(1, num_classes)}).values():
-        p, g = class_mask(pred, ids), class_mask(label, ids)
-        denom = int(p.sum()) + int(g.sum())
-        scores.append(1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom)
-    return scores
 
 
 @dataclass
@@ -188,12 +95,6 @@ def validation_score(method: Method, cases: Iterator[EvalCase], cfg: ExperimentC
     the classes that occur in at least one validation reference, and the number of cases
     predicted entirely as background (a collapsed model)."""
     return summarize_validation(validation_cases(method, cases, cfg, device, amp), cfg)
-
-
-def validation_dice(method: Method, cases: Iterator[EvalCase], cfg: ExperimentConfig,
-                    device: torch.device, amp: bool = False) -> float:
-    """:func:`validation_score`'s Dice alone."""
-    return validation_score(method, cases, cfg, device, amp).dice
 
 
 def git_commit() -> str:

@@ -11,8 +11,8 @@
   (UA-MT ``test_single_case``). MONAI's ``sliding_window_inference`` places windows by a
   fractional overlap and cannot express the published stride 18/18/4 exactly, so the positions
   are computed here.
-* Optional largest-connected-component filtering per class (full connectivity, as
-  ``skimage.measure.label`` in the UA-MT code).
+
+The optional largest-connected-component filter is :mod:`ssmis.components`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ssmis.data.device_aug import zoom_nearest
 from ssmis.losses import class_argmax
 
 __all__ = [
     "flip_tta",
-    "largest_connected_component",
     "predict_slicewise",
     "predict_sliding_window",
     "predict_windows_2d",
@@ -193,19 +191,3 @@ def flip_tta(predict_fn: PredictFn, spatial_dims: int) -> PredictFn:
 
     return wrapped
 
-
-def largest_connected_component(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """Keep, for each class in ``classes``, only its largest connected component."""
-    out = labels.copy()
-    structure = np.ones((3,) * labels.ndim, dtype=bool)
-    for c in classes:
-        mask = labels == c
-        if not mask.any():
-            continue
-        components, n = ndimage.label(mask, structure=structure)
-        if n <= 1:
-            continue
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        out[mask & (components != int(sizes.argmax()))] = 0
-    return out

@@ -26,6 +26,9 @@ __all__ = [
     "binary_metrics",
     "boundary",
     "case_metrics",
+    "class_mask",
+    "dice_per_class",
+    "occurs_in",
     "summarize",
     "surface_distances",
 ]
@@ -242,3 +245,20 @@ def domain_average(per_domain: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
     """Per metric, the unweighted mean (and std) of the per-domain means."""
     return {m: _stat([((per_domain[d] or {}).get(m) or {}).get("mean") for d in per_domain])
             for m in METRIC_NAMES}
+
+
+def occurs_in(label: np.ndarray, structures: dict[str, list[int]]) -> list[bool]:
+    """Per structure (class or region of class ids), whether ``label`` holds any of its voxels."""
+    return [bool(class_mask(label, ids).any()) for ids in structures.values()]
+
+
+def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int,
+                   regions: dict[str, list[int]] | None = None) -> list[float]:
+    """Dice of classes 1..C-1, or of each region (a union of classes), 1.0 when both masks are
+    empty: the cheap validation score."""
+    scores = []
+    for ids in (regions or {str(c): [c] for c in range(1, num_classes)}).values():
+        p, g = class_mask(pred, ids), class_mask(label, ids)
+        denom = int(p.sum()) + int(g.sum())
+        scores.append(1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom)
+    return scores

@@ -66,7 +66,7 @@ from pydantic import Field
 from ssmis.losses import class_argmax
 from ssmis.methods.base import Batch, UnsupervisedTerm
 from ssmis.methods.cotraining import DualNetMethod, DualNetParams, PredictMode
-from ssmis.ramps import ShareOrFloat, ramped_weight, run_share
+from ssmis.methods.terms import RampedConsistencyParams
 
 ENTROPY_EPS = 1e-6
 REGION_EPS = 1e-16
@@ -76,7 +76,7 @@ REGION_EPS = 1e-16
 FAST_PROTOTYPES = True
 
 
-class ALHVRParams(DualNetParams):
+class ALHVRParams(RampedConsistencyParams, DualNetParams):
     predict_mode: PredictMode = Field(
         default="best", description="best = the network with the higher validation Dice "
         "(chosen automatically); net1, net2 or average")
@@ -84,12 +84,6 @@ class ALHVRParams(DualNetParams):
                         "confidences averaged into gamma (--proportion: ACDC 0.8, BraTS 0.7)")
     temperature: float = Field(default=0.1, gt=0, description="DTCT sharpening temperature")
     scaler: float = Field(default=1.0, gt=0, description="multiplier of the cosine logits")
-    consistency: float = Field(default=0.1, ge=0, description="max unsupervised weight")
-    consistency_rampup: ShareOrFloat = Field(
-        default=200.0, description="ramp length in 'epochs' of rampup_iters_per_epoch, or a "
-        "share of train.iterations ('40%': a per-iteration ramp over 40 % of the run)",
-        json_schema_extra=run_share("epochs"))
-    rampup_iters_per_epoch: int = Field(default=150, ge=1)
     feature_tap: str | None = Field(
         default=None, description="decoder feature for the prototypes; null = 2D 'proj2', "
         "3D 'dec1' (the authors')")
@@ -304,7 +298,7 @@ def alhvr_dice_loss(probs: torch.Tensor, label: torch.Tensor, factor_two: bool =
 # -- the method -------------------------------------------------------------------------------
 
 
-class ALHVR(DualNetMethod):
+class ALHVR(DualNetMethod[ALHVRParams]):
     name = "alhvr"
     summary = ("ALHVR: two networks, adaptive-threshold regions, cross-prototype "
                "consistency and teacher competition (ICCV 2025)")
@@ -312,7 +306,7 @@ class ALHVR(DualNetMethod):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        p: ALHVRParams = self.params  # type: ignore[assignment]
+        p = self.params
         self.net1 = self.build_network()
         self.net2 = self.build_network()
         self.tap = p.feature_tap or ("proj2" if cfg.data.spatial_dims == 2 else "dec1")
@@ -322,7 +316,7 @@ class ALHVR(DualNetMethod):
     def dual_forward(self, net, x: torch.Tensor, n_labeled: int):
         """(z, z~, h, h~): clean and perturbed logits and tapped features of one network; the
         perturbed ones cover the unlabeled rows only unless ``perturb_labeled``."""
-        p: ALHVRParams = self.params  # type: ignore[assignment]
+        p = self.params
         feats = net.encode(x)
         z, named = net.decode(feats, 0, return_features=True)
         if not p.perturb_labeled:
@@ -340,12 +334,8 @@ class ALHVR(DualNetMethod):
 
     def unsupervised_terms(self) -> list[UnsupervisedTerm]:
         p = self.params
-
-        def weight(s: int) -> float:
-            return ramped_weight(s, p.consistency, p.consistency_rampup,
-                                 p.rampup_iters_per_epoch)
-
-        return [UnsupervisedTerm("unlabeled (DTCT + prototype)", weight, p.consistency,
+        return [UnsupervisedTerm("unlabeled (DTCT + prototype)", p.consistency_weight,
+                                 p.consistency,
                                  ("consistency_rampup",))]
 
     def training_step(
@@ -353,7 +343,7 @@ class ALHVR(DualNetMethod):
     ) -> dict[str, torch.Tensor]:
         if unlabeled is None:
             raise ValueError(f"{self.name} needs an unlabeled batch")
-        p: ALHVRParams = self.params  # type: ignore[assignment]
+        p = self.params
         n = labeled["image"].shape[0]
         y = labeled["label"]
         x = torch.cat([labeled["image"], unlabeled["image"]], dim=0)
@@ -404,8 +394,7 @@ class ALHVR(DualNetMethod):
             out.update({f"loss_sup{i}": sups[k].detach(), f"loss_pro_ce{i}": l_ce.detach(),
                         f"loss_pro_cos{i}": l_cos.detach(), f"loss_mse{i}": mse.detach(),
                         f"loss_ent{i}": ent.detach()})
-        weight = ramped_weight(step, p.consistency, p.consistency_rampup,
-                               p.rampup_iters_per_epoch)
+        weight = p.consistency_weight(step)
         loss = sups[0] + sups[1] + weight * (unsup[0] + unsup[1])
         n_pix = r_u.numel()
         return {"loss": loss, **out, "gamma": gamma.detach(),

@@ -1,4 +1,4 @@
-"""The one interface every method meets (see DESIGN.md).
+"""The one interface every method meets (see docs/methods.md for the methods themselves).
 
 A method is an ``nn.Module`` that builds its networks from the config. The engine owns devices,
 AMP, the optimizer, checkpoints, logging and validation; the method only says how to compute
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -90,8 +90,12 @@ class ChoosablePredictor:
         mode = self.params.predict_mode
         return self.predictors[int(self.chosen_net)] if mode == "best" else mode
 
-class Method(nn.Module):
-    """Base class: subclasses set ``name`` and ``Params`` and implement ``training_step``."""
+ParamsT = TypeVar("ParamsT", bound=MethodParams)
+
+
+class Method(nn.Module, Generic[ParamsT]):
+    """Base class: subclasses set ``name`` and ``Params`` and implement ``training_step``;
+    ``Method[XParams]`` types ``self.params`` as the method's ``Params`` class."""
 
     name: ClassVar[str] = ""
     #: one line for ``ssmis methods`` (falls back to the first sentence of the docstring)
@@ -111,7 +115,8 @@ class Method(nn.Module):
         #: the run's config.yaml records)
         self.declared_params = self.parse_params(cfg.method.params)
         #: the same with percentages of the run (``"40%"``) resolved for ``train.iterations``
-        self.params = resolve_run_shares(self.declared_params, cfg.train.iterations)
+        self.params: ParamsT = cast(ParamsT, resolve_run_shares(self.declared_params,
+                                                             cfg.train.iterations))
         if cfg.data.spatial_dims not in self.spatial_dims:
             dims = " or ".join(f"{d}D" for d in self.spatial_dims)
             raise SSMISError(f"method.name: {self.name} supports {dims} data only; "

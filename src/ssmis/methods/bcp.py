@@ -56,7 +56,7 @@ class CopyPasteParams(TwoPhaseParams):
     )
 
 
-class BCP(TwoPhaseMethod):
+class BCP(TwoPhaseMethod[CopyPasteParams]):
     name = "bcp"
     summary = ("BCP: bidirectional copy-paste of labeled/unlabeled boxes with an EMA teacher "
                "(Bai et al. 2023)")
@@ -69,19 +69,19 @@ class BCP(TwoPhaseMethod):
 
     # -- helpers ----------------------------------------------------------------------------
     def _mask(self, image: torch.Tensor) -> torch.Tensor:
-        p: CopyPasteParams = self.params  # type: ignore[assignment]
+        p = self.params
         return box_mask(image.shape[2:], p.mask_ratio, origin_extent=p.mask_origin_extent,
                         device=image.device)
 
     @torch.no_grad()
     def _teacher_labels(self, *images: torch.Tensor) -> list[torch.Tensor]:
-        p: CopyPasteParams = self.params  # type: ignore[assignment]
+        p = self.params
         with teacher_mode(self.teacher, p.teacher_train_mode):
             return [pseudo_labels(self.teacher(x), p.pseudo_label_lcc) for x in images]
 
     # -- phases -----------------------------------------------------------------------------
     def pretrain_step(self, labeled: Batch, step: int) -> dict[str, torch.Tensor]:
-        p: CopyPasteParams = self.params  # type: ignore[assignment]
+        p = self.params
         ia, ib, la, lb = halves(labeled)
         m = self._mask(ia)
         logits = self.student(mix(ia, ib, m))
@@ -98,7 +98,7 @@ class BCP(TwoPhaseMethod):
     def self_train_step(
         self, labeled: Batch, unlabeled: Batch, step: int
     ) -> dict[str, torch.Tensor]:
-        p: CopyPasteParams = self.params  # type: ignore[assignment]
+        p = self.params
         u = p.u_weight
         ia, ib, la, lb = halves(labeled)
         ua, ub, _, _ = halves(unlabeled)

@@ -125,7 +125,7 @@ def heterogeneous_targets(
     raise ValueError(f"unknown cross_region {cross_region!r}")
 
 
-class CML(HalvedBatches, DualNetMethod):
+class CML(HalvedBatches, DualNetMethod[CMLParams]):
     name = "cml"
     paired_halves = False  # CutMix within the labeled and within the unlabeled halves
     summary = ("CML: two heterogeneous subnets, feature-conflict loss, CutMix with "
@@ -134,7 +134,7 @@ class CML(HalvedBatches, DualNetMethod):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        p: CMLParams = self.params  # type: ignore[assignment]
+        p = self.params
         dims = cfg.data.spatial_dims
         if p.single_subnet and dims != 2:
             raise SSMISError("method.params.single_subnet: the one-subnet bug is the 2D code's "
@@ -182,14 +182,14 @@ class CML(HalvedBatches, DualNetMethod):
 
     @torch.no_grad()
     def pseudo_labels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p: CMLParams = self.params  # type: ignore[assignment]
+        p = self.params
         with teacher_mode(self, p.pseudo_label_train_mode):
             z1, z2 = self.net1(x), self.second(x)
         return pseudo_labels(z1, p.pseudo_label_lcc), pseudo_labels(z2, p.pseudo_label_lcc)
 
     # -- the interface ----------------------------------------------------------------------
     def phases(self) -> list[Phase]:
-        p: CMLParams = self.params  # type: ignore[assignment]
+        p = self.params
         return two_phases(self.cfg.train.iterations, p.pretrain_iterations, p.reset_optimizer,
                           self.recipe)
 
@@ -199,7 +199,7 @@ class CML(HalvedBatches, DualNetMethod):
     def training_step(
         self, labeled: Batch, unlabeled: Batch | None, step: int
     ) -> dict[str, torch.Tensor]:
-        p: CMLParams = self.params  # type: ignore[assignment]
+        p = self.params
         pre, _ = local_step(step, p.pretrain_iterations)
         sup_l, dis_l = self.labeled_terms(labeled)
         if pre:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ssmis.components import largest_component_per_class
 from ssmis.losses import (
     class_argmax,
     cross_entropy,
@@ -21,7 +22,6 @@ from ssmis.losses import (
     linear_dice_loss,
     region_weighted_loss,
 )
-from ssmis.methods.teacher import largest_component_per_class
 
 SMOOTH_2D = 1e-10  # BCP/CVBM 2D DiceLoss smoothing
 

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,10 @@ class DualNetParams(MethodParams):
         "as their log, so that softmax/argmax downstream see the mean probability)")
 
 
-class DualNetMethod(ChoosablePredictor, Method):
+DualParamsT = TypeVar("DualParamsT", bound=DualNetParams)
+
+
+class DualNetMethod(ChoosablePredictor, Method[DualParamsT]):
     """Base of the co-training methods: subclasses build ``self.net1`` and ``self.net2``
     (plain backbones whose ``forward`` gives logits) and call :meth:`_init_choice`
     (``inference_mode``: 'net1', 'net2' or 'average')."""
@@ -48,7 +51,7 @@ class DualNetMethod(ChoosablePredictor, Method):
     net2: nn.Module
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        p: DualNetParams = self.params  # type: ignore[assignment]
+        p = self.params
         mode = self.inference_mode
         if mode == "net1":
             return self.net1(images)

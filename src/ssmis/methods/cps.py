@@ -29,24 +29,13 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ssmis.losses import class_argmax, cross_entropy, dice_loss
+from ssmis.losses import class_argmax, cross_entropy
 from ssmis.methods.base import Batch, UnsupervisedTerm
 from ssmis.methods.cotraining import DualNetMethod, DualNetParams, init_conv_weights
-from ssmis.ramps import ShareOrFloat, ramped_weight, run_share
+from ssmis.methods.terms import RampedConsistencyParams, SupervisedLossParams
 
 
-class CPSParams(DualNetParams):
-    consistency: float = Field(default=0.1, ge=0, description="max weight of the CPS loss")
-    consistency_rampup: ShareOrFloat = Field(
-        default=200.0, description="ramp length in 'epochs' of 150 iterations, or a share of "
-        "train.iterations ('40%': a per-iteration ramp over 40 % of the run)",
-        json_schema_extra=run_share("epochs"))
-    rampup_iters_per_epoch: int = Field(default=150, ge=1,
-                                        description="SSL4MIS feeds iter_num // 150 to the ramp")
-    ce_weight: float = Field(default=0.5, ge=0)
-    dice_weight: float = Field(default=0.5, ge=0)
-    dice_include_background: bool = Field(
-        default=True, description="SSL4MIS CPS (2D and 3D) averages Dice over all classes")
+class CPSParams(SupervisedLossParams, RampedConsistencyParams, DualNetParams):
     pseudo_on: Literal["unlabeled", "all"] = Field(
         default="unlabeled",
         description="images the cross pseudo-label loss is applied to: 'unlabeled' (SSL4MIS "
@@ -63,7 +52,7 @@ def cps_loss(logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tensor:
     return cross_entropy(logits, target)
 
 
-class CPS(DualNetMethod):
+class CPS(DualNetMethod[CPSParams]):
     name = "cps"
     summary = ("CPS: two networks trained on each other's hard pseudo-labels "
                "(Chen et al. 2021, SSL4MIS)")
@@ -71,26 +60,15 @@ class CPS(DualNetMethod):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        p: CPSParams = self.params  # type: ignore[assignment]
+        p = self.params
         kinds = ("kaiming", "xavier") if p.init == "kaiming_xavier" else ("default", "default")
         self.net1 = init_conv_weights(self.build_network(), kinds[0])
         self.net2 = init_conv_weights(self.build_network(), kinds[1])
         self._init_choice()
 
-    def supervised(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        p: CPSParams = self.params  # type: ignore[assignment]
-        dice = dice_loss(torch.softmax(logits, 1), label,
-                         include_background=p.dice_include_background)
-        return p.ce_weight * cross_entropy(logits, label) + p.dice_weight * dice
-
     def unsupervised_terms(self) -> list[UnsupervisedTerm]:
         p = self.params
-
-        def weight(s: int) -> float:
-            return ramped_weight(s, p.consistency, p.consistency_rampup,
-                                 p.rampup_iters_per_epoch)
-
-        return [UnsupervisedTerm("cross pseudo supervision", weight, p.consistency,
+        return [UnsupervisedTerm("cross pseudo supervision", p.consistency_weight, p.consistency,
                                  ("consistency_rampup",))]
 
     def training_step(
@@ -98,16 +76,15 @@ class CPS(DualNetMethod):
     ) -> dict[str, torch.Tensor]:
         if unlabeled is None:
             raise ValueError(f"{self.name} needs an unlabeled batch")
-        p: CPSParams = self.params  # type: ignore[assignment]
+        p = self.params
         n = labeled["image"].shape[0]
         x = torch.cat([labeled["image"], unlabeled["image"]], dim=0)
         z1, z2 = self.net1(x), self.net2(x)
-        sup1, sup2 = self.supervised(z1[:n], labeled["label"]), self.supervised(z2[:n],
-                                                                                labeled["label"])
+        sup1 = p.supervised_loss(z1[:n], labeled["label"])[0]
+        sup2 = p.supervised_loss(z2[:n], labeled["label"])[0]
         start = 0 if p.pseudo_on == "all" else n
         cps1, cps2 = cps_loss(z1[start:], z2[start:]), cps_loss(z2[start:], z1[start:])
-        weight = ramped_weight(step, p.consistency, p.consistency_rampup,
-                               p.rampup_iters_per_epoch)
+        weight = p.consistency_weight(step)
         loss = sup1 + sup2 + weight * (cps1 + cps2)
         return {"loss": loss, "loss_sup1": sup1.detach(), "loss_sup2": sup2.detach(),
                 "loss_cps1": cps1.detach(), "loss_cps2": cps2.detach(),

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ssmis.components import largest_component_per_class
 from ssmis.errors import SSMISError
 from ssmis.losses import (
     class_argmax,
@@ -58,13 +59,14 @@ from ssmis.losses import (
 from ssmis.methods.base import Batch, UnsupervisedTerm
 from ssmis.methods.bcp import CopyPasteParams
 from ssmis.methods.copy_paste import pseudo_labels, region_loss_2d, region_loss_3d
-from ssmis.methods.teacher import largest_component_per_class, teacher_mode
+from ssmis.methods.teacher import teacher_mode
+from ssmis.methods.terms import RampedConsistencyParams
 from ssmis.methods.two_phase import TwoPhaseMethod, halves
 from ssmis.mixing import box_mask, mix
-from ssmis.ramps import ShareOrFloat, ramped_weight, run_share
+from ssmis.ramps import ShareOrFloat, run_share
 
 
-class CVBMParams(CopyPasteParams):
+class CVBMParams(RampedConsistencyParams, CopyPasteParams):
     consistency: float = Field(
         default=1.0, ge=0, description="max weight of the bidirectional consistency (LA 1.0; "
         "ACDC 0.5 = the script's 5 x 0.1)")
@@ -72,7 +74,6 @@ class CVBMParams(CopyPasteParams):
         default=40.0, description="LA 40, ACDC 200 'epochs' of rampup_iters_per_epoch, counted "
         "from the start of self-training; or a share of train.iterations ('40%': a "
         "per-iteration ramp over 40 % of the run)", json_schema_extra=run_share("epochs"))
-    rampup_iters_per_epoch: int = Field(default=150, ge=1)
     up_types: list[str] | None = Field(
         default=None, description="fg/bg decoder upsampling; null = 2D bilinear/bilinear, "
         "3D transpose/nearest (the authors')")
@@ -132,7 +133,7 @@ def bidirectional_consistency(
     return reverse + direct
 
 
-class CVBM(TwoPhaseMethod):
+class CVBM(TwoPhaseMethod[CVBMParams]):
     name = "cvbm"
     summary = ("CVBM: BCP plus a background decoder, mixing layer and bidirectional consistency "
                "(Cao et al. 2025)")
@@ -141,7 +142,7 @@ class CVBM(TwoPhaseMethod):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        p: CVBMParams = self.params  # type: ignore[assignment]
+        p = self.params
         dims = cfg.data.spatial_dims
         if p.bg_activation == "sigmoid" and self.recipe != "acdc":
             raise SSMISError("method.params.bg_activation: 'sigmoid' needs the acdc recipe")
@@ -153,12 +154,12 @@ class CVBM(TwoPhaseMethod):
 
     # -- pieces -----------------------------------------------------------------------------
     def _mask(self, image: torch.Tensor) -> torch.Tensor:
-        p: CVBMParams = self.params  # type: ignore[assignment]
+        p = self.params
         return box_mask(image.shape[2:], p.mask_ratio, origin_extent=p.mask_origin_extent,
                         device=image.device)
 
     def _bg_probs(self, z_bg: torch.Tensor) -> torch.Tensor:
-        p: CVBMParams = self.params  # type: ignore[assignment]
+        p = self.params
         return torch.sigmoid(z_bg) if p.bg_activation == "sigmoid" else torch.softmax(z_bg, 1)
 
     def bg_region_loss_2d(
@@ -166,7 +167,7 @@ class CVBM(TwoPhaseMethod):
         w_out: float, w_in: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """CVBM ``onehot_mix_loss``: C-channel targets and masks (Dice2d + custom CE)."""
-        p: CVBMParams = self.params  # type: ignore[assignment]
+        p = self.params
         m = mask.to(z_bg.device).expand_as(z_bg)
         probs = self._bg_probs(z_bg)
         dice = w_out * soft_dice_loss(probs, t_out, m) + w_in * soft_dice_loss(probs, t_in, 1 - m)
@@ -185,14 +186,14 @@ class CVBM(TwoPhaseMethod):
     def bidirectional_consistency(
         self, z_fg: torch.Tensor, z_m: torch.Tensor, z_bg: torch.Tensor
     ) -> torch.Tensor:
-        p: CVBMParams = self.params  # type: ignore[assignment]
+        p = self.params
         mode = "sigmoid" if p.bg_activation == "sigmoid" else p.reverse_consistency
         return bidirectional_consistency(z_fg, z_m, z_bg, mode)
 
     @torch.no_grad()
     def teacher_targets(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(fg pseudo-label B x spatial, bg target: 3D labels B x spatial / 2D maps B x C x ...)."""
-        p: CVBMParams = self.params  # type: ignore[assignment]
+        p = self.params
         with teacher_mode(self.teacher, p.teacher_train_mode):
             z_fg, _, z_bg = self.teacher(x, with_mix=False)
         pl_fg = pseudo_labels(z_fg, p.pseudo_label_lcc)
@@ -214,7 +215,7 @@ class CVBM(TwoPhaseMethod):
 
     # -- phases -----------------------------------------------------------------------------
     def pretrain_step(self, labeled: Batch, step: int) -> dict[str, torch.Tensor]:
-        p: CVBMParams = self.params  # type: ignore[assignment]
+        p = self.params
         ia, ib, la, lb = halves(labeled)
         m = self._mask(ia)
         z_fg, _, z_bg = self.student(mix(ia, ib, m), with_mix=False)
@@ -244,14 +245,14 @@ class CVBM(TwoPhaseMethod):
     def self_train_step(
         self, labeled: Batch, unlabeled: Batch, step: int
     ) -> dict[str, torch.Tensor]:
-        p: CVBMParams = self.params  # type: ignore[assignment]
+        p = self.params
         u = p.u_weight
         ia, ib, la, lb = halves(labeled)
         ua, ub, _, _ = halves(unlabeled)
         pa_fg, pa_bg = self.teacher_targets(ua)
         pb_fg, pb_bg = self.teacher_targets(ub)
         m = self._mask(ia)
-        weight = ramped_weight(step, p.consistency, p.consistency_rampup, p.rampup_iters_per_epoch)
+        weight = p.consistency_weight(step)
         if self.recipe == "acdc":
             c = self.num_classes
             fg1, m1, bg1 = self.student(mix(ua, ia, m))  # unlabeled outside, labeled box
@@ -277,13 +278,11 @@ class CVBM(TwoPhaseMethod):
                 "loss_consistency": cons.detach(), "consistency_weight": torch.tensor(weight)}
 
     def unsupervised_terms(self) -> list[UnsupervisedTerm]:
-        p: CVBMParams = self.params  # type: ignore[assignment]
+        p = self.params
         pre = p.pretrain_iterations
 
         def weight(s: int) -> float:  # off in pre-training, ramped from self-training's start
-            return 0.0 if s < pre else ramped_weight(s - pre, p.consistency,
-                                                     p.consistency_rampup,
-                                                     p.rampup_iters_per_epoch)
+            return 0.0 if s < pre else p.consistency_weight(s - pre)
 
         return [UnsupervisedTerm("bidirectional consistency", weight, p.consistency,
                                  ("consistency_rampup", "pretrain_iterations"))]

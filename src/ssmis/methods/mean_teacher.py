@@ -16,10 +16,11 @@ off (``step < consistency_start``), because then the teacher output would be unu
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from pydantic import Field
 
-from ssmis.losses import cross_entropy, dice_loss
 from ssmis.methods.base import Batch, Method, UnsupervisedTerm
 from ssmis.methods.teacher import (
     EMAParams,
@@ -29,32 +30,23 @@ from ssmis.methods.teacher import (
     make_teacher,
     teacher_mode,
 )
-from ssmis.ramps import ShareOrFloat, ShareOrInt, ramped_weight, run_share
+from ssmis.methods.terms import RampedConsistencyParams, SupervisedLossParams
+from ssmis.ramps import ShareOrInt, run_share
 
 
-class MeanTeacherParams(EMAParams):
-    consistency: float = Field(default=0.1, ge=0, description="maximum consistency weight")
-    consistency_rampup: ShareOrFloat = Field(
-        default=200.0, description="ramp length in 'epochs' of rampup_iters_per_epoch "
-        "iterations (SSL4MIS ACDC 200, UA-MT LA 40), or a share of train.iterations ('40%': "
-        "a per-iteration ramp over 40 % of the run)", json_schema_extra=run_share("epochs"))
-    rampup_iters_per_epoch: int = Field(
-        default=150, ge=1, description="SSL4MIS feeds iter_num // 150 to the ramp")
+class MeanTeacherParams(SupervisedLossParams, RampedConsistencyParams, EMAParams):
     consistency_start: ShareOrInt = Field(
         default=0, description="iterations with the consistency switched off "
         "(SSL4MIS train_mean_teacher_2D: 1000), or a share of train.iterations ('3%')",
         json_schema_extra=run_share("iterations"))
     noise_std: float = Field(default=0.1, ge=0, description="teacher input noise std")
     noise_clip: float = Field(default=0.2, ge=0, description="teacher input noise clamp")
-    ce_weight: float = Field(default=0.5, ge=0)
-    dice_weight: float = Field(default=0.5, ge=0)
-    dice_include_background: bool = Field(
-        default=True,
-        description="SSL4MIS 2D averages Dice over all classes; UA-MT 3D uses the foreground only",
-    )
 
 
-class MeanTeacher(Method):
+TeacherParamsT = TypeVar("TeacherParamsT", bound=MeanTeacherParams)
+
+
+class MeanTeacher(Method[TeacherParamsT]):
     name = "mean_teacher"
     summary = ("Mean Teacher: EMA teacher, MSE of softmax outputs with a sigmoid ramp "
                "(Tarvainen & Valpola 2017)")
@@ -67,23 +59,20 @@ class MeanTeacher(Method):
 
     # -- shared with UA-MT ------------------------------------------------------------------
     def supervised(self, logits: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
-        p: MeanTeacherParams = self.params  # type: ignore[assignment]
-        ce = cross_entropy(logits, label)
-        dice = dice_loss(torch.softmax(logits, dim=1), label,
-                         include_background=p.dice_include_background)
-        return {"loss_sup": p.ce_weight * ce + p.dice_weight * dice, "loss_ce": ce,
-                "loss_dice": dice}
+        p = self.params
+        loss, ce, dice = p.supervised_loss(logits, label)
+        return {"loss_sup": loss, "loss_ce": ce, "loss_dice": dice}
 
     def consistency_weight(self, step: int) -> float:
-        p: MeanTeacherParams = self.params  # type: ignore[assignment]
-        return ramped_weight(step, p.consistency, p.consistency_rampup, p.rampup_iters_per_epoch)
+        p = self.params
+        return p.consistency_weight(step)
 
     def consistency_active(self, step: int) -> bool:
-        p: MeanTeacherParams = self.params  # type: ignore[assignment]
+        p = self.params
         return step >= p.consistency_start and p.consistency > 0
 
     def unsupervised_terms(self) -> list[UnsupervisedTerm]:
-        p: MeanTeacherParams = self.params  # type: ignore[assignment]
+        p = self.params
         return [UnsupervisedTerm(
             "consistency",
             lambda s: self.consistency_weight(s) if self.consistency_active(s) else 0.0,
@@ -91,7 +80,7 @@ class MeanTeacher(Method):
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        p: MeanTeacherParams = self.params  # type: ignore[assignment]
+        p = self.params
         with teacher_mode(self.teacher, p.teacher_train_mode):
             return self.teacher(gaussian_noise(images, p.noise_std, p.noise_clip))
 
@@ -121,7 +110,7 @@ class MeanTeacher(Method):
                 "consistency_weight": torch.tensor(weight)}
 
     def on_step_end(self, step: int) -> None:
-        p: MeanTeacherParams = self.params  # type: ignore[assignment]
+        p = self.params
         ema_update(self.teacher, self.student, p.ema_decay,
                    step=step if p.ema_warmup else None,
                    buffers=buffer_policy(p.ema_buffers, p.teacher_train_mode))

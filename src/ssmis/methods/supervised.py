@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
-from ssmis.losses import cross_entropy, dice_loss
-from ssmis.methods.base import Batch, Method, MethodParams
-
-
-class SupervisedParams(MethodParams):
-    ce_weight: float = Field(default=0.5, ge=0)
-    dice_weight: float = Field(default=0.5, ge=0)
-    dice_include_background: bool = Field(
-        default=True,
-        description="SSL4MIS 2D averages Dice over all classes; UA-MT 3D uses the foreground only",
-    )
+from ssmis.methods.base import Batch, Method
+from ssmis.methods.terms import SupervisedLossParams
 
 
-class Supervised(Method):
+class SupervisedParams(SupervisedLossParams):
+    """The supervised loss's weights alone."""
+
+
+class Supervised(Method[SupervisedParams]):
     """loss = ce_weight * CE + dice_weight * Dice(softmax) on labeled samples (SSL4MIS recipe)."""
 
     name = "supervised"
@@ -33,14 +27,8 @@ class Supervised(Method):
     def training_step(
         self, labeled: Batch, unlabeled: Batch | None, step: int
     ) -> dict[str, torch.Tensor]:
-        p: SupervisedParams = self.params  # type: ignore[assignment]
-        logits = self.net(labeled["image"])
-        label = labeled["label"]
-        loss_ce = cross_entropy(logits, label)
-        loss_dice = dice_loss(
-            torch.softmax(logits, dim=1), label, include_background=p.dice_include_background
-        )
-        loss = p.ce_weight * loss_ce + p.dice_weight * loss_dice
+        p = self.params
+        loss, loss_ce, loss_dice = p.supervised_loss(self.net(labeled["image"]), labeled["label"])
         return {"loss": loss, "loss_ce": loss_ce.detach(), "loss_dice": loss_dice.detach()}
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,9 @@ One iteration (``code/train.py``):
    {1, 2}), with ``Dice* = (2|a & b| + 1) / (|a| + |b| + 1.001)`` and 1 when both are empty;
 3. fused pseudo-label (:func:`fuse_pseudo_labels`): ``P_s = (1 - alpha) up(P_F') + alpha P_G'``
    and its bilinear down-sampling to r, argmax, confidence masks ``max P > threshold`` (0.95);
-4. copy-paste (:func:`copy_paste`): one random box per sample (:func:`ssmis.mixing.cutmix_box`,
-   area U(0.02, 0.4), aspect U(0.3, 1/0.3), drawn at s) pastes the *weak labeled* image
+4. copy-paste (:func:`ssmis.mixing.mix`, ``ones='paste'``): one random box per sample
+   (:func:`ssmis.mixing.cutmix_box`, area U(0.02, 0.4), aspect U(0.3, 1/0.3), drawn at s)
+   pastes the *weak labeled* image
    (sample ``i mod B_l``) into the *strong* unlabeled image (brightness, contrast, Gaussian blur:
    :func:`strong_augment`); inside the box the target is the ground truth, always supervised;
 5. losses: ``L = L_sup^F + L_sup^G + lambda(t) (L_unsup^F + L_unsup^G + L_cons + L_div)`` with
@@ -95,12 +96,12 @@ from ssmis.methods.base import (
 )
 from ssmis.methods.teacher import (
     buffer_policy,
-    ema_alpha,
     ema_update,
+    freeze,
     make_teacher,
     teacher_mode,
 )
-from ssmis.mixing import cutmix_box
+from ssmis.mixing import cutmix_box, mix
 from ssmis.models import build_model
 from ssmis.optim import CombinedOptimizer
 from ssmis.ramps import ShareOrPositiveInt, run_share, sigmoid_rampup
@@ -219,14 +220,6 @@ def fuse_pseudo_labels(p_sam: torch.Tensor, p_unet: torch.Tensor, alpha: torch.T
             "m_r": (conf_r > threshold).float()}
 
 
-def copy_paste(unl: torch.Tensor, lab: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """``unl (1 - M) + lab M`` with a B x H x W box mask (1 = pasted), images or labels."""
-    m = box if unl.ndim == box.ndim else box[:, None]
-    if unl.is_floating_point():
-        return unl * (1 - m.to(unl.dtype)) + lab * m.to(unl.dtype)
-    return torch.where(m.bool(), lab, unl)
-
-
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
     """Separable Gaussian blur, one sigma per sample, reflection padding."""
     b, c, h, w = x.shape
@@ -313,7 +306,7 @@ def _tie_frozen(teacher: nn.Module, student: nn.Module) -> None:
     teacher.save_frozen = False  # type: ignore[assignment]
 
 
-class SynFoC(ChoosablePredictor, Method):
+class SynFoC(ChoosablePredictor, Method[SynFoCParams]):
     name = "synfoc"
     predictors = ("sam", "unet")
     summary = ("SynFoC: SAM/MedSAM + LoRA co-trained with a U-Net, self-mutual confidence "
@@ -325,20 +318,16 @@ class SynFoC(ChoosablePredictor, Method):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        p: SynFoCParams = self.params  # type: ignore[assignment]
+        p = self.params
         d = cfg.data
         self.sam = self._build_sam()
         self.unet = self.build_network()
         if p.independent_teacher_init:
-            self.sam_teacher = self._build_sam()
-            for t in self.sam_teacher.parameters():
-                t.requires_grad_(False)
+            self.sam_teacher = freeze(self._build_sam())
             with torch.no_grad():  # non-learned buffers (pixel stats, prompt PE) as the student
                 for bt, bs in zip(self.sam_teacher.buffers(), self.sam.buffers(), strict=True):
                     bt.copy_(bs)
-            self.unet_teacher = self.build_network()
-            for t in self.unet_teacher.parameters():
-                t.requires_grad_(False)
+            self.unet_teacher = freeze(self.build_network())
         else:
             self.sam_teacher = make_teacher(self.sam)
             self.unet_teacher = make_teacher(self.unet)
@@ -357,7 +346,7 @@ class SynFoC(ChoosablePredictor, Method):
                 update={"rampup_iterations": cfg.train.iterations})
 
     def _build_sam(self) -> nn.Module:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
+        p = self.params
         try:
             return build_model("sam_lora", self.cfg.data.in_channels, self.cfg.data.num_classes,
                                **p.sam)
@@ -366,16 +355,16 @@ class SynFoC(ChoosablePredictor, Method):
 
     # -- sizes ------------------------------------------------------------------------------
     def _unet_size(self, x: torch.Tensor) -> int:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
+        p = self.params
         return p.unet_size or int(x.shape[-1])
 
     def _to_unet(self, x: torch.Tensor) -> torch.Tensor:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
+        p = self.params
         return resize_images(x, self._unet_size(x), p.unet_resize)
 
     # -- optimisation -------------------------------------------------------------------------
     def make_optimizer(self, train: TrainConfig) -> Any:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.sam_optimizer == "engine":
             return None
         sam_params = [t for t in self.sam.parameters() if t.requires_grad]
@@ -390,7 +379,7 @@ class SynFoC(ChoosablePredictor, Method):
     # -- training -----------------------------------------------------------------------------
     def _masked_ce(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
                    ) -> torch.Tensor:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
+        p = self.params
         ce = F.cross_entropy(logits, target.long(), reduction="none") * mask
         if p.ce_masked_mean:
             return ce.sum() / mask.sum().clamp_min(1e-8)
@@ -398,7 +387,7 @@ class SynFoC(ChoosablePredictor, Method):
 
     def _seg_loss(self, logits: torch.Tensor, target: torch.Tensor,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
+        p = self.params
         logits = logits.float()
         probs = torch.softmax(logits, 1)
         if mask is None:
@@ -412,7 +401,7 @@ class SynFoC(ChoosablePredictor, Method):
     def training_step(
         self, labeled: Batch, unlabeled: Batch | None, step: int
     ) -> dict[str, torch.Tensor]:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
+        p = self.params
         if unlabeled is None:
             raise SSMISError("synfoc needs unlabeled batches (train.unlabeled_batch_size >= 1)")
         x_l, y_l = labeled["image"], labeled["label"]
@@ -439,12 +428,13 @@ class SynFoC(ChoosablePredictor, Method):
                                  for _ in range(b_u)])
             box_big, box_r = resize_labels(box_s, big), resize_labels(box_s, r)
             idx = torch.arange(b_u, device=x_u.device) % x_l.shape[0]
-            y_mix_r = copy_paste(fused["y_r"], y_l_r[idx].long(), box_r)
-            y_mix_s = copy_paste(fused["y_s"], y_l_s[idx].long(), box_s)
+            y_mix_r = mix(fused["y_r"], y_l_r[idx].long(), box_r, ones="paste", batched=True)
+            y_mix_s = mix(fused["y_s"], y_l_s[idx].long(), box_s, ones="paste", batched=True)
             m_r = torch.maximum(fused["m_r"], box_r)
             m_s = torch.maximum(fused["m_s"], box_s)
-        x_mix_big = copy_paste(resize_images(x_u_strong, big), x_l_big[idx], box_big)
-        x_mix_s = copy_paste(self._to_unet(x_u_strong), x_l_s[idx], box_s)
+        x_mix_big = mix(resize_images(x_u_strong, big), x_l_big[idx], box_big, ones="paste",
+                        batched=True)
+        x_mix_s = mix(self._to_unet(x_u_strong), x_l_s[idx], box_s, ones="paste", batched=True)
 
         z_f_l = self.sam.low_res_logits(x_l_big)
         z_f_u = self.sam.low_res_logits(x_mix_big)
@@ -467,7 +457,7 @@ class SynFoC(ChoosablePredictor, Method):
 
     @torch.no_grad()
     def unsupervised_terms(self) -> list[UnsupervisedTerm]:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
+        p = self.params
         total = p.rampup_iterations or self.cfg.train.iterations
         return [UnsupervisedTerm(
             "unlabeled (lambda)", lambda s: ramp_weight(s, p.consistency, p.consistency_rampup,
@@ -475,14 +465,11 @@ class SynFoC(ChoosablePredictor, Method):
             p.consistency, ("rampup_iterations",))]
 
     def on_step_end(self, step: int) -> None:
-        p: SynFoCParams = self.params  # type: ignore[assignment]
+        p = self.params
         ema_update(self.unet_teacher, self.unet, p.ema_decay, step=step,
                    buffers=buffer_policy(None, p.teacher_train_mode))
-        a = ema_alpha(p.ema_decay, step)
-        teacher = dict(self.sam_teacher.named_parameters())
-        student = dict(self.sam.named_parameters())
-        for name in self._trainable_sam:
-            teacher[name].mul_(a).add_(student[name].detach(), alpha=1.0 - a)
+        # the LoRA weights alone: teacher and student share the frozen SAM tensors
+        ema_update(self.sam_teacher, self.sam, p.ema_decay, step=step, names=self._trainable_sam)
 
     # -- inference ----------------------------------------------------------------------------
     def predict(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,13 @@
 """Mean-teacher machinery shared by every method with an EMA teacher (MT, UA-MT, BCP, CVBM, ...).
 
-* :func:`make_teacher`: a frozen copy of the student, registered by the caller as a submodule so
-  it is checkpointed with the method;
+* :func:`make_teacher`: a frozen (:func:`freeze`) copy of the student, registered by the caller
+  as a submodule so it is checkpointed with the method;
 * :func:`ema_update`: the teacher update, in the variants the reference codes use;
 * :func:`teacher_mode`: run the teacher in train mode (the originals never call ``.eval()``:
   dropout on, BatchNorm on batch statistics) or in eval mode;
-* :func:`gaussian_noise`: SSL4MIS's input perturbation ``clamp(randn * 0.1, -0.2, 0.2)``;
-* :func:`largest_component` / :func:`largest_component_per_class`: the LCC filter that BCP and
-  CVBM apply to every pseudo-label (full connectivity as skimage's default; scipy on the CPU,
-  :mod:`ssmis.components` on the GPU).
+* :func:`gaussian_noise`: SSL4MIS's input perturbation ``clamp(randn * 0.1, -0.2, 0.2)``.
+
+The LCC filter BCP and CVBM apply to pseudo-labels lives in :mod:`ssmis.components`.
 """
 
 from __future__ import annotations
@@ -18,13 +17,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ssmis.components import largest_component_per_class_torch
-from ssmis.eval.inference import largest_connected_component
 from ssmis.methods.base import MethodParams
 
 BufferPolicy = Literal["own", "ema"]
@@ -75,12 +71,16 @@ def buffer_policy(ema_buffers: BufferPolicy | None, teacher_train_mode: bool,
     return default if teacher_train_mode else "ema"
 
 
+def freeze(module: nn.Module) -> nn.Module:
+    """``module`` with every parameter set not to require gradients (a teacher)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
 def make_teacher(student: nn.Module) -> nn.Module:
     """A deep copy of ``student`` whose parameters do not require gradients."""
-    teacher = copy.deepcopy(student)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
+    return freeze(copy.deepcopy(student))
 
 
 def ema_alpha(decay: float, step: int | None = None) -> float:
@@ -104,15 +104,23 @@ def ema_update(
     *,
     step: int | None = None,
     buffers: BufferPolicy = "own",
+    names: Sequence[str] | None = None,
 ) -> float:
     """theta_t <- a theta_t + (1 - a) theta_s; returns the alpha used.
 
     ``step`` given: SSL4MIS warm-up ``a = min(1 - 1/(step + 1), decay)`` (step 0 copies the
     student). ``buffers='ema'`` also averages floating-point buffers (BN running mean/var) and
-    copies integer ones (``num_batches_tracked``), like BCP's state_dict EMA.
+    copies integer ones (``num_batches_tracked``), like BCP's state_dict EMA. ``names``: only
+    these parameters (SynFoC's LoRA weights; the frozen SAM tensors the teacher shares with the
+    student must not be averaged with themselves).
     """
     alpha = ema_alpha(decay, step)
-    t_params, s_params = _pairs(teacher.parameters(), student.parameters())
+    if names is None:
+        t_params, s_params = _pairs(teacher.parameters(), student.parameters())
+    else:
+        t_named, s_named = dict(teacher.named_parameters()), dict(student.named_parameters())
+        t_params, s_params = _pairs(iter([t_named[n] for n in names]),
+                                    iter([s_named[n] for n in names]))
     t_float, s_float, t_other, s_other = [], [], [], []
     if buffers == "ema":
         t_buf, s_buf = _pairs(teacher.buffers(), student.buffers())
@@ -172,25 +180,3 @@ def gaussian_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torc
     """``x + clamp(randn_like(x) * std, -clip, clip)`` (SSL4MIS / UA-MT teacher input)."""
     return x + torch.clamp(torch.randn_like(x) * std, -clip, clip)
 
-
-#: ``"auto"``: CUDA tensors on the GPU, CPU tensors through scipy; ``"scipy"``: always scipy
-#: (the authors' route: a host copy per call; kept for comparisons, see
-#: ``benchmarks/method_throughput.py --lcc``).
-LCC_BACKEND: Literal["auto", "scipy"] = "auto"
-
-
-def largest_component_per_class(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-    """Per sample of a B x spatial label batch, keep only the largest connected component of
-    each class in ``classes``; other pixels of those classes become 0 (BCP ``get_ACDC_masks``,
-    ``LargestCC_pancreas``). CPU tensors go through scipy, as the originals (skimage) do; CUDA
-    tensors stay on the GPU (:mod:`ssmis.components`, the same result, no host copy)."""
-    if labels.is_cuda and LCC_BACKEND == "auto":
-        return largest_component_per_class_torch(labels.detach().long(), classes)
-    arr = labels.detach().to("cpu", torch.long).numpy()
-    out = np.stack([largest_connected_component(a, classes) for a in arr])
-    return torch.from_numpy(out).to(labels.device)
-
-
-def largest_component(mask: torch.Tensor) -> torch.Tensor:
-    """Largest connected component of each binary mask in a B x spatial batch (0/1 long)."""
-    return largest_component_per_class(mask.long(), [1])

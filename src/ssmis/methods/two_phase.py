@@ -128,7 +128,10 @@ class HalvedBatches:
         return max(min(labeled, unlabeled) // 2, 1)
 
 
-class TwoPhaseMethod(HalvedBatches, Method):
+TwoPhaseParamsT = TypeVar("TwoPhaseParamsT", bound=TwoPhaseParams)
+
+
+class TwoPhaseMethod(HalvedBatches, Method[TwoPhaseParamsT]):
     """Base of BCP and CVBM: a student, its EMA teacher and the two-phase schedule.
 
     Subclasses build ``self.student`` (then call :meth:`_init_teacher`) and implement
@@ -139,7 +142,7 @@ class TwoPhaseMethod(HalvedBatches, Method):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        p: TwoPhaseParams = self.params  # type: ignore[assignment]
+        p = self.params
         recipe = p.recipe
         if recipe == "auto":
             recipe = "acdc" if cfg.data.spatial_dims == 2 else "la"
@@ -153,7 +156,7 @@ class TwoPhaseMethod(HalvedBatches, Method):
         self.teacher = make_teacher(self.student)
 
     def phases(self) -> list[Phase]:
-        p: TwoPhaseParams = self.params  # type: ignore[assignment]
+        p = self.params
         return two_phases(self.cfg.train.iterations, p.pretrain_iterations, self.reset_opt,
                           self.recipe)
 
@@ -165,7 +168,7 @@ class TwoPhaseMethod(HalvedBatches, Method):
             copy_weights(self.teacher, self.student)
 
     def on_step_end(self, step: int) -> None:
-        p: TwoPhaseParams = self.params  # type: ignore[assignment]
+        p = self.params
         pre, local = local_step(step, p.pretrain_iterations)
         if not pre:
             ema_update(self.teacher, self.student, p.ema_decay,
@@ -174,7 +177,7 @@ class TwoPhaseMethod(HalvedBatches, Method):
     def training_step(
         self, labeled: Batch, unlabeled: Batch | None, step: int
     ) -> dict[str, torch.Tensor]:
-        p: TwoPhaseParams = self.params  # type: ignore[assignment]
+        p = self.params
         pre, local = local_step(step, p.pretrain_iterations)
         if pre:
             return self.pretrain_step(labeled, local)

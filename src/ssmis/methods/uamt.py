@@ -46,7 +46,7 @@ class UAMTParams(MeanTeacherParams):
         return v
 
 
-class UAMT(MeanTeacher):
+class UAMT(MeanTeacher[UAMTParams]):
     name = "uamt"
     summary = ("UA-MT: mean teacher whose consistency is masked by MC-dropout uncertainty "
                "(Yu et al. 2019)")
@@ -55,7 +55,7 @@ class UAMT(MeanTeacher):
     @torch.no_grad()
     def uncertainty(self, unlabeled: torch.Tensor) -> torch.Tensor:
         """Entropy B x 1 x spatial of the mean softmax over T noisy teacher passes."""
-        p: UAMTParams = self.params  # type: ignore[assignment]
+        p = self.params
         repeated = unlabeled.repeat(2, *([1] * (unlabeled.dim() - 1)))
         probs = []
         with teacher_mode(self.teacher, p.teacher_train_mode):
@@ -67,7 +67,7 @@ class UAMT(MeanTeacher):
         return -(mean * torch.log(mean + 1e-6)).sum(dim=1, keepdim=True)
 
     def threshold(self, step: int, num_classes: int) -> float:
-        p: UAMTParams = self.params  # type: ignore[assignment]
+        p = self.params
         length = p.threshold_rampup if p.threshold_rampup is not None else self.cfg.train.iterations
         k = num_classes if p.threshold_log_classes else 2
         return (0.75 + 0.25 * sigmoid_rampup(step, length)) * math.log(k)
@@ -75,7 +75,7 @@ class UAMT(MeanTeacher):
     def consistency_loss(
         self, student_u: torch.Tensor, unlabeled: torch.Tensor, step: int
     ) -> torch.Tensor:
-        p: UAMTParams = self.params  # type: ignore[assignment]
+        p = self.params
         t = self.teacher_logits(unlabeled)
         unc = self.uncertainty(unlabeled)
         c = student_u.shape[1]

@@ -2,8 +2,9 @@
 
 Methods with extra decoders (CVBM's background branch, CML's second view, ALHVR's perturbed
 decode) call :meth:`encode` once and :meth:`decode` per decoder instead of copying a network.
-Subclasses set ``self.encoder`` (returns the list of 5 features, shallow to deep, and exposes
-``widths``) and ``self.decoders`` (an ``nn.ModuleList``).
+Subclasses call ``super().__init__`` with the sizes (it checks ``num_decoders`` and resolves
+``up_types``, one per decoder), then set ``self.encoder`` (returns the list of 5 features,
+shallow to deep, and exposes ``widths``) and ``self.decoders`` (an ``nn.ModuleList``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,36 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from ssmis.errors import SSMISError
+
+
+def expand_up_types(up_types: Sequence[str] | str, num_decoders: int) -> list[str]:
+    """One entry per decoder; a single entry is shared by all, so configs can give just one."""
+    types = [up_types] if isinstance(up_types, str) else list(up_types)
+    if len(types) == 1:
+        types = types * num_decoders
+    if len(types) != num_decoders:
+        raise SSMISError(
+            f"model.options.up_types: got {len(types)} entries for {num_decoders} decoders "
+            "(give one per decoder, or a single one for all)"
+        )
+    return types
+
 
 class SharedEncoderNet(nn.Module):
+    """One encoder, ``num_decoders`` decoders (``up_types``: their upsampling, one each)."""
+
     encoder: nn.Module
     decoders: nn.ModuleList
+
+    def __init__(self, in_channels: int, num_classes: int, num_decoders: int,
+                 up_types: Sequence[str] | str) -> None:
+        super().__init__()
+        if num_decoders < 1:
+            raise SSMISError(f"model.options.num_decoders: expected >= 1, got {num_decoders}")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.up_types = tuple(expand_up_types(up_types, num_decoders))
 
     @property
     def feature_channels(self) -> tuple[int, ...]:

@@ -195,19 +195,6 @@ class UNetDecoder(nn.Module):
         return logits, named
 
 
-def expand_up_types(up_types: Sequence[str] | str, num_decoders: int) -> list[str]:
-    """One entry per decoder; a single entry is shared by all, so configs can give just one."""
-    types = [up_types] if isinstance(up_types, str) else list(up_types)
-    if len(types) == 1:
-        types = types * num_decoders
-    if len(types) != num_decoders:
-        raise SSMISError(
-            f"model.options.up_types: got {len(types)} entries for {num_decoders} decoders "
-            "(give one per decoder, or a single one for all)"
-        )
-    return types
-
-
 class UNet2D(SharedEncoderNet):
     """One U-Net encoder and ``num_decoders`` decoders; ``forward`` = logits of decoder 0.
 
@@ -233,11 +220,6 @@ class UNet2D(SharedEncoderNet):
         widths: Sequence[int] = WIDTHS,
         dropout_p: Sequence[float] = ENCODER_DROPOUT,
     ) -> None:
-        super().__init__()
-        if num_decoders < 1:
-            raise SSMISError(f"model.options.num_decoders: expected >= 1, got {num_decoders}")
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.up_types = tuple(expand_up_types(up_types, num_decoders))
+        super().__init__(in_channels, num_classes, num_decoders, up_types)
         self.encoder = UNetEncoder(in_channels, widths, dropout, dropout_p)
         self.decoders = nn.ModuleList(UNetDecoder(num_classes, widths, t) for t in self.up_types)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ssmis.errors import SSMISError
 from ssmis.models.shared import SharedEncoderNet
-from ssmis.models.unet2d import check_input_size, expand_up_types, patch_problem
+from ssmis.models.unet2d import check_input_size, patch_problem
 
 NORMALIZATIONS: tuple[str, ...] = ("batchnorm", "instancenorm", "groupnorm", "none")
 UP_TYPES: tuple[str, ...] = ("transpose", "trilinear", "nearest")
@@ -215,12 +215,7 @@ class VNet3D(SharedEncoderNet):
         num_decoders: int = 1,
         up_types: Sequence[str] | str = ("transpose",),
     ) -> None:
-        super().__init__()
-        if num_decoders < 1:
-            raise SSMISError(f"model.options.num_decoders: expected >= 1, got {num_decoders}")
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.up_types = tuple(expand_up_types(up_types, num_decoders))
+        super().__init__(in_channels, num_classes, num_decoders, up_types)
         self.encoder = VNetEncoder(in_channels, n_filters, normalization, dropout)
         self.decoders = nn.ModuleList(
             VNetDecoder(num_classes, n_filters, normalization, t, dropout) for t in self.up_types

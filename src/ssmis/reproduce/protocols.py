@@ -174,7 +174,7 @@ def _evaluate_protocols(run_dir: Path, overlay_cases: int,
     from ssmis.data.splits import Split
     from ssmis.engine.checkpoint import load_into
     from ssmis.engine.data import eval_cases
-    from ssmis.engine.evaluate import git_commit, predict_case
+    from ssmis.engine.evaluate import git_commit
     from ssmis.engine.trainer import prepare
     from ssmis.eval.metrics import (
         EMPTY_RULES,
@@ -184,6 +184,7 @@ def _evaluate_protocols(run_dir: Path, overlay_cases: int,
         summarize,
     )
     from ssmis.eval.report import pick_slice
+    from ssmis.eval.segment import predict_case
 
     source = str(run_dir / "config.yaml")
     raw = read_yaml(run_dir / "config.yaml")

@@ -339,7 +339,7 @@ class SynFoC(ChoosablePredictor, Method[SynFoCParams]):
                                  f"classes 1..{d.num_classes - 1}")
         self._init_choice()
         self._trainable_sam = [n for n, t in self.sam.named_parameters() if t.requires_grad]
-        if self.params.rampup_iterations is None:  # type: ignore[attr-defined]
+        if self.params.rampup_iterations is None:
             # the code's T is the run's length: resolved once, so a resume that extends the
             # run keeps the ramp it trained with (ssmis.engine.resume freezes it)
             self.params = self.params.model_copy(

@@ -13,9 +13,9 @@ import yaml
 
 from ssmis.config import validate_config
 from ssmis.data.layouts import get_layout
-from ssmis.data.layouts.nifti import write_nifti
+from ssmis.data.layouts.images import scan_images
+from ssmis.data.layouts.nifti import scan_nifti, write_nifti
 from ssmis.data.normalisation import ChannelNorm
-from ssmis.data.owndata import scan_images, scan_nifti
 from ssmis.errors import SSMISError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

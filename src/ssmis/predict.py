@@ -22,14 +22,10 @@ import torch
 
 from ssmis.atomic import atomic_write
 from ssmis.config import ExperimentConfig, read_yaml, validate_config
+from ssmis.data.cases import strip_ending
+from ssmis.data.nifti_io import NIFTI_ENDINGS, read_nifti
 from ssmis.data.normalisation import ChannelNorm
-from ssmis.data.owndata import (
-    IMAGE_EXTS,
-    NIFTI_ENDINGS,
-    read_nifti,
-    read_picture,
-    strip_ending,
-)
+from ssmis.data.pictures import IMAGE_EXTS, read_picture
 from ssmis.errors import SSMISError
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")

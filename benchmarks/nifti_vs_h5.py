@@ -53,11 +53,11 @@ def train_from_nifti(iterations: int) -> bool:
     """Train from a NIfTI copy of the LA sample; evaluate its checkpoint via NIfTI and h5."""
     import torch
 
-    from ssmis.config import load_config
     from ssmis.engine.checkpoint import load_weights
     from ssmis.engine.data import eval_cases
     from ssmis.engine.evaluate import evaluate_split
     from ssmis.engine.run import train_run
+    from ssmis.experiment import load_config
     from ssmis.methods import build_method
 
     repo = Path(__file__).resolve().parents[1]

@@ -381,7 +381,7 @@ def data_config_for(path: Path, overrides: list[str] | None = None, **fields: An
     """(data config, full config or None) from an experiment YAML or a dataset folder."""
     path = Path(path)
     if path.suffix in (".yaml", ".yml"):
-        from ssmis.config import load_config
+        from ssmis.experiment import load_config
 
         cfg = load_config(path, overrides or [])
         return cfg.data, cfg

@@ -45,6 +45,19 @@ def scheme_for_channel_name(name: str | None) -> str | None:
     return NNUNET_CHANNEL_SCHEMES.get(name.strip().casefold(), "zscore")
 
 
+def resolve_scheme(normalization: str | Sequence[str], channel: int,
+                   channel_name: str | None = None, from_image_file: bool = False) -> str:
+    """The scheme of one channel from ``data.normalization`` (one value, or one per channel),
+    resolving ``auto``: ``scale`` for picture files, else nnU-Net's scheme for the channel's
+    ``dataset.json`` name (:func:`scheme_for_channel_name`), else ``zscore``."""
+    choice = normalization if isinstance(normalization, str) else normalization[channel]
+    if choice != "auto":
+        return choice
+    if from_image_file:
+        return "scale"
+    return scheme_for_channel_name(channel_name) or "zscore"
+
+
 def normalize(image: np.ndarray, method: str, window: Sequence[float] = (-1000.0, 1000.0),
               raw_dtype: np.dtype | None = None) -> np.ndarray:
     """One channel's intensities as float32 by ``method`` (see the module docstring);

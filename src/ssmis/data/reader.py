@@ -13,7 +13,7 @@ import numpy as np
 
 from ssmis.data.cases import CaseArrays, CaseInfo, Catalog, check_finite, move_slice_axis
 from ssmis.data.nifti_io import grid_difference, read_nifti, resample_label_to
-from ssmis.data.normalisation import ChannelNorm, normalize, type_divisor
+from ssmis.data.normalisation import ChannelNorm, normalize, resolve_scheme, type_divisor
 from ssmis.data.pictures import (
     map_mask,
     map_rgb_mask,
@@ -45,8 +45,9 @@ class CaseReader:
         self.window = tuple(data_cfg.intensity_window)
         self.spacing_override = tuple(data_cfg.spacing) if data_cfg.spacing else None
         names = catalog.channel_names
-        self.norms = [data_cfg.normalization_for(c, names[c] if c < len(names) else None,
-                                                 from_image_file=catalog.kind == "images")
+        self.norms = [resolve_scheme(data_cfg.normalization, c,
+                                     names[c] if c < len(names) else None,
+                                     from_image_file=catalog.kind == "images")
                       for c in range(self.in_channels)]
         self.slice_axis = slice_axis
         #: labels put on their image's grid (``data.label_geometry: resample``): case -> why

@@ -34,12 +34,17 @@ class PreparedLayout(CatalogLayout):
 
     @classmethod
     def write_example(cls, root: Path) -> dict[str, Any]:
-        from ssmis.config import DataConfig  # at call time: the config asks this registry
+        from types import SimpleNamespace
+
         from ssmis.data.layouts.nifti import NiftiLayout
 
         source = Path(f"{root}_source")
         data = NiftiLayout.write_example(source)
-        settings = DataConfig.model_validate(data)
+        # the reader's settings of that example (data.* defaults): the layouts never import
+        # the config module, which asks this registry
+        settings = SimpleNamespace(in_channels=1, num_classes=data["num_classes"],
+                                   mask_values=None, intensity_window=[-1000.0, 1000.0],
+                                   spacing=None, normalization="auto")
         prepare_dataset(NiftiLayout.scan(source), settings, root, progress=False)
         return {**data, "layout": cls.name, "root": str(root)}
 

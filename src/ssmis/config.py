@@ -459,7 +459,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise SSMISError(f"override '{text}': value is not valid YAML ({err})") from None
+        stripped = raw.strip()
+        if (stripped[:1], stripped[-1:]) in (("[", "]"), ("{", "}")):
+            reason = " ".join(str(err).split())
+            raise SSMISError(f"override '{text}': value is not valid YAML ({reason})") from None
+        value = raw  # a plain string YAML cannot read unquoted: data.mask_pattern={id}_seg
     return parts, value
 
 

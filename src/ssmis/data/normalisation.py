@@ -138,13 +138,22 @@ class ChannelNorm:
             return (y - float(inside.mean())) / (std if std > 1e-8 else 1.0)
         return normalize(y, self.scheme)
 
-    def check_input(self, path: Any, dtype: Any, value_max: float) -> None:
+    def check_input(self, path: Any, dtype: Any, value_max: float, picture: bool = False
+                    ) -> None:
         """Refuse a file whose values this record would put on another scale than training's.
 
         Raises:
             SSMISError: ``scale`` of integer pictures and the file has values above the
-                divisor (e.g. a 16-bit file for a model trained on 8-bit ones).
+                divisor (e.g. a 16-bit file for a model trained on 8-bit ones); ``ct`` (a
+                window in HU) and a picture file or 8-bit values, which are display pixels,
+                not CT intensities.
         """
+        if self.scheme == "ct" and (picture or np.dtype(dtype) == np.uint8):
+            what = "a picture file" if picture else "8-bit values"
+            raise SSMISError(
+                f"{path}: {what} ({np.dtype(dtype)}, up to {value_max:g}), but the model was "
+                "trained on CT intensities in HU (its data.resolved_normalization clips to a HU "
+                "window); give the scan as NIfTI in HU")
         if self.scheme == "scale" and self.divisor and value_max > self.divisor:
             raise SSMISError(
                 f"{path}: values up to {value_max:g} ({np.dtype(dtype)}), but the model was "

@@ -107,6 +107,7 @@ def image_files(folder: Path, pattern: NamePattern | None = None,
     out: dict[str, Path] = {}
     if not folder.is_dir():
         return out
+    unmatched: list[Path] = []
     for path in sorted(folder.iterdir()):
         reason = ("hidden file" if path.name.startswith(".") else
                   "a folder inside an image folder (not read)" if not path.is_file() else
@@ -118,8 +119,7 @@ def image_files(folder: Path, pattern: NamePattern | None = None,
             continue
         key = path.stem if pattern is None else pattern.id_of(path.stem)
         if key is None and pattern is not None and not any_name:
-            report_problem(problems,
-                           f"{path}: name does not match {pattern.field} '{pattern.text}'")
+            unmatched.append(path)
             continue
         key = key or path.stem
         if key in out:
@@ -127,7 +127,20 @@ def image_files(folder: Path, pattern: NamePattern | None = None,
                            "keep one file per case in a folder")
             continue
         out[key] = path
+    if unmatched and pattern is not None:
+        report_problem(problems, _one_line(unmatched, folder, "name does not match",
+                                           f"{pattern.field} '{pattern.text}'"))
     return out
+
+
+def _one_line(paths: list[Path], folder: Path, what: str, rule: str) -> str:
+    """One problem line for the files of ``folder`` that share a problem: the file itself
+    when there is one, else the count and two examples (a wrong pattern gives one line, not
+    one a file)."""
+    if len(paths) == 1:
+        return f"{paths[0]}: {what} {rule}"
+    examples = ", ".join(p.name for p in paths[:2])
+    return f"{folder}: {len(paths)} files: {what} {rule} (e.g. {examples})"
 
 
 def scan_images_options(data_cfg: Any) -> dict[str, Any]:
@@ -283,10 +296,11 @@ def _scan_image_group(catalog: Catalog, domain: str | None, subset: str, prefix:
             continue
         catalog.cases[prefix + key] = CaseInfo(prefix + key, [path], mask, domain, subset,
                                                roi=roi)
-    for key, path in masks.items():
-        if key not in images:
-            report_problem(problems, f"{path}: mask without an image in {images_folder}/ (case id "
-                           f"'{key}', {pats['image'].field} '{pats['image'].text}')")
+    orphans = [path for key, path in masks.items() if key not in images]
+    if orphans:
+        report_problem(problems, _one_line(
+            orphans, masks_folder, f"mask without an image in {images_folder}/",
+            f"({pats['image'].field} '{pats['image'].text}')"))
     for key, path in rois.items():
         if key not in images and key not in other_ids:
             report_problem(problems, f"{path}: ROI mask without an image in {images_folder}/")

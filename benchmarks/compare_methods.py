@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ssmis.config import load_config
 from ssmis.engine.run import train_run
 from ssmis.eval.compare import compare_runs
+from ssmis.experiment import load_config
 
 METRICS = ("dice", "jaccard", "hd95", "asd")
 

@@ -29,7 +29,8 @@ from scipy import ndimage
 
 from ssmis.data.datasets import load_eval_cases
 from ssmis.data.h5 import la_volume_path, read_list
-from ssmis.data.owndata import CaseReader, scan
+from ssmis.data.layouts import scan_catalog
+from ssmis.data.reader import CaseReader
 from ssmis.datatools import loose_data_config
 from ssmis.eval.metrics import case_metrics
 
@@ -52,11 +53,11 @@ def train_from_nifti(iterations: int) -> bool:
     """Train from a NIfTI copy of the LA sample; evaluate its checkpoint via NIfTI and h5."""
     import torch
 
-    from ssmis.config import load_config
     from ssmis.engine.checkpoint import load_weights
     from ssmis.engine.data import eval_cases
     from ssmis.engine.evaluate import evaluate_split
     from ssmis.engine.run import train_run
+    from ssmis.experiment import load_config
     from ssmis.methods import build_method
 
     repo = Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def main() -> None:
         (root / "dataset.json").write_text(json.dumps({
             "channel_names": {"0": "MRI"}, "labels": {"background": 0, "LA": 1},
             "file_ending": ".nii.gz"}))
-        reader = CaseReader(scan("nifti", root),
+        reader = CaseReader(scan_catalog("nifti", root),
                             loose_data_config("nifti", root, num_classes=2,
                                               normalization="none"))
         print(f"{'case':<22} {'route':<6} {'spacing':<20} dice     jaccard  hd95(mm) asd(mm)")

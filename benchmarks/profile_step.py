@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from ssmis.config import load_config
 from ssmis.engine.data import train_batches
 from ssmis.engine.trainer import Trainer, _to_device, prepare
+from ssmis.experiment import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("data", "training_step", "backward", "optimizer", "on_step_end")

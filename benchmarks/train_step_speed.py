@@ -43,9 +43,9 @@ def time_one(method: str, steps: int, overrides: list[str], dataset: str = "acdc
     median seconds per iteration of the timed (self-training) iterations."""
     import torch
 
-    from ssmis.config import load_config
     from ssmis.engine import trainer as trainer_mod
     from ssmis.engine.run import train_run
+    from ssmis.experiment import load_config
 
     warm = 3
     pre = 2 if method in TWO_PHASE else 0

@@ -30,7 +30,7 @@ def _cfg(root: Path, **fields: Any) -> Any:
 
 
 def write_case(root: Path, k: int, with_mask: bool = True) -> None:
-    shape = (6, 5, 7)  # a last axis of 3 or 4 is taken for a colour mask (owndata.map_mask)
+    shape = (6, 5, 7)  # a last axis of 3 or 4 is taken for a colour mask (pictures.map_mask)
     image = np.full(shape, -1000, dtype=np.int16)
     image[1, :, :] = 75
     label = np.zeros(shape, dtype=np.uint8)

@@ -155,3 +155,21 @@ def test_splits_reports_and_figures_on_a_full_disk(
     with pytest.raises(SSMISError, match=rf"curve.png: {ENOSPC}"):
         report.plot_learning_curve(scalars, tmp_path / "curve.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scalars.jsonl", "splits.json"]
+
+
+def test_atomic_files_get_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files: masks, metrics and checkpoints must stay readable by the
+    group and others as a plain open() under the umask would make them."""
+    import os
+
+    from ssmis.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "metrics.json", "{}")
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o640)
+        write_text(path, "{}\n")  # a rewrite keeps the file's own mode
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

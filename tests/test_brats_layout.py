@@ -12,8 +12,8 @@ import pytest
 
 from ssmis.config import validate_config
 from ssmis.data.h5 import brats_volume_path
-from ssmis.data.owndata import detect_layout
-from ssmis.data.splits import brats_split
+from ssmis.data.layouts import detect_layout
+from ssmis.data.layouts.brats_h5 import brats_split
 from ssmis.errors import SSMISError
 
 SHAPE = (20, 22, 18)  # a little larger than the 16^3 patch

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssmis.config import apply_overrides, load_config, parse_override, to_yaml, validate_config
+from ssmis.config import apply_overrides, parse_override, to_yaml, validate_config
 from ssmis.errors import SSMISError
+from ssmis.experiment import load_config
 from tests.conftest import REPO, tiny_config
 
 

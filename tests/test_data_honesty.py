@@ -13,9 +13,9 @@ import yaml
 
 from ssmis.config import validate_config
 from ssmis.data.layouts import get_layout
-from ssmis.data.layouts.nifti import write_nifti
+from ssmis.data.layouts.images import scan_images
+from ssmis.data.layouts.nifti import scan_nifti, write_nifti
 from ssmis.data.normalisation import ChannelNorm
-from ssmis.data.owndata import scan_images, scan_nifti
 from ssmis.errors import SSMISError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -311,3 +311,54 @@ def test_channel_norm_round_trips_through_config_yaml() -> None:
     assert ChannelNorm.from_dict(yaml.safe_load(yaml.safe_dump(norm.as_dict()))) == norm
     with pytest.raises(SSMISError, match="data.resolved_normalization"):
         ChannelNorm.from_dict({"scheme": "magic"})
+
+
+# -- found by a new user's walk after the first fixes -------------------------------------------
+
+
+def test_a_ct_model_refuses_pictures_and_8bit_values(tmp_path: Path) -> None:
+    """A CT-window record clips HU; display pixels (a PNG, uint8 values) are not HU."""
+    norm = ChannelNorm("ct", clip=(-125.0, 275.0), source="x")
+    with pytest.raises(SSMISError, match=r"a\.png: a picture file .* trained on CT"):
+        norm.check_input("a.png", np.uint16, 4000.0, picture=True)
+    with pytest.raises(SSMISError, match=r"b\.nii\.gz: 8-bit values"):
+        norm.check_input("b.nii.gz", np.uint8, 255.0)
+    norm.check_input("c.nii.gz", np.int16, 1200.0)  # HU in a NIfTI: fine
+
+
+def test_a_share_of_a_very_short_run_keeps_one_pretraining_iteration() -> None:
+    from ssmis.methods import build_method
+
+    for method in ("bcp", "cvbm", "cml"):
+        for params in ({}, {"pretrain_iterations": "20%"}):
+            cfg = validate_config({
+                "data": {"layout": "images", "root": ".", "num_classes": 2,
+                         "labeled_count": 1, "val_count": 1, "patch_size": [32, 32]},
+                "model": {"name": "unet2d", "options": {"widths": [4, 4, 8, 8, 8]}},
+                "method": {"name": method, "params": params},
+                "train": {"iterations": 2, "batch_size": 2, "unlabeled_batch_size": 2}})
+            phases = build_method(cfg).phases()
+            assert [p.iterations for p in phases] == [1, 1], (method, params)
+
+
+def test_an_unquoted_pattern_override_is_a_string() -> None:
+    from ssmis.config import parse_override
+
+    assert parse_override("data.mask_pattern={id}_seg") == (["data", "mask_pattern"], "{id}_seg")
+    with pytest.raises(SSMISError, match="not valid YAML") as err:
+        parse_override("data.patch_size=[32, {]")
+    assert "\n" not in str(err.value)
+
+
+def test_a_wrong_explicit_mask_pattern_is_one_line(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(7):
+        for folder, name in (("images", f"im{i}.png"), ("masks", f"im{i}_seg.png")):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / folder / name)
+    problems: list[str] = []
+    scan_images(tmp_path, problems=problems, mask_pattern="{id}_mask")
+    assert len(problems) == 2, problems  # masks not matching, images without a mask
+    assert problems[0].startswith(f"{tmp_path / 'masks'}: 7 files: name does not match "
+                                  "data.mask_pattern '{id}_mask'")

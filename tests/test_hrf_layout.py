@@ -134,7 +134,7 @@ def test_scores_count_only_the_fov(hrf_root: Path) -> None:
 
 def test_prepare_keeps_hrf_vessels_as_classes(hrf_root: Path, tmp_path: Path) -> None:
     """`ssmis data prepare` reads with the layout's reader: vessels 0/1, not manual1's 0/255."""
-    from ssmis.data.owndata import scan_prepared
+    from ssmis.data.layouts.prepared import scan_prepared
     from ssmis.datatools import prepare
 
     out = prepare(hrf_root, tmp_path / "prepared", [])

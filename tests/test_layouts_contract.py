@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from ssmis.config import validate_config
-from ssmis.data.layouts import LAYOUTS, get_layout
-from ssmis.data.owndata import detect_layout
+from ssmis.data.layouts import LAYOUTS, detect_layout, get_layout
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError
 

@@ -182,7 +182,7 @@ def test_shares_of_the_run_resolve_for_train_iterations() -> None:
 def test_a_share_above_100_percent_is_a_one_line_error() -> None:
     with pytest.raises(SSMISError, match=r"method.params.pretrain_iterations: expected a "
                                          r"percentage .* \(got '120%'\)"):
-        from ssmis.config import check_method
+        from ssmis.experiment import check_method
 
         check_method(tiny_method_config("bcp", {"pretrain_iterations": "120%"}), "x.yaml")
 

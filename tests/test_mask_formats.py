@@ -16,15 +16,12 @@ from PIL import Image
 
 from ssmis.cli import main
 from ssmis.config import DataConfig, validate_config
+from ssmis.data.layouts import scan_catalog
+from ssmis.data.layouts.images import scan_images
+from ssmis.data.layouts.prepared import prepare_dataset
 from ssmis.data.masks import lookup_classes, normalize_mask_values
-from ssmis.data.owndata import (
-    CaseReader,
-    map_mask,
-    prepare_dataset,
-    read_picture,
-    scan,
-    scan_images,
-)
+from ssmis.data.pictures import map_mask, read_picture
+from ssmis.data.reader import CaseReader
 from ssmis.errors import SSMISError
 
 SIZE = (40, 48)  # H, W
@@ -56,7 +53,7 @@ def _cfg(root: Path, **data) -> DataConfig:
 
 def _labels(root: Path, **data) -> dict[str, np.ndarray]:
     cfg = _cfg(root, **data)
-    reader = CaseReader(scan("images", root, cfg), cfg)
+    reader = CaseReader(scan_catalog("images", root, cfg), cfg)
     return {case: reader.load(case, with_label=True).label for case in reader.catalog.cases}
 
 
@@ -195,7 +192,7 @@ def test_16bit_png_keeps_its_range(tmp_path: Path, channels: int,
         Image.fromarray(mask.astype(np.uint8)).save(tmp_path / "masks" / f"{name}.png")
     assert read_picture(tmp_path / "images" / "a.png", "RGB").max() == raw.max()
     cfg = _cfg(tmp_path, num_classes=2, in_channels=channels)
-    arrays = CaseReader(scan("images", tmp_path, cfg), cfg).load("a", with_label=True)
+    arrays = CaseReader(scan_catalog("images", tmp_path, cfg), cfg).load("a", with_label=True)
     assert arrays.image.shape == (channels, *SIZE)
     for c in range(channels):  # scale: divided by the dtype's maximum, 65535, not clipped at 255
         np.testing.assert_allclose(arrays.image[c], raw / 65535.0, rtol=1e-6)
@@ -248,7 +245,7 @@ DRIVE_DATA = {"layout": "images", "num_classes": 2, "in_channels": 3,
 def test_drive_naming_pairs_tif_gif_and_fov(tmp_path: Path) -> None:
     truth = make_drive(tmp_path / "DRIVE")
     cfg = DataConfig(root=str(tmp_path / "DRIVE"), **DRIVE_DATA)
-    catalog = scan("images", cfg.root, cfg)
+    catalog = scan_catalog("images", cfg.root, cfg)
     assert {c: (i.subset, i.domain) for c, i in catalog.cases.items()} == {
         "21": ("train", None), "22": ("train", None), "23": ("train", None),
         "24": ("train", None), "test/01": ("test", None), "test/02": ("test", None)}
@@ -261,7 +258,7 @@ def test_drive_naming_pairs_tif_gif_and_fov(tmp_path: Path) -> None:
     assert arrays.image.shape == (3, *SIZE)
     # a prepared copy keeps the ROI
     prepared = prepare_dataset(catalog, cfg, tmp_path / "prepared", progress=False)
-    again = CaseReader(scan("prepared", prepared), cfg).load("test/01", with_label=True)
+    again = CaseReader(scan_catalog("prepared", prepared), cfg).load("test/01", with_label=True)
     np.testing.assert_array_equal(again.roi, _disk(18))
     np.testing.assert_array_equal(again.label, truth["test/01"])
 

@@ -12,7 +12,9 @@ import pytest
 
 from ssmis.cli import main
 from ssmis.config import validate_config
-from ssmis.data.owndata import CaseReader, grid_difference, scan_nifti
+from ssmis.data.layouts.nifti import scan_nifti
+from ssmis.data.nifti_io import grid_difference
+from ssmis.data.reader import CaseReader
 from tests.test_owndata import _error_line, _write, make_nifti, nifti_config
 
 

@@ -20,9 +20,9 @@ from ssmis.data.h5 import (
     check_h5_values,
     load_h5_case,
 )
+from ssmis.data.layouts.acdc_h5 import acdc_split
 from ssmis.data.phantoms import make_phantom_dataset
 from ssmis.data.sampler import TwoStreamBatchSampler
-from ssmis.data.splits import acdc_split
 from ssmis.data.transforms import RandomGenerator2D
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ssmis.config import load_config
 from ssmis.engine.run import train_run
+from ssmis.experiment import load_config
 from tests.conftest import REPO, SHARED_DATA
 
 pytestmark = pytest.mark.slow

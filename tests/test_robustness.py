@@ -21,12 +21,13 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ssmis.cli import main
-from ssmis.config import load_config, validate_config
+from ssmis.config import validate_config
 from ssmis.engine import checkpoint as ckpt
 from ssmis.engine import trainer as trainer_mod
 from ssmis.engine.evaluate import ValidationScore
 from ssmis.engine.run import evaluate_run, resume_run, train_run
 from ssmis.errors import SSMISError
+from ssmis.experiment import load_config
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssmis.data.splits import Split, acdc_split, la_split, patient_of_slice
+from ssmis.data.layouts.acdc_h5 import acdc_split
+from ssmis.data.layouts.la_h5 import la_split
+from ssmis.data.splits import Split, patient_of_slice
 from ssmis.errors import SSMISError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -47,6 +47,17 @@ def io_reason(err: BaseException) -> str | None:
     return None
 
 
+def _mode_for(path: Path) -> int:
+    """The permission bits a plain ``open(path, "w")`` would give: the existing file's, else
+    0666 less the process's umask (``mkstemp`` makes its files 0600, owner only)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it to ``path``.
 
@@ -68,6 +79,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)

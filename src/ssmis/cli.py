@@ -198,8 +198,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ssmis.config import load_config
     from ssmis.engine.run import resume_run, train_run
+    from ssmis.experiment import load_config
 
     if args.gpus is not None and os.environ.get("WORLD_SIZE") is None:
         return _relaunch_train(args)
@@ -227,9 +227,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _relaunch_train(args: argparse.Namespace, cpu: bool = False) -> int:
     """``ssmis train ... --gpus N``: check the config here (one line, nothing started), then
     the same command as N processes through ``torch.distributed.run``."""
-    from ssmis.config import load_config
     from ssmis.engine.distributed import relaunch
     from ssmis.engine.resume import plan_resume
+    from ssmis.experiment import load_config
 
     argv = ["train"]
     if args.resume is not None:
@@ -322,7 +322,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
             raise SSMISError("data inspect --config takes mask values and classes from the "
                              "config; change them with overrides such as "
                              "data.mask_values=0:0,255:1")
-        from ssmis.config import load_config
+        from ssmis.experiment import load_config
 
         return datatools.inspect_dataset(config=load_config(config_path, overrides),
                                          show_all=args.all)

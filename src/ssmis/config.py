@@ -304,19 +304,6 @@ class DataConfig(_Section):
             raise ValueError("data.intensity_window: expected [low, high] with low < high")
         return self
 
-    def normalization_for(self, channel: int, channel_name: str | None = None,
-                          from_image_file: bool = False) -> str:
-        """The normalisation of one channel, resolving 'auto'."""
-        norm = self.normalization
-        choice = norm[channel] if isinstance(norm, list) else norm
-        if choice != "auto":
-            return choice
-        if from_image_file:
-            return "scale"
-        from ssmis.data.normalisation import scheme_for_channel_name  # numpy only
-
-        return scheme_for_channel_name(channel_name) or "zscore"
-
     @property
     def spatial_dims(self) -> int:
         return len(self.patch_size)
@@ -476,7 +463,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise SSMISError(f"override '{text}': value is not valid YAML ({err})") from None
+        stripped = raw.strip()
+        if (stripped[:1], stripped[-1:]) in (("[", "]"), ("{", "}")):
+            reason = " ".join(str(err).split())
+            raise SSMISError(f"override '{text}': value is not valid YAML ({reason})") from None
+        value = raw  # a plain string YAML cannot read unquoted: data.mask_pattern={id}_seg
     return parts, value
 
 
@@ -516,44 +507,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SSMISError(f"{path}: expected a mapping of sections (data, model, method, train)")
     return data
-
-
-def load_config(path: Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment file, apply overrides, validate, and check the data paths exist."""
-    raw = apply_overrides(read_yaml(path), overrides or [])
-    cfg = validate_config(raw, source=str(path))
-    check_method(cfg, source=str(path))
-    check_paths(cfg)
-    return cfg
-
-
-def check_method(cfg: ExperimentConfig, source: str) -> None:
-    """Validate ``method.name`` and ``method.params`` now, and the batch sizes and patch against
-    the method's and the model's rules, so that their errors name the file (the method itself
-    is built later, after the data are checked).
-
-    Raises:
-        SSMISError: one line naming ``source`` and the field.
-    """
-    from ssmis.methods import get_method  # the registry imports torch and every method
-    from ssmis.models import input_problem
-
-    try:
-        method = get_method(cfg.method.name)
-    except SSMISError as err:
-        raise SSMISError(f"{source}: {err}") from None
-    method.parse_params(cfg.method.params, source)
-    t = cfg.train
-    if method.uses_unlabeled and t.unlabeled_batch_size == 0:
-        raise SSMISError(f"{source}: train.unlabeled_batch_size: method '{cfg.method.name}' "
-                         "trains on unlabeled samples; expected a value >= 1")
-    unlabeled = t.unlabeled_batch_size if method.uses_unlabeled else 0
-    problem = method.batch_problem(t.batch_size, unlabeled) if method.uses_unlabeled else None
-    if problem is None:
-        problem = input_problem(cfg.model.name, cfg.model.options, cfg.data.patch_size,
-                                method.forward_batch(t.batch_size, unlabeled))
-    if problem is not None:
-        raise SSMISError(f"{source}: {problem}")
 
 
 def check_paths(cfg: ExperimentConfig) -> None:

@@ -16,18 +16,13 @@ from typing import Any
 import numpy as np
 
 from ssmis.config import DataConfig
-from ssmis.data.layouts import CatalogLayout, get_layout
+from ssmis.data.cases import Catalog, ignored_lines
+from ssmis.data.layouts import CatalogLayout, find_layout, get_layout, scan_catalog
 from ssmis.data.layouts.catalog import resample_notes
 from ssmis.data.layouts.h5 import H5Layout
+from ssmis.data.nifti_io import declared_classes_problem
 from ssmis.data.normalisation import describe_all
-from ssmis.data.owndata import (
-    CaseReader,
-    Catalog,
-    declared_classes_problem,
-    detect_layout,
-    ignored_lines,
-    scan,
-)
+from ssmis.data.reader import CaseReader
 from ssmis.errors import SSMISError
 
 _PREVIEW = 20
@@ -65,7 +60,7 @@ def _channels_of(catalog: Catalog) -> int:
         return len(catalog.channel_names) or (len(first.images) if first else 1)
     if catalog.kind == "prepared":
         return int(catalog.manifest.get("in_channels", 1))
-    from ssmis.data.owndata import picture_size
+    from ssmis.data.pictures import picture_size
 
     for info in catalog.cases.values():
         try:
@@ -115,7 +110,7 @@ def _own_cases(catalog: Catalog, reader: CaseReader, problems: list[str]
             else "unlabeled"
         dtype, rng = arrays.source_dtype, arrays.source_range
         if dtype is None and catalog.kind == "nifti":
-            from ssmis.data.owndata import read_nifti
+            from ssmis.data.nifti_io import read_nifti
 
             dtype = str(read_nifti(info.images[0], header_only=True)[3].get_data_dtype())
         if rng is None:
@@ -219,7 +214,7 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
     if root is None:
         raise SSMISError("data inspect: give a dataset folder or --config CONFIG.yaml")
     root = Path(root)
-    layout = layout or detect_layout(root)
+    layout = layout or find_layout(root)
     problems: list[str] = []
     out(f"dataset {root}")
     out(f"layout  {layout}" + ("" if config is None else " (from the config)"))
@@ -236,7 +231,7 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
         if num_classes:
             expected = set(range(num_classes))
     else:
-        catalog = scan(layout, root, data_cfg, problems=problems)
+        catalog = scan_catalog(layout, root, data_cfg, problems=problems)
         for line in ignored_lines(catalog, limit=len(catalog.ignored) if show_all else 5):
             out(line)
         if catalog.channel_names:
@@ -386,16 +381,16 @@ def data_config_for(path: Path, overrides: list[str] | None = None, **fields: An
     """(data config, full config or None) from an experiment YAML or a dataset folder."""
     path = Path(path)
     if path.suffix in (".yaml", ".yml"):
-        from ssmis.config import load_config
+        from ssmis.experiment import load_config
 
         cfg = load_config(path, overrides or [])
         return cfg.data, cfg
 
-    layout = detect_layout(path)
+    layout = find_layout(path)
     if not issubclass(get_layout(layout), CatalogLayout):
         raise SSMISError(f"{path}: {layout} datasets come with their split lists; give an "
                          "experiment YAML to write their split")
-    catalog = scan(layout, path)
+    catalog = scan_catalog(layout, path)
     fields.setdefault("in_channels", _channels_of(catalog))
     return loose_data_config(layout, path, **fields), None
 
@@ -423,19 +418,19 @@ def write_split(path: Path, out: Path, overwrite: bool = False,
                              "--labeled-cases")
         if data.val_count is None and data.val_fraction is None:
             raise SSMISError("--val: give a count (2) or a fraction (0.2)")
-        split = split_from_catalog(scan(data.layout, data.root, data), data)
+        split = split_from_catalog(scan_catalog(data.layout, data.root, data), data)
     out.parent.mkdir(parents=True, exist_ok=True)
     split.save(out)
     return out
 
 
 def prepare(path: Path, out: Path, overrides: list[str] | None = None, **fields: Any) -> Path:
-    from ssmis.data.owndata import prepare_dataset
+    from ssmis.data.layouts.prepared import prepare_dataset
 
     data, _ = data_config_for(path, overrides, **fields)
     cls = get_layout(data.layout)
     if not issubclass(cls, CatalogLayout) or data.layout == "prepared":
         raise SSMISError(f"{data.root}: prepare converts folder datasets (nifti, images, hrf, "
                          f"...), not {data.layout}")
-    catalog = scan(data.layout, data.root, data)
+    catalog = scan_catalog(data.layout, data.root, data)
     return prepare_dataset(catalog, data, Path(out), reader=cls.make_reader(catalog, data))

@@ -22,14 +22,10 @@ import torch
 
 from ssmis.atomic import atomic_write
 from ssmis.config import ExperimentConfig, read_yaml, validate_config
+from ssmis.data.cases import strip_ending
+from ssmis.data.nifti_io import NIFTI_ENDINGS, read_nifti
 from ssmis.data.normalisation import ChannelNorm
-from ssmis.data.owndata import (
-    IMAGE_EXTS,
-    NIFTI_ENDINGS,
-    read_nifti,
-    read_picture,
-    strip_ending,
-)
+from ssmis.data.pictures import IMAGE_EXTS, read_picture
 from ssmis.errors import SSMISError
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -192,10 +188,11 @@ def finite_or_refuse(path: Path, x: np.ndarray, fill: bool) -> np.ndarray:
     return out
 
 
-def _normalised(path: Path, x: np.ndarray, norm: ChannelNorm, fill: bool) -> np.ndarray:
+def _normalised(path: Path, x: np.ndarray, norm: ChannelNorm, fill: bool,
+                picture: bool = False) -> np.ndarray:
     """One channel of an input file, checked and normalised by the run's record."""
     x = finite_or_refuse(path, x, fill)
-    norm.check_input(path, x.dtype, float(x.max()) if x.size else 0.0)
+    norm.check_input(path, x.dtype, float(x.max()) if x.size else 0.0, picture=picture)
     return norm.apply(x)
 
 
@@ -220,7 +217,8 @@ def _load_job(job: Job, cfg: ExperimentConfig, norms: list[ChannelNorm],
                          "files give 1 or 3")
     raw = read_picture(job.inputs[0], mode)
     pixels = raw if raw.ndim == 3 else raw[..., None]
-    image = np.stack([_normalised(job.inputs[0], pixels[..., c], norms[c], fill_nonfinite)
+    image = np.stack([_normalised(job.inputs[0], pixels[..., c], norms[c], fill_nonfinite,
+                                  picture=True)
                       for c in range(pixels.shape[-1])])
     return image, raw
 
@@ -299,8 +297,14 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
 
         iterator = tqdm(jobs, desc="predict", unit="file", file=sys.stderr)
     with torch.no_grad():
-        for job in iterator:
-            image, ref = _load_job(job, cfg, norms, fill_nonfinite)
+        for done, job in enumerate(iterator):
+            try:
+                image, ref = _load_job(job, cfg, norms, fill_nonfinite)
+            except SSMISError as err:
+                if not done:
+                    raise
+                raise SSMISError(f"{err}; the {done} case(s) before it were written completely "
+                                 "(rerun with --skip-existing after fixing it)") from None
             targets = _outputs(job, out, overlay)
             if job.kind == "nifti":
                 pred = _predict_volume(fn, image, cfg, dev)

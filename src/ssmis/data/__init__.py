@@ -21,9 +21,11 @@ from ssmis.data.h5 import (
     load_h5_case,
     read_list,
 )
+from ssmis.data.layouts.acdc_h5 import acdc_split
+from ssmis.data.layouts.la_h5 import la_split
 from ssmis.data.phantoms import make_phantom_dataset
 from ssmis.data.sampler import TwoStreamBatchSampler
-from ssmis.data.splits import Split, acdc_split, la_split, patient_of_slice
+from ssmis.data.splits import Split, patient_of_slice
 from ssmis.data.transforms import (
     CenterCrop3D,
     Compose,

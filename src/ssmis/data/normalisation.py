@@ -45,6 +45,19 @@ def scheme_for_channel_name(name: str | None) -> str | None:
     return NNUNET_CHANNEL_SCHEMES.get(name.strip().casefold(), "zscore")
 
 
+def resolve_scheme(normalization: str | Sequence[str], channel: int,
+                   channel_name: str | None = None, from_image_file: bool = False) -> str:
+    """The scheme of one channel from ``data.normalization`` (one value, or one per channel),
+    resolving ``auto``: ``scale`` for picture files, else nnU-Net's scheme for the channel's
+    ``dataset.json`` name (:func:`scheme_for_channel_name`), else ``zscore``."""
+    choice = normalization if isinstance(normalization, str) else normalization[channel]
+    if choice != "auto":
+        return choice
+    if from_image_file:
+        return "scale"
+    return scheme_for_channel_name(channel_name) or "zscore"
+
+
 def normalize(image: np.ndarray, method: str, window: Sequence[float] = (-1000.0, 1000.0),
               raw_dtype: np.dtype | None = None) -> np.ndarray:
     """One channel's intensities as float32 by ``method`` (see the module docstring);
@@ -125,13 +138,22 @@ class ChannelNorm:
             return (y - float(inside.mean())) / (std if std > 1e-8 else 1.0)
         return normalize(y, self.scheme)
 
-    def check_input(self, path: Any, dtype: Any, value_max: float) -> None:
+    def check_input(self, path: Any, dtype: Any, value_max: float, picture: bool = False
+                    ) -> None:
         """Refuse a file whose values this record would put on another scale than training's.
 
         Raises:
             SSMISError: ``scale`` of integer pictures and the file has values above the
-                divisor (e.g. a 16-bit file for a model trained on 8-bit ones).
+                divisor (e.g. a 16-bit file for a model trained on 8-bit ones); ``ct`` (a
+                window in HU) and a picture file or 8-bit values, which are display pixels,
+                not CT intensities.
         """
+        if self.scheme == "ct" and (picture or np.dtype(dtype) == np.uint8):
+            what = "a picture file" if picture else "8-bit values"
+            raise SSMISError(
+                f"{path}: {what} ({np.dtype(dtype)}, up to {value_max:g}), but the model was "
+                "trained on CT intensities in HU (its data.resolved_normalization clips to a HU "
+                "window); give the scan as NIfTI in HU")
         if self.scheme == "scale" and self.divisor and value_max > self.divisor:
             raise SSMISError(
                 f"{path}: values up to {value_max:g} ({np.dtype(dtype)}), but the model was "

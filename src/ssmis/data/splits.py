@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from ssmis.data.h5 import read_list
 from ssmis.errors import SSMISError
 
 SPLIT_NAMES = ("labeled", "unlabeled", "val", "test")
@@ -177,7 +176,7 @@ def _group_of_stem(stem: str, group_by: str) -> str:
 
 
 #: path parts of a case id that name a training-pool subset folder, not a domain (``val/<id>``:
-#: ``ssmis.data.owndata.SUBSET_FOLDERS``)
+#: ``ssmis.data.layouts.images.SUBSET_FOLDERS``)
 SUBSET_ID_PARTS = frozenset({"val"})
 
 
@@ -266,127 +265,6 @@ def grouping_note(ids: Sequence[str], group_by: str = "auto") -> str | None:
 def patient_of_slice(slice_id: str) -> str:
     """``patient099_frame01_slice_15`` -> ``patient099`` (also accepts volume ids)."""
     return _FRAME_SUFFIX.sub("", _SLICE_SUFFIX.sub("", slice_id))
-
-
-def _read_nonempty(path: Path, split: str) -> list[str]:
-    ids = read_list(path)
-    if not ids:
-        raise SSMISError(f"{path}: split '{split}' is empty")
-    duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
-    if duplicates:
-        raise SSMISError(f"{path}: id(s) listed more than once: {duplicates[:5]}")
-    return ids
-
-
-def _check_root(root: Path) -> Path:
-    root = Path(root)
-    if not root.is_dir():
-        raise SSMISError(f"data.root: folder {root} not found")
-    return root
-
-
-def acdc_split(
-    root: Path, labeled_patients: int | None = None, labeled_slices: int | None = None
-) -> Split:
-    """SSL4MIS ACDC split: the first patients (or slices) of ``train_slices.list`` are labeled.
-
-    Patients are taken in the order they first appear in the list, and all of a patient's
-    slices are labeled; on the published lists this is exactly the first 68 slices for 3
-    patients and the first 136 for 7. Val and test are whole volumes from ``val.list`` and
-    ``test.list``.
-    """
-    root = _check_root(root)
-    if (labeled_patients is None) == (labeled_slices is None):
-        raise SSMISError(
-            "data.labeled_patients / data.labeled_slices: set exactly one of the two "
-            f"(got {labeled_patients} and {labeled_slices})"
-        )
-    train = _read_nonempty(root / "train_slices.list", "train")
-    val = _read_nonempty(root / "val.list", "val")
-    test = _read_nonempty(root / "test.list", "test")
-    if labeled_patients is not None:
-        patients = list(dict.fromkeys(patient_of_slice(i) for i in train))
-        if not 1 <= labeled_patients <= len(patients):
-            raise SSMISError(
-                f"data.labeled_patients: {labeled_patients} is out of range, expected 1.."
-                f"{len(patients)} (patients in {root / 'train_slices.list'})"
-            )
-        chosen = set(patients[:labeled_patients])
-        labeled = [i for i in train if patient_of_slice(i) in chosen]
-        unlabeled = [i for i in train if patient_of_slice(i) not in chosen]
-    else:
-        assert labeled_slices is not None
-        if not 1 <= labeled_slices <= len(train):
-            raise SSMISError(
-                f"data.labeled_slices: {labeled_slices} is out of range, expected 1..{len(train)}"
-                f" (slices in {root / 'train_slices.list'})"
-            )
-        labeled, unlabeled = train[:labeled_slices], train[labeled_slices:]
-    split = Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test)
-    split.check_disjoint()
-    # slices and volumes have different ids, so also compare patients: none may leak
-    train_patients = {patient_of_slice(i) for i in train}
-    for name, ids in (("val", val), ("test", test)):
-        leaked = sorted(train_patients & {patient_of_slice(i) for i in ids})
-        if leaked:
-            raise SSMISError(
-                f"{root / (name + '.list')}: patient(s) {leaked[:5]} also in train_slices.list"
-            )
-    val_patients = {patient_of_slice(i) for i in val}
-    leaked = sorted(val_patients & {patient_of_slice(i) for i in test})
-    if leaked:
-        raise SSMISError(f"{root / 'test.list'}: patient(s) {leaked[:5]} also in val.list")
-    return split
-
-
-def la_split(root: Path, labeled_count: int, val_count: int) -> Split:
-    """UA-MT LA split: the first ``labeled_count`` ids of ``train.list`` are labeled.
-
-    Validation is carved from the END of ``train.list`` (never from ``test.list``, so the test
-    cases stay unseen until the final evaluation); the ids in between are unlabeled.
-    """
-    root = _check_root(root)
-    train = _read_nonempty(root / "train.list", "train")
-    test = _read_nonempty(root / "test.list", "test")
-    if labeled_count < 1:
-        raise SSMISError(f"data.labeled_count: {labeled_count} is out of range, expected >= 1")
-    if val_count < 1:
-        raise SSMISError(
-            f"data.val_count: {val_count} is out of range, expected >= 1 (validation cases "
-            "are carved from the end of train.list)"
-        )
-    if labeled_count + val_count > len(train):
-        raise SSMISError(
-            f"data.labeled_count + data.val_count: {labeled_count} + {val_count} exceed the "
-            f"{len(train)} ids in {root / 'train.list'}"
-        )
-    split = Split(
-        labeled=train[:labeled_count],
-        unlabeled=train[labeled_count: len(train) - val_count],
-        val=train[len(train) - val_count:],
-        test=test,
-    )
-    in_train = sorted(set(train) & set(test))
-    if in_train:
-        raise SSMISError(f"{root / 'test.list'}: id(s) {in_train[:5]} also in train.list")
-    split.check_disjoint()
-    return split
-
-
-def brats_split(root: Path, labeled_count: int) -> Split:
-    """SSL4MIS BraTS2019 split: the first ``labeled_count`` ids of ``train.txt`` are labeled,
-    the rest of it unlabeled (SSL4MIS: 25 of 250); ``val.txt`` and ``test.txt`` as given."""
-    root = _check_root(root)
-    train = _read_nonempty(root / "train.txt", "train")
-    val = _read_nonempty(root / "val.txt", "val")
-    test = _read_nonempty(root / "test.txt", "test")
-    if not 1 <= labeled_count < len(train):
-        raise SSMISError(f"data.labeled_count: {labeled_count} is out of range, expected 1.."
-                         f"{len(train) - 1} ({len(train)} ids in {root / 'train.txt'})")
-    split = Split(labeled=train[:labeled_count], unlabeled=train[labeled_count:], val=val,
-                  test=test)
-    split.check_disjoint()
-    return split
 
 
 # --------------------------------------------------------------------------- own data

@@ -18,7 +18,7 @@ from ssmis.data.datasets import EvalCase, TwoStreamDataset, collate_two_stream
 from ssmis.data.device_aug import DeviceBatchStream, SliceBank
 from ssmis.data.layouts import CatalogLayout, Layout, get_layout
 from ssmis.data.normalisation import describe_all
-from ssmis.data.owndata import CaseReader
+from ssmis.data.reader import CaseReader
 from ssmis.data.sampler import RankShardSampler, TwoStreamBatchSampler
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ssmis.atomic import write_json, write_text
-from ssmis.config import ExperimentConfig, check_method, to_yaml
+from ssmis.config import ExperimentConfig, to_yaml
 from ssmis.data.datasets import EvalCase
 from ssmis.data.layouts import Layout
 from ssmis.data.sampler import check_batch_split
@@ -63,6 +63,7 @@ from ssmis.engine.schedule import Restart, phase_lr
 from ssmis.engine.seed import capture_rng_state, restore_rng_state, seed_everything
 from ssmis.engine.threads import ThreadChoice, apply_threads
 from ssmis.errors import RunInterrupted, SSMISError
+from ssmis.experiment import check_method
 from ssmis.methods import Method, Phase, build_method
 from ssmis.models import input_problem
 from ssmis.ramps import share_fraction

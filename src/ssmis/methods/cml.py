@@ -150,7 +150,8 @@ class CML(HalvedBatches, DualNetMethod[CMLParams]):
         self.w_u = p.w_u if p.w_u is not None else (0.5 if dims == 2 else 1.0)
         self.w_dis = p.w_dis if p.w_dis is not None else (0.1 if dims == 2 else 0.2)
         self.recipe = "acdc" if dims == 2 else "la"
-        self.params = with_published_pretrain(p, self.recipe, cfg.train.iterations)
+        self.params = with_published_pretrain(p, self.recipe, cfg.train.iterations,
+                                              self.declared_params.pretrain_iterations)
         self._init_choice()
 
     # -- the two subnets --------------------------------------------------------------------

@@ -62,13 +62,19 @@ class TwoPhaseParams(EMAParams):
 PUBLISHED_PRETRAIN: dict[str, tuple[int, int]] = {"acdc": (10000, 40000), "la": (2000, 17000)}
 
 
-def with_published_pretrain(params: P, recipe: str, total: int) -> P:
+def with_published_pretrain(params: P, recipe: str, total: int, declared: Any = None) -> P:
     """``params`` with a null ``pretrain_iterations`` set to the published share of ``total``
-    (:data:`PUBLISHED_PRETRAIN` of ``recipe``), rounded to whole iterations."""
-    if params.pretrain_iterations is not None:  # type: ignore[attr-defined]
-        return params
-    pre, of = PUBLISHED_PRETRAIN[recipe]
-    return params.model_copy(update={"pretrain_iterations": int(round(total * pre / of))})
+    (:data:`PUBLISHED_PRETRAIN` of ``recipe``), rounded to whole iterations. A share (the
+    default or a ``'20%'`` given as ``declared``) of a run so short that it rounds to 0 keeps
+    one pre-training iteration (``total >= 2``): a share never silently drops the phase."""
+    value = params.pretrain_iterations  # type: ignore[attr-defined]
+    if value is None:
+        pre, of = PUBLISHED_PRETRAIN[recipe]
+        value = int(round(total * pre / of))
+    as_share = declared is None or isinstance(declared, str)
+    if as_share and value == 0 and total >= 2:
+        value = 1
+    return params.model_copy(update={"pretrain_iterations": value})
 
 
 def published_share(recipe: str) -> str:
@@ -147,7 +153,8 @@ class TwoPhaseMethod(HalvedBatches, Method[TwoPhaseParamsT]):
         if recipe == "auto":
             recipe = "acdc" if cfg.data.spatial_dims == 2 else "la"
         self.recipe = recipe
-        self.params = p = with_published_pretrain(p, recipe, cfg.train.iterations)
+        self.params = p = with_published_pretrain(
+            p, recipe, cfg.train.iterations, self.declared_params.pretrain_iterations)
         self.ema_buffers: BufferPolicy = buffer_policy(p.ema_buffers, p.teacher_train_mode,
                                                     "ema" if recipe == "acdc" else "own")
         self.reset_opt = p.reset_optimizer if p.reset_optimizer is not None else recipe == "la"

@@ -148,7 +148,8 @@ def plan_reproduction(table: PublishedTable, out: Path | None, configs: Path,
     SSMISError: the table is not runnable (its reason), an unknown setting or method, a
     method without a config, a config that does not validate.
     """
-    from ssmis.config import check_method, load_config, read_yaml
+    from ssmis.config import read_yaml
+    from ssmis.experiment import check_method, load_config
     from ssmis.reproduce.protocols import protocol_overrides
 
     if not table.runnable:

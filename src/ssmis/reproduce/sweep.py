@@ -141,7 +141,8 @@ def expand_grid(configs: Sequence[Path], out: Path, methods: Sequence[str] | Non
     job's config is loaded and validated here (unknown key, bad value, missing data folder),
     before anything is written.
     """
-    from ssmis.config import check_method, load_config, read_yaml
+    from ssmis.config import read_yaml
+    from ssmis.experiment import check_method, load_config
 
     jobs: list[Job] = []
     for config in configs:
@@ -174,7 +175,8 @@ def expand_grid(configs: Sequence[Path], out: Path, methods: Sequence[str] | Non
 
 def _config_differences(job: Job) -> str | None:
     """The first key where the run folder's config differs from the job's, or None."""
-    from ssmis.config import RECORD_FIELDS, load_config, read_yaml
+    from ssmis.config import RECORD_FIELDS, read_yaml
+    from ssmis.experiment import load_config
 
     stored = read_yaml(job.path / "config.yaml")
     from ssmis.methods import declared_params

@@ -9,7 +9,9 @@ import the config module (at import time), the engine or the CLI.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from ssmis.data.cases import Catalog
 from ssmis.data.layouts.abdomenct1k import AbdomenCT1K
 from ssmis.data.layouts.acdc_h5 import ACDCH5
 from ssmis.data.layouts.acdc_nifti import ACDCNifti
@@ -73,5 +75,48 @@ def detect_layout(root: Path) -> str | None:
     return None
 
 
-__all__ = ["LAYOUTS", "CaseEntry", "CatalogLayout", "Layout", "detect_layout", "get_layout",
+def find_layout(root: Path, images_dir: str = "images") -> str:
+    """:func:`detect_layout` for a folder the user named (``images_dir``: the images folder
+    of an ``images`` dataset named otherwise).
+
+    Raises:
+        SSMISError: ``root`` is missing, a file, or matches no layout.
+    """
+    root = Path(root)
+    if root.is_file():
+        raise SSMISError(f"{root}: expected a dataset folder, got a file")
+    if not root.is_dir():
+        raise SSMISError(f"{root}: folder not found")
+    found = detect_layout(root)
+    if found is None and images_dir != "images" and (
+            (root / images_dir).is_dir()
+            or any((d / images_dir).is_dir() for d in root.iterdir() if d.is_dir())):
+        found = "images"
+    if found is None:
+        raise SSMISError(f"{root}: unknown dataset layout (expected one of the registered "
+                         f"layouts: {', '.join(sorted(LAYOUTS))}; `ssmis data layouts` says "
+                         "how each stores a dataset)")
+    return found
+
+
+def scan_catalog(layout: str, root: Path, data_cfg: Any = None,
+                 problems: list[str] | None = None) -> Catalog:
+    """Catalog of the cases under ``root`` by the registered layout ``layout`` (a
+    :class:`CatalogLayout`); ``data_cfg`` supplies folder names; with ``problems``, fixable
+    problems are collected instead of raised.
+
+    Raises:
+        SSMISError: ``root`` is not a folder, or the layout has no case catalog.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SSMISError(f"data.root: folder {root} not found")
+    cls = get_layout(layout)
+    if not issubclass(cls, CatalogLayout):
+        raise SSMISError(f"layout '{layout}' has no case catalog")
+    return cls.scan(root, data_cfg, problems)
+
+
+__all__ = ["LAYOUTS", "CaseEntry", "CatalogLayout", "Layout", "detect_layout", "find_layout",
+           "get_layout", "scan_catalog",
            "register"]

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ssmis.data.cases import CaseInfo, Catalog
 from ssmis.data.layouts.catalog import CatalogLayout
 from ssmis.data.layouts.nifti import write_nifti
-from ssmis.data.owndata import CaseInfo, Catalog
 from ssmis.errors import SSMISError
 
 #: image folders of the release (one per downloaded part)

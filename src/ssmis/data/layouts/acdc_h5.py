@@ -10,9 +10,64 @@ from typing import Any
 
 from ssmis.data.h5 import acdc_slice_path, acdc_volume_path, read_list
 from ssmis.data.layouts.base import CaseEntry
-from ssmis.data.layouts.h5 import H5Layout
+from ssmis.data.layouts.h5 import H5Layout, check_root, read_split_list
 from ssmis.data.normalisation import ChannelNorm
-from ssmis.data.splits import Split, acdc_split, patient_of_slice
+from ssmis.data.splits import Split, patient_of_slice
+from ssmis.errors import SSMISError
+
+
+def acdc_split(
+    root: Path, labeled_patients: int | None = None, labeled_slices: int | None = None
+) -> Split:
+    """SSL4MIS ACDC split: the first patients (or slices) of ``train_slices.list`` are labeled.
+
+    Patients are taken in the order they first appear in the list, and all of a patient's
+    slices are labeled; on the published lists this is exactly the first 68 slices for 3
+    patients and the first 136 for 7. Val and test are whole volumes from ``val.list`` and
+    ``test.list``.
+    """
+    root = check_root(root)
+    if (labeled_patients is None) == (labeled_slices is None):
+        raise SSMISError(
+            "data.labeled_patients / data.labeled_slices: set exactly one of the two "
+            f"(got {labeled_patients} and {labeled_slices})"
+        )
+    train = read_split_list(root / "train_slices.list", "train")
+    val = read_split_list(root / "val.list", "val")
+    test = read_split_list(root / "test.list", "test")
+    if labeled_patients is not None:
+        patients = list(dict.fromkeys(patient_of_slice(i) for i in train))
+        if not 1 <= labeled_patients <= len(patients):
+            raise SSMISError(
+                f"data.labeled_patients: {labeled_patients} is out of range, expected 1.."
+                f"{len(patients)} (patients in {root / 'train_slices.list'})"
+            )
+        chosen = set(patients[:labeled_patients])
+        labeled = [i for i in train if patient_of_slice(i) in chosen]
+        unlabeled = [i for i in train if patient_of_slice(i) not in chosen]
+    else:
+        assert labeled_slices is not None
+        if not 1 <= labeled_slices <= len(train):
+            raise SSMISError(
+                f"data.labeled_slices: {labeled_slices} is out of range, expected 1..{len(train)}"
+                f" (slices in {root / 'train_slices.list'})"
+            )
+        labeled, unlabeled = train[:labeled_slices], train[labeled_slices:]
+    split = Split(labeled=labeled, unlabeled=unlabeled, val=val, test=test)
+    split.check_disjoint()
+    # slices and volumes have different ids, so also compare patients: none may leak
+    train_patients = {patient_of_slice(i) for i in train}
+    for name, ids in (("val", val), ("test", test)):
+        leaked = sorted(train_patients & {patient_of_slice(i) for i in ids})
+        if leaked:
+            raise SSMISError(
+                f"{root / (name + '.list')}: patient(s) {leaked[:5]} also in train_slices.list"
+            )
+    val_patients = {patient_of_slice(i) for i in val}
+    leaked = sorted(val_patients & {patient_of_slice(i) for i in test})
+    if leaked:
+        raise SSMISError(f"{root / 'test.list'}: patient(s) {leaked[:5]} also in val.list")
+    return split
 
 
 class ACDCH5(H5Layout):

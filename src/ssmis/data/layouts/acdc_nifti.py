@@ -38,10 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from ssmis.data.cases import CaseArrays, CaseInfo, Catalog
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.catalog import CatalogLayout
+from ssmis.data.nifti_io import read_nifti
 from ssmis.data.normalisation import ChannelNorm
-from ssmis.data.owndata import CaseArrays, CaseInfo, CaseReader, Catalog, read_nifti
+from ssmis.data.reader import CaseReader
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError
 

@@ -11,9 +11,26 @@ import numpy as np
 
 from ssmis.data.h5 import brats_volume_path, read_list
 from ssmis.data.layouts.base import CaseEntry
-from ssmis.data.layouts.h5 import H5Layout, write_h5, write_list
+from ssmis.data.layouts.h5 import H5Layout, check_root, read_split_list, write_h5, write_list
 from ssmis.data.normalisation import ChannelNorm
-from ssmis.data.splits import Split, brats_split
+from ssmis.data.splits import Split
+from ssmis.errors import SSMISError
+
+
+def brats_split(root: Path, labeled_count: int) -> Split:
+    """SSL4MIS BraTS2019 split: the first ``labeled_count`` ids of ``train.txt`` are labeled,
+    the rest of it unlabeled (SSL4MIS: 25 of 250); ``val.txt`` and ``test.txt`` as given."""
+    root = check_root(root)
+    train = read_split_list(root / "train.txt", "train")
+    val = read_split_list(root / "val.txt", "val")
+    test = read_split_list(root / "test.txt", "test")
+    if not 1 <= labeled_count < len(train):
+        raise SSMISError(f"data.labeled_count: {labeled_count} is out of range, expected 1.."
+                         f"{len(train) - 1} ({len(train)} ids in {root / 'train.txt'})")
+    split = Split(labeled=train[:labeled_count], unlabeled=train[labeled_count:], val=val,
+                  test=test)
+    split.check_disjoint()
+    return split
 
 
 class BraTSH5(H5Layout):

@@ -1,5 +1,5 @@
 """Shared logic of the layouts whose cases come from a scanned folder (a
-:class:`~ssmis.data.owndata.Catalog`) and are read by a :class:`~ssmis.data.owndata.CaseReader`:
+:class:`~ssmis.data.cases.Catalog`) and are read by a :class:`~ssmis.data.reader.CaseReader`:
 the user's own data (``nifti``, ``images``, ``prepared``) and public datasets kept in their
 released file format."""
 
@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ssmis.data.cases import Catalog, ignored_lines
 from ssmis.data.layouts.base import CaseEntry, Layout
+from ssmis.data.nifti_io import declared_classes_problem
 from ssmis.data.normalisation import ChannelNorm
-from ssmis.data.owndata import CaseReader, Catalog, declared_classes_problem, ignored_lines
+from ssmis.data.reader import CaseReader
 from ssmis.data.spacing import check_spacing_order
 from ssmis.data.splits import Split, case_groups, multi_case_groups, split_from_catalog
 from ssmis.errors import SSMISError
@@ -75,7 +77,7 @@ class CatalogLayout(Layout):
         return self._reader
 
     def normalisation(self) -> list[ChannelNorm]:
-        """The reader's records (:meth:`ssmis.data.owndata.CaseReader.normalisation`)."""
+        """The reader's records (:meth:`ssmis.data.reader.CaseReader.normalisation`)."""
         return self.reader.normalisation(self.data)
 
     def data_notes(self) -> list[str]:

@@ -9,10 +9,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ssmis.data.h5 import check_h5_files, check_h5_values
+from ssmis.data.h5 import check_h5_files, check_h5_values, read_list
 from ssmis.data.layouts.base import Layout
 from ssmis.data.spacing import check_spacing_order, h5_image_shape
 from ssmis.data.splits import Split
+from ssmis.errors import SSMISError
 
 
 class H5Layout(Layout):
@@ -77,3 +78,30 @@ def write_list(path: Path, ids: list[str]) -> None:
     """One id per line (the folder is created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{i}\n" for i in ids))
+
+
+def read_split_list(path: Path, split: str) -> list[str]:
+    """The ids of a list file (one per line) of split ``split``.
+
+    Raises:
+        SSMISError: the file is missing or empty, or lists an id twice.
+    """
+    ids = read_list(path)
+    if not ids:
+        raise SSMISError(f"{path}: split '{split}' is empty")
+    duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if duplicates:
+        raise SSMISError(f"{path}: id(s) listed more than once: {duplicates[:5]}")
+    return ids
+
+
+def check_root(root: Path) -> Path:
+    """``root`` as a Path.
+
+    Raises:
+        SSMISError: ``data.root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SSMISError(f"data.root: folder {root} not found")
+    return root

@@ -33,9 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from ssmis.data.cases import CaseArrays, CaseInfo, Catalog
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.catalog import CatalogLayout
-from ssmis.data.owndata import CaseArrays, CaseInfo, CaseReader, Catalog, read_picture
+from ssmis.data.pictures import read_picture
+from ssmis.data.reader import CaseReader
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError
 
@@ -89,7 +91,7 @@ def _find(folder: Path, name: str) -> Path | None:
 
 
 class HRFReader(CaseReader):
-    """:class:`~ssmis.data.owndata.CaseReader` of the HRF files: the image and the FOV (ROI) as
+    """:class:`~ssmis.data.reader.CaseReader` of the HRF files: the image and the FOV (ROI) as
     the ``images`` reader decodes them ((C, H, W) float32, ``data.normalization`` 'auto' = / 255;
     ROI (H, W) bool, non-zero inside), the vessel label as ``manual1`` > 127 ((H, W) int64)."""
 

@@ -11,9 +11,44 @@ import numpy as np
 
 from ssmis.data.h5 import LA_FOLDER, la_volume_path, read_list
 from ssmis.data.layouts.base import CaseEntry
-from ssmis.data.layouts.h5 import H5Layout, write_h5, write_list
+from ssmis.data.layouts.h5 import H5Layout, check_root, read_split_list, write_h5, write_list
 from ssmis.data.normalisation import ChannelNorm
-from ssmis.data.splits import Split, la_split
+from ssmis.data.splits import Split
+from ssmis.errors import SSMISError
+
+
+def la_split(root: Path, labeled_count: int, val_count: int) -> Split:
+    """UA-MT LA split: the first ``labeled_count`` ids of ``train.list`` are labeled.
+
+    Validation is carved from the END of ``train.list`` (never from ``test.list``, so the test
+    cases stay unseen until the final evaluation); the ids in between are unlabeled.
+    """
+    root = check_root(root)
+    train = read_split_list(root / "train.list", "train")
+    test = read_split_list(root / "test.list", "test")
+    if labeled_count < 1:
+        raise SSMISError(f"data.labeled_count: {labeled_count} is out of range, expected >= 1")
+    if val_count < 1:
+        raise SSMISError(
+            f"data.val_count: {val_count} is out of range, expected >= 1 (validation cases "
+            "are carved from the end of train.list)"
+        )
+    if labeled_count + val_count > len(train):
+        raise SSMISError(
+            f"data.labeled_count + data.val_count: {labeled_count} + {val_count} exceed the "
+            f"{len(train)} ids in {root / 'train.list'}"
+        )
+    split = Split(
+        labeled=train[:labeled_count],
+        unlabeled=train[labeled_count: len(train) - val_count],
+        val=train[len(train) - val_count:],
+        test=test,
+    )
+    in_train = sorted(set(train) & set(test))
+    if in_train:
+        raise SSMISError(f"{root / 'test.list'}: id(s) {in_train[:5]} also in train.list")
+    split.check_disjoint()
+    return split
 
 
 class LAH5(H5Layout):

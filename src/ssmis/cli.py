@@ -374,7 +374,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ssmis.engine.files import result_stem
+    from ssmis.engine.runfolder import result_stem
     from ssmis.eval.compare import compare_runs
 
     table = compare_runs(args.runs, markdown=args.markdown,

@@ -13,6 +13,7 @@ from ssmis.config import (
     ExperimentConfig,
     apply_overrides,
     check_paths,
+    load_config,
     read_yaml,
     validate_config,
 )
@@ -67,6 +68,18 @@ def train_run(cfg: ExperimentConfig, run_dir: Path | None = None, evaluate: bool
             evaluate_run(path, split="test", checkpoint=SELECTED, verbose=verbose,
                          prepared=prepared)
     return path
+
+
+def train_config(config: Path, overrides: list[str] | None = None, run_dir: Path | None = None,
+                 evaluate: bool = True, verbose: bool = True) -> Path:
+    """:func:`train_run` of an experiment YAML with ``key=value`` overrides (what
+    ``ssmis train CONFIG OVERRIDES`` does in one process); returns the run folder.
+
+    Raises:
+        SSMISError: the config is unreadable or invalid, or anything :func:`train_run` raises.
+    """
+    return train_run(load_config(Path(config), list(overrides or [])), run_dir,
+                     evaluate=evaluate, verbose=verbose)
 
 
 def _logger(run_dir: Path, verbose: bool) -> None:

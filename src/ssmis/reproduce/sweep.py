@@ -7,7 +7,8 @@ command: finished runs are skipped, unfinished ones continue from their last che
 first checkpoint start again.
 
 Each job runs in its own process (``python -m ssmis.reproduce.sweep run-job SPEC INDEX``,
-which calls ``ssmis train``), so one crash does not end the sweep; its output goes to
+which trains through :mod:`ssmis.engine.run` as ``ssmis train`` does), so one crash does not
+end the sweep; its output goes to
 ``OUT/logs/<job>.log``. Parallelism: one slot per CPU worker (``--workers``, threads split
 evenly), or ``--per-gpu K`` slots on each visible GPU (``CUDA_VISIBLE_DEVICES`` set per job).
 ``--emit slurm`` writes a job-array script that runs the same per-job command instead.
@@ -38,6 +39,7 @@ from ssmis.engine.runfolder import (
     has_resumable,
 )
 from ssmis.errors import SSMISError
+from ssmis.exits import exit_status
 
 __all__ = [
     "Job",
@@ -237,12 +239,14 @@ def job_state(job: Job, check_config: bool = True) -> str:
 
 
 def run_job(job: Job) -> int:
-    """Train (fresh or resumed) and finish one job, in this process; the exit status.
+    """Train (fresh or resumed) and finish one job, in this process; the exit status that
+    ``ssmis train`` would give (0, 2 with one ``ssmis: error:`` line on stderr, 128 + signal
+    for an interrupted run: :mod:`ssmis.exits`).
 
     The run folder's lock (:mod:`ssmis.engine.runlock`) is held throughout, so a second sweep
     over the same folder stops with one line instead of clearing or resuming a live run.
     """
-    from ssmis.cli import main as cli
+    from ssmis.engine.run import resume_run, train_config
     from ssmis.engine.runlock import run_lock
 
     try:
@@ -253,19 +257,19 @@ def run_job(job: Job) -> int:
             # the final test evaluation always runs: a reproduction's run folder is a normal one
             # (metrics.json, curves, overlays) that `ssmis compare` and `ssmis evaluate` read
             if state == "resume":
-                status = cli(["train", "--resume", job.run_dir, "--quiet"])
+                resume_run(job.path, verbose=False)
             else:  # killed before its first checkpoint: nothing to continue from
                 clear_run_files(job.path)
-                status = cli(["train", job.config, *job.overrides, "--run-dir", job.run_dir,
-                              "--quiet"])
-            if status != 0 or not job.post:
-                return status
-            from ssmis.reproduce.protocols import evaluate_protocols
+                train_config(Path(job.config), job.overrides, job.path, verbose=False)
+            if job.post:
+                from ssmis.reproduce.protocols import evaluate_protocols
 
-            evaluate_protocols(job.path)
-    except SSMISError as err:
-        print(f"ssmis: error: {err}", file=sys.stderr)
-        return 2
+                evaluate_protocols(job.path)
+    except (Exception, KeyboardInterrupt) as err:
+        status = exit_status(err)
+        if status is None:
+            raise
+        return status
     return 0
 
 

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from ssmis.cli import main
 from ssmis.config import validate_config
 from ssmis.engine import checkpoint as ckpt
+from ssmis.engine import runfolder
 from ssmis.engine import trainer as trainer_mod
 from ssmis.engine.evaluate import ValidationScore
 from ssmis.engine.run import evaluate_run, resume_run, train_run
@@ -351,8 +352,8 @@ def test_a_run_folder_in_use_is_refused(phantom_root: Path, tmp_path: Path) -> N
 
 def test_two_runs_of_one_name_in_the_same_second_get_two_folders(tmp_path: Path) -> None:
     cfg = validate_config(tiny_config(tmp_path, tmp_path / "runs"))
-    first = trainer_mod.new_run_dir(cfg, None)
-    second = trainer_mod.new_run_dir(cfg, None)
+    first = runfolder.new_run_dir(cfg, None)
+    second = runfolder.new_run_dir(cfg, None)
     assert first != second and first.is_dir() and second.is_dir()
 
 

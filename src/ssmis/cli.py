@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from ssmis import __version__
-from ssmis.errors import RunInterrupted, SSMISError
+from ssmis.errors import SSMISError
+from ssmis.exits import exit_status
 
 EXAMPLES = """examples:
   ssmis demo                                   phantoms: supervised vs BCP, < 3 min on CPU
@@ -374,7 +375,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ssmis.engine.files import result_stem
+    from ssmis.engine.runfolder import result_stem
     from ssmis.eval.compare import compare_runs
 
     table = compare_runs(args.runs, markdown=args.markdown,
@@ -438,51 +439,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
-    except RunInterrupted as err:
-        if not (getattr(err, "all_processes", False) and _rank_prefix()):  # DDP: rank 0 says it
-            print(f"ssmis: {err}", file=sys.stderr)
-        return err.exit_code
-    except SSMISError as err:
-        _print_error(err)
-        return 2
-    except KeyboardInterrupt:
-        print("ssmis: interrupted", file=sys.stderr)
-        return 130
-    except OSError as err:  # disk full, permission denied, read-only file system, ...
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"ssmis: error: {where}{err.strerror or err}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `ssmis methods | head`: the reader left; not an error of ours
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's flush quiet
-        return 0
-    except Exception as err:  # a data-loader worker wraps our errors in its own exception type
-        original = _wrapped_user_error(err) or _distributed_failure(err)
-        if original is None:
+    except (Exception, KeyboardInterrupt) as err:  # one line and a status (ssmis.exits)
+        status = exit_status(err)
+        if status is None:
             raise
-        print(f"ssmis: error: {_rank_prefix()}{original}", file=sys.stderr)
-        return 2
+        return status
     finally:
         if "ssmis.engine.distributed" in sys.modules:  # leave the DDP process group
             sys.modules["ssmis.engine.distributed"].teardown()
-
-
-def _rank_prefix() -> str:
-    """'[rank R] ' in DDP processes other than rank 0 (torchrun sets RANK)."""
-    rank = os.environ.get("RANK", "0")
-    return f"[rank {rank}] " if rank not in ("", "0") else ""
-
-
-def _print_error(err: SSMISError) -> None:
-    """One line on stderr; an error every DDP process raised alike is printed by rank 0 only."""
-    if getattr(err, "all_processes", False) and _rank_prefix():
-        return
-    print(f"ssmis: error: {_rank_prefix()}{err}", file=sys.stderr)
-
-
-def _distributed_failure(err: Exception) -> str | None:
-    if "ssmis.engine.distributed" not in sys.modules:
-        return None
-    return sys.modules["ssmis.engine.distributed"].failure_message(err)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -495,15 +459,6 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
-
-
-def _wrapped_user_error(err: Exception) -> str | None:
-    """The one-line message of an SSMISError re-raised by a DataLoader worker, if that's it."""
-    text = str(err)
-    marker = "SSMISError: "
-    if marker not in text:
-        return None
-    return text.rsplit(marker, 1)[1].strip().splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 
 from ssmis.config import validate_config
 from ssmis.data.phantoms import make_phantom_dataset
+from ssmis.engine.runfolder import METRICS_FILE
 
 PHANTOM_VERSION = "v2"
 PHANTOM_SIZE = (64, 64)
@@ -79,7 +80,7 @@ def demo_configs(out: Path, iterations: int | None = None) -> dict[str, dict[str
 
 
 def _summary(run: Path) -> dict[str, Any]:
-    return json.loads((run / "metrics.json").read_text())
+    return json.loads((run / METRICS_FILE).read_text())
 
 
 def comparison_text(results: dict[str, dict[str, Any]], runs: dict[str, Path]) -> str:

@@ -26,6 +26,7 @@ from ssmis.data.cases import strip_ending
 from ssmis.data.nifti_io import NIFTI_ENDINGS, read_nifti
 from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.pictures import IMAGE_EXTS, read_picture
+from ssmis.engine.runfolder import CONFIG_FILE, resolve_checkpoint, selected_checkpoint
 from ssmis.errors import SSMISError
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -38,44 +39,6 @@ class Job:
     name: str  # output stem
     kind: str  # nifti | image
     inputs: list[Path]  # one per channel (nifti) or one image
-
-
-def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint file) from a run folder or a .safetensors inside one."""
-    from ssmis.engine.trainer import CKPT_DIR, CONFIG_FILE
-
-    path = Path(path)
-    if path.is_dir():
-        run_dir = path
-        ckpts = run_dir / CKPT_DIR
-        candidates = sorted(ckpts.glob("best*.safetensors")) if ckpts.is_dir() else []
-        # best: the checkpoint the run selected (eval.selection); runs of ssmis < 0.2 with
-        # several phases have only best_<phase>
-        plain = ckpts / "best.safetensors"
-        ckpt = plain if plain.is_file() else (candidates[-1] if candidates else
-                                              ckpts / "last.safetensors")
-    elif path.is_file() and path.suffix == ".safetensors":
-        ckpt = path
-        run_dir = path.parent.parent if path.parent.name == CKPT_DIR else path.parent
-    else:
-        raise SSMISError(f"{path}: expected a run folder or a .safetensors checkpoint")
-    if not ckpt.is_file():
-        raise SSMISError(f"{ckpt}: checkpoint not found")
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise SSMISError(f"{run_dir / CONFIG_FILE}: run config not found beside the checkpoint")
-    return run_dir, ckpt
-
-
-def _best_of_last_phase(run_dir: Path, cfg: ExperimentConfig, method) -> Path | None:
-    """The selected checkpoint (``best``), else (older runs) the best of the last phase."""
-    from ssmis.engine.trainer import CKPT_DIR, SELECTED, best_name
-
-    selected = run_dir / CKPT_DIR / f"{SELECTED}.safetensors"
-    if selected.is_file():
-        return selected
-    phases = method.phases()
-    path = run_dir / CKPT_DIR / f"{best_name(phases, phases[-1])}.safetensors"
-    return path if path.is_file() else None
 
 
 def collect_jobs(inputs: list[Path], in_channels: int) -> list[Job]:
@@ -243,7 +206,7 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
     """
     from ssmis.engine.checkpoint import load_into
     from ssmis.engine.threads import apply_threads
-    from ssmis.engine.trainer import CONFIG_FILE, resolve_device
+    from ssmis.engine.trainer import resolve_device
     from ssmis.eval.inference import flip_tta
     from ssmis.eval.segment import segment
     from ssmis.methods import build_method
@@ -281,7 +244,7 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
     apply_threads(threads or cfg.train.threads)
     method = build_method(cfg)
     if checkpoint.is_dir():
-        ckpt = _best_of_last_phase(run_dir, cfg, method) or ckpt
+        ckpt = selected_checkpoint(run_dir, method.phases()) or ckpt
     load_into(method, ckpt, method_name=cfg.method.name, model_name=cfg.model.name)
     method.to(dev).eval()
 

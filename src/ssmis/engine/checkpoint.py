@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import pickle
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +32,18 @@ from safetensors.torch import load_file, save_file
 
 from ssmis.atomic import atomic_write
 from ssmis.atomic import clean_temporary as _clean_folder
+from ssmis.engine.runfolder import (
+    LAST_LINK,
+    LEGACY_STATE,
+    generation_files,
+    generation_paths,
+    generation_stem,
+    generation_step,
+    manifests,
+)
 from ssmis.errors import SSMISError
 
 FORMAT = "ssmis-2"
-LAST_LINK = "last.safetensors"
-_GENERATION = re.compile(r"^last-(\d{8})\.json$")
 _KEEP_GENERATIONS = 2
 RNG_KEYS = ("torch", "numpy_keys", "numpy_pos", "python")
 
@@ -112,9 +118,7 @@ def save_resumable(ckpt_dir: Path, step: int, weights: Mapping[str, torch.Tensor
     Order: weights, state, manifest (names both files with their step and checksums), then the
     ``last.safetensors`` link; generations older than the previous one are deleted last.
     """
-    stem = f"last-{step:08d}"
-    weights_path = ckpt_dir / f"{stem}.safetensors"
-    state_path = ckpt_dir / f"{stem}_state.pt"
+    weights_path, state_path, manifest_path = generation_paths(ckpt_dir, step)
     try:
         save_weights(weights_path, weights, metadata)
         save_state(state_path, state)
@@ -127,7 +131,6 @@ def save_resumable(ckpt_dir: Path, step: int, weights: Mapping[str, torch.Tensor
         "weights": {"file": weights_path.name, "sha256": file_digest(weights_path)},
         "state": {"file": state_path.name, "sha256": file_digest(state_path)},
     }
-    manifest_path = ckpt_dir / f"{stem}.json"
     _atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest) + "\n"))
     _link_last(weights_path)
     _prune(ckpt_dir, keep=_KEEP_GENERATIONS)
@@ -150,23 +153,11 @@ def _link_last(weights_path: Path) -> None:
     _atomic_write(target, write)
 
 
-def _generations(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """Manifests in the folder, newest step first."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = []
-    for path in ckpt_dir.iterdir():
-        match = _GENERATION.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found, reverse=True)
-
-
 def _prune(ckpt_dir: Path, keep: int) -> None:
     """Delete generation files (and orphans of a killed write) outside the newest ``keep``."""
-    kept = {f"last-{step:08d}" for step, _ in _generations(ckpt_dir)[:keep]}
-    for path in ckpt_dir.glob("last-*"):
-        if path.name.split(".")[0].removesuffix("_state") not in kept:
+    kept = {step for step, _ in manifests(ckpt_dir)[:keep]}
+    for path in generation_files(ckpt_dir):
+        if generation_step(path.name) not in kept:
             path.unlink(missing_ok=True)
 
 
@@ -341,7 +332,7 @@ def find_resumable(ckpt_dir: Path, total: int) -> Resumable:
         SSMISError: no consistent checkpoint exists (the message names the newest problem).
     """
     skipped: list[str] = []
-    for step, manifest_path in _generations(ckpt_dir):
+    for step, manifest_path in manifests(ckpt_dir):
         try:
             found = _verify_generation(ckpt_dir, step, manifest_path, total)
         except SSMISError as err:
@@ -354,7 +345,7 @@ def find_resumable(ckpt_dir: Path, total: int) -> Resumable:
     if skipped:
         raise SSMISError(f"no consistent checkpoint to resume from: {skipped[0]}; start the run "
                          "again in a new folder")
-    legacy = ckpt_dir / "last_state.pt"
+    legacy = ckpt_dir / LEGACY_STATE
     if legacy.is_file():
         raise SSMISError(f"{ckpt_dir}: checkpoint written by an older ssmis (no manifest); it "
                          "cannot be resumed consistently: start the run again")
@@ -364,13 +355,13 @@ def find_resumable(ckpt_dir: Path, total: int) -> Resumable:
 
 def _orphans(ckpt_dir: Path, after: int) -> list[str]:
     """Generation files newer than step ``after`` without a manifest (a write was cut)."""
-    manifests = {step for step, _ in _generations(ckpt_dir)}
+    listed = {step for step, _ in manifests(ckpt_dir)}
     found = set()
-    for path in ckpt_dir.glob("last-*"):
-        match = re.match(r"^last-(\d{8})", path.name)
-        if match and int(match.group(1)) > after and int(match.group(1)) not in manifests:
-            found.add(int(match.group(1)))
-    return [f"{ckpt_dir / f'last-{step:08d}'}.*: incomplete checkpoint of iteration {step} (no "
+    for path in generation_files(ckpt_dir):
+        step = generation_step(path.name)
+        if step is not None and step > after and step not in listed:
+            found.add(step)
+    return [f"{ckpt_dir / generation_stem(step)}.*: incomplete checkpoint of iteration {step} (no "
             "manifest: its write was interrupted)" for step in sorted(found, reverse=True)]
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from ssmis.atomic import write_json
 from ssmis.config import ExperimentConfig, apply_overrides, check_paths, read_yaml, validate_config
-from ssmis.engine.files import CONFIG_FILE, SEGMENTS_FILE
+from ssmis.engine.runfolder import CONFIG_FILE, SEGMENTS_FILE
 from ssmis.engine.schedule import Restart
 from ssmis.errors import SSMISError
 

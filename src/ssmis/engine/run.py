@@ -9,27 +9,37 @@ from typing import Any
 import numpy as np
 
 from ssmis.atomic import write_json, write_text
-from ssmis.config import ExperimentConfig, apply_overrides, check_paths, read_yaml, validate_config
+from ssmis.config import (
+    ExperimentConfig,
+    apply_overrides,
+    check_paths,
+    load_config,
+    read_yaml,
+    validate_config,
+)
 from ssmis.data.splits import Split
 from ssmis.engine import distributed as dist
 from ssmis.engine.checkpoint import load_into
 from ssmis.engine.data import eval_cases
 from ssmis.engine.evaluate import evaluate_split
-from ssmis.engine.files import result_stem
 from ssmis.engine.resume import plan_resume
-from ssmis.engine.runlock import run_lock
-from ssmis.engine.runlog import LOGGER_NAME, setup_logger
-from ssmis.engine.trainer import (
-    CKPT_DIR,
+from ssmis.engine.runfolder import (
     CONFIG_FILE,
+    LEARNING_CURVE,
+    LOG_FILE,
+    SCALARS_FILE,
     SELECTED,
     SPLIT_FILE,
-    Trainer,
-    best_name,
+    VAL_FILE,
+    checkpoint_path,
     has_run_files,
     new_run_dir,
-    prepare,
+    overlays_file,
+    result_stem,
 )
+from ssmis.engine.runlock import run_lock
+from ssmis.engine.runlog import LOGGER_NAME, setup_logger
+from ssmis.engine.trainer import Trainer, prepare
 from ssmis.errors import SSMISError
 
 
@@ -55,15 +65,27 @@ def train_run(cfg: ExperimentConfig, run_dir: Path | None = None, evaluate: bool
         _logger(path, verbose)
         trainer.fit()
         if evaluate:
-            evaluate_run(path, split="test", checkpoint="best", verbose=verbose,
+            evaluate_run(path, split="test", checkpoint=SELECTED, verbose=verbose,
                          prepared=prepared)
     return path
+
+
+def train_config(config: Path, overrides: list[str] | None = None, run_dir: Path | None = None,
+                 evaluate: bool = True, verbose: bool = True) -> Path:
+    """:func:`train_run` of an experiment YAML with ``key=value`` overrides (what
+    ``ssmis train CONFIG OVERRIDES`` does in one process); returns the run folder.
+
+    Raises:
+        SSMISError: the config is unreadable or invalid, or anything :func:`train_run` raises.
+    """
+    return train_run(load_config(Path(config), list(overrides or [])), run_dir,
+                     evaluate=evaluate, verbose=verbose)
 
 
 def _logger(run_dir: Path, verbose: bool) -> None:
     """The run's log (file + console) on rank 0; other DDP processes log nothing."""
     if dist.is_main_process():
-        setup_logger(run_dir / "train.log", verbose)
+        setup_logger(run_dir / LOG_FILE, verbose)
     else:
         _silent_logger()
 
@@ -102,23 +124,9 @@ def resume_run(run_dir: Path, overrides: list[str] | None = None, evaluate: bool
             write = trainer.write_start_files if plan.changes else trainer.write_segments
         trainer.fit(resume=True, after_resume=write)
         if evaluate:
-            evaluate_run(run_dir, split="test", checkpoint="best", verbose=verbose,
+            evaluate_run(run_dir, split="test", checkpoint=SELECTED, verbose=verbose,
                          prepared=prepared)
     return run_dir
-
-
-def checkpoint_path(run_dir: Path, cfg: ExperimentConfig, method, which: str) -> Path:
-    """``best`` (the checkpoint the run selected), ``last``, or a file stem in checkpoints/.
-
-    Runs written before ``best`` meant the selection over the whole run have only
-    ``best_<phase>`` files for multi-phase methods: ``best`` is then the last phase's best."""
-    path = run_dir / CKPT_DIR / f"{which}.safetensors"
-    if which == SELECTED and not path.is_file():
-        phases = method.phases()
-        path = run_dir / CKPT_DIR / f"{best_name(phases, phases[-1])}.safetensors"
-    if not path.is_file():
-        raise SSMISError(f"{path}: checkpoint not found (expected best or last in {CKPT_DIR}/)")
-    return path
 
 
 def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
@@ -143,7 +151,7 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
     with dist.main_only(run_lock, run_dir):
 
         def load() -> tuple[Path, int]:
-            path = checkpoint_path(run_dir, cfg, method, checkpoint)
+            path = checkpoint_path(run_dir, checkpoint, method.phases())
             meta = load_into(method, path, method_name=cfg.method.name,
                              model_name=cfg.model.name)
             return path, int(meta.get("step", "0"))
@@ -188,10 +196,10 @@ def phase_of(phases: list, iteration: int) -> str | None:
 def _pictures(run_dir: Path, cfg: ExperimentConfig, kept, split: str) -> None:
     from ssmis.eval import report
 
-    scalars = run_dir / "scalars.jsonl"
+    scalars = run_dir / SCALARS_FILE
     if scalars.is_file() and scalars.stat().st_size > 0:
-        val = run_dir / "val.jsonl"
-        report.plot_learning_curve(scalars, run_dir / "learning_curve.png",
+        val = run_dir / VAL_FILE
+        report.plot_learning_curve(scalars, run_dir / LEARNING_CURVE,
                                    val if val.is_file() else None)
     if not kept:
         return
@@ -209,4 +217,4 @@ def _pictures(run_dir: Path, cfg: ExperimentConfig, kept, split: str) -> None:
         cases.append({"case": case.case, "domain": case.domain,
                       "image": image.take(index, axis),
                       "label": case.label.take(index, axis), "pred": pred.take(index, axis)})
-    report.plot_overlays(cases, run_dir / f"overlays_{split}.png", cfg.data.names())
+    report.plot_overlays(cases, run_dir / overlays_file(split), cfg.data.names())

@@ -14,7 +14,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +49,20 @@ from ssmis.engine.evaluate import (
     validation_score,
 )
 from ssmis.engine.fast import apply_speed_settings, batch_to_device
-from ssmis.engine.files import CKPT_DIR, CONFIG_FILE, SELECTED, SPLIT_FILE  # noqa: F401
 from ssmis.engine.resume import ResumePlan, restarts, write_segments
+from ssmis.engine.runfolder import (
+    CKPT_DIR,
+    CONFIG_FILE,
+    SCALARS_FILE,
+    SELECTED,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    VAL_FILE,
+    best_name,
+    state_of,
+    weights_file,
+)
 from ssmis.engine.runlog import (
     LOGGER_NAME,
     JsonlWriter,
@@ -78,50 +89,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def best_name(phases: list[Phase], phase: Phase) -> str:
-    """Name of the best-by-validation checkpoint *within* ``phase`` (``best`` for one phase)."""
-    return SELECTED if len(phases) == 1 else f"best_{phase.name}"
-
-
-def new_run_dir(cfg: ExperimentConfig, requested: Path | None) -> Path:
-    """A fresh folder, created here (so two runs started in the same second get two folders);
-    an existing non-empty one is refused so nothing gets overwritten."""
-    if requested is not None:
-        if requested.exists() and not requested.is_dir():
-            raise SSMISError(f"{requested}: --run-dir is a file, expected a folder")
-        if requested.exists() and has_run_files(requested):
-            raise SSMISError(f"{requested}: run folder exists and is not empty "
-                             "(use --resume to continue it, or choose another --run-dir)")
-        _mkdir(requested)
-        return requested
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = cfg.output_dir / cfg.name / f"{stamp}-seed{cfg.seed}"
-    _mkdir(base.parent)
-    path, n = base, 1
-    while True:
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            path, n = base.with_name(f"{base.name}-{n}"), n + 1
-        except OSError as err:
-            raise SSMISError(f"{path}: cannot create the run folder ({err.strerror})") from None
-
-
-def has_run_files(folder: Path) -> bool:
-    """Whether ``folder`` holds anything but the run lock."""
-    from ssmis.engine.runlock import LOCK_FILE
-
-    return any(p.name != LOCK_FILE for p in folder.iterdir())
-
-
-def _mkdir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SSMISError(f"{path}: cannot create the folder ({err.strerror})") from None
 
 
 @dataclass
@@ -341,7 +308,7 @@ class Trainer:
             try:
                 self.optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError, RuntimeError):
-                raise SSMISError(f"{found.weights.with_name(found.weights.stem + '_state.pt')}: "
+                raise SSMISError(f"{state_of(found.weights)}: "
                                  "optimizer state does not fit this run's parameters") from None
         self.best = {k: float(v) for k, v in state["best"].items()}
         self.best_iter = {k: int(v) for k, v in state["best_iter"].items()}
@@ -349,8 +316,8 @@ class Trainer:
                             state.get("val_history", [])]
         self._resume_threads(state.get("threads"))
         if self.main:
-            truncate_jsonl(self.run_dir / "scalars.jsonl", self.step)
-            truncate_jsonl(self.run_dir / "val.jsonl", self.step)
+            truncate_jsonl(self.run_dir / SCALARS_FILE, self.step)
+            truncate_jsonl(self.run_dir / VAL_FILE, self.step)
         return self._rank_rng(state)
 
     def _begin_segment(self) -> None:
@@ -538,9 +505,9 @@ class Trainer:
         elif resume and self.world > 1:
             seed_everything(dist.rank_seed(cfg.seed, dist.rank(), self.step),
                             cfg.train.deterministic)
-        scalars = JsonlWriter(self.run_dir / "scalars.jsonl", enabled=self.main)
-        val_log = JsonlWriter(self.run_dir / "val.jsonl", enabled=self.main)
-        tboard = TensorBoard(self.run_dir / "tensorboard", enabled=self.main)
+        scalars = JsonlWriter(self.run_dir / SCALARS_FILE, enabled=self.main)
+        val_log = JsonlWriter(self.run_dir / VAL_FILE, enabled=self.main)
+        tboard = TensorBoard(self.run_dir / TENSORBOARD_DIR, enabled=self.main)
         progress = Progress(self.total, self.step, desc=f"{cfg.method.name}", enabled=self.main)
         amp = cfg.train.amp and self.device.type == "cuda"
         interval = cfg.train.checkpoint_minutes * 60.0
@@ -657,7 +624,7 @@ class Trainer:
         """Phase boundary: optionally restart from the previous phase's best weights."""
         if phase.init_from_best:
             previous = self.phases[self.phases.index(phase) - 1]
-            path = self.ckpt_dir / f"{best_name(self.phases, previous)}.safetensors"
+            path = weights_file(self.ckpt_dir, best_name(self.phases, previous))
             if dist.on_main(path.is_file):  # DDP: rank 0 reads it, the others receive it
                 if self.main:
                     self._load(path)
@@ -706,7 +673,7 @@ class Trainer:
             self.best[name] = score
             self.best_iter[name] = self.step
             if self.main:
-                save_weights(self.ckpt_dir / f"{name}.safetensors", self.method.state_dict(),
+                save_weights(weights_file(self.ckpt_dir, name), self.method.state_dict(),
                              self._metadata())
         val_log.write({"iter": self.step, "phase": phase.name, "val_dice": score,
                        "best": SELECTED in improved, "empty_predictions": result.empty_predictions,
@@ -807,7 +774,7 @@ class Trainer:
         if self.timing:  # this session's iterations; validation and checkpoints included
             info["timing"] = self.timing
         if self.main:
-            write_json(self.run_dir / "train_summary.json", info)
+            write_json(self.run_dir / SUMMARY_FILE, info)
         return info
 
 

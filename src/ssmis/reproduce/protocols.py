@@ -27,6 +27,7 @@ import numpy as np
 
 from ssmis.atomic import atomic_write, write_json
 from ssmis.config import ExperimentConfig, apply_overrides, parse_override, read_yaml
+from ssmis.engine.runfolder import CONFIG_FILE, SPLIT_FILE, VAL_FILE, phase_best
 from ssmis.errors import SSMISError
 
 __all__ = [
@@ -102,7 +103,7 @@ def protocol_files(run_dir: Path) -> dict[str, Path]:
 
 
 def _val_rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "val.jsonl"
+    path = run_dir / VAL_FILE
     if not path.is_file():
         return []
     rows = []
@@ -132,13 +133,7 @@ def choose_checkpoint(run_dir: Path, selection: str) -> Path:
         else:
             raise SSMISError(f"eval.selection: '{selection}', expected best_overall or "
                              "last_phase")
-    folder = run_dir / "checkpoints"
-    for stem in ([f"best_{phase}"] if phase else []) + ["best"]:
-        path = folder / f"{stem}.safetensors"
-        if path.is_file():
-            return path
-    raise SSMISError(f"{folder}: no best checkpoint (expected best.safetensors or "
-                     f"best_<phase>.safetensors; did the run validate?)")
+    return phase_best(run_dir, phase)
 
 
 def _protocol_config(raw: dict[str, Any], name: str, source: str) -> ExperimentConfig:
@@ -186,12 +181,12 @@ def _evaluate_protocols(run_dir: Path, overlay_cases: int,
     from ssmis.eval.report import pick_slice
     from ssmis.eval.segment import predict_case
 
-    source = str(run_dir / "config.yaml")
-    raw = read_yaml(run_dir / "config.yaml")
+    source = str(run_dir / CONFIG_FILE)
+    raw = read_yaml(run_dir / CONFIG_FILE)
     cfgs = {n: _protocol_config(raw, n, source) for n in names}
     base = next(iter(cfgs.values()))
     check_paths(base)
-    prepared = prepare(base, Split.load(run_dir / "splits.json"))
+    prepared = prepare(base, Split.load(run_dir / SPLIT_FILE))
     method, device = prepared.method, prepared.device
     chosen = {n: choose_checkpoint(run_dir, PROTOCOLS[n].selection) for n in names}
     structures = base.eval.structures(base.data.names())

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ssmis.engine.runfolder import CONFIG_FILE, SUMMARY_FILE
 from ssmis.errors import SSMISError
 from ssmis.reproduce.protocols import PROTOCOLS
 from ssmis.reproduce.published import METRIC_KEYS, PublishedTable
@@ -62,7 +63,7 @@ def _recorded_iterations(run: Path) -> int | None:
     from ssmis.config import read_yaml
 
     try:
-        return int((read_yaml(run / "config.yaml").get("train") or {})["iterations"])
+        return int((read_yaml(run / CONFIG_FILE).get("train") or {})["iterations"])
     except (SSMISError, OSError, KeyError, TypeError, ValueError):
         return None
 
@@ -83,7 +84,7 @@ def collect(plan: Plan) -> dict[str, Any]:
         cell["seeds"].append(job.info["seed"])
         cell["runs"].append(str(run))
         cell["iterations"].append(_recorded_iterations(run))
-        summary = _read_json(run / "train_summary.json") or {}
+        summary = _read_json(run / SUMMARY_FILE) or {}
         cell["wall_s"].append((summary.get("timing") or {}).get("wall_s"))
         cell["curves"].append(_val_curve(run))
         for p, res in results.items():

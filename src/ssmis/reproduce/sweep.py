@@ -2,12 +2,13 @@
 
 Every job is one run folder. Its state is read from the folder, so a sweep can be stopped at
 any time (Ctrl-C, a killed machine, a SLURM time limit) and started again with the same
-command: finished runs are skipped, unfinished ones continue from their last checkpoint with
-``ssmis train --resume`` (same data stream and random state), runs killed before their first
-checkpoint start again.
+command: finished runs are skipped, unfinished ones continue from their last checkpoint as
+``ssmis train --resume`` does (same data stream and random state), runs killed before their
+first checkpoint start again.
 
 Each job runs in its own process (``python -m ssmis.reproduce.sweep run-job SPEC INDEX``,
-which calls ``ssmis train``), so one crash does not end the sweep; its output goes to
+which trains through :mod:`ssmis.engine.run` as ``ssmis train`` does), so one crash does not
+end the sweep; its output goes to
 ``OUT/logs/<job>.log``. Parallelism: one slot per CPU worker (``--workers``, threads split
 evenly), or ``--per-gpu K`` slots on each visible GPU (``CUDA_VISIBLE_DEVICES`` set per job).
 ``--emit slurm`` writes a job-array script that runs the same per-job command instead.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from ssmis.atomic import write_json, write_text
+from ssmis.engine.runfolder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    clear_run_files,
+    has_resumable,
+)
 from ssmis.errors import SSMISError
+from ssmis.exits import exit_status
 
 __all__ = [
     "Job",
@@ -75,7 +82,7 @@ class Job:
             from ssmis.reproduce.protocols import protocol_files
 
             return list(protocol_files(self.path).values())
-        return [self.path / "metrics.json"]
+        return [self.path / METRICS_FILE]
 
     def dice(self) -> float | None:
         """The finished run's mean test Dice (honest protocol for reproductions), or None."""
@@ -178,7 +185,7 @@ def _config_differences(job: Job) -> str | None:
     from ssmis.config import RECORD_FIELDS, read_yaml
     from ssmis.experiment import load_config
 
-    stored = read_yaml(job.path / "config.yaml")
+    stored = read_yaml(job.path / CONFIG_FILE)
     from ssmis.methods import declared_params
 
     cfg = load_config(Path(job.config), job.overrides)
@@ -201,20 +208,12 @@ def _config_differences(job: Job) -> str | None:
     return walk(stored, wanted, "")
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether the run folder holds a resumable checkpoint (a ``last-<step>.json`` manifest of
-    :mod:`ssmis.engine.checkpoint`; ``ssmis train --resume`` verifies it and falls back to the
-    previous one when it is damaged)."""
-    folder = run_dir / "checkpoints"
-    return folder.is_dir() and any(folder.glob("last-*.json"))
-
-
 def check_recorded_config(job: Job) -> None:
     """SSMISError (one line naming the run folder and the first differing field) when the
     folder's recorded ``config.yaml`` is not the config the grid asks for (another
     ``--iterations``, ``--set train.lr=...``, method parameter, data, seed...), or when a
     finished run has no ``config.yaml`` to compare."""
-    if not (job.path / "config.yaml").is_file():
+    if not (job.path / CONFIG_FILE).is_file():
         raise SSMISError(f"{job.path}: holds a finished run without config.yaml, so it cannot "
                          "be checked against the grid; choose another --out")
     diff = _config_differences(job)
@@ -234,21 +233,23 @@ def job_state(job: Job, check_config: bool = True) -> str:
         if check_config:
             check_recorded_config(job)
         return "done"
-    if has_checkpoint(job.path):
-        if check_config and (job.path / "config.yaml").is_file():
+    if has_resumable(job.path):
+        if check_config and (job.path / CONFIG_FILE).is_file():
             check_recorded_config(job)
         return "resume"
     return "fresh"
 
 
 def run_job(job: Job) -> int:
-    """Train (fresh or resumed) and finish one job, in this process; the exit status.
+    """Train (fresh or resumed) and finish one job, in this process; the exit status that
+    ``ssmis train`` would give (0, 2 with one ``ssmis: error:`` line on stderr, 128 + signal
+    for an interrupted run: :mod:`ssmis.exits`).
 
     The run folder's lock (:mod:`ssmis.engine.runlock`) is held throughout, so a second sweep
     over the same folder stops with one line instead of clearing or resuming a live run.
     """
-    from ssmis.cli import main as cli
-    from ssmis.engine.runlock import LOCK_FILE, run_lock
+    from ssmis.engine.run import resume_run, train_config
+    from ssmis.engine.runlock import run_lock
 
     try:
         with run_lock(job.path):
@@ -258,21 +259,19 @@ def run_job(job: Job) -> int:
             # the final test evaluation always runs: a reproduction's run folder is a normal one
             # (metrics.json, curves, overlays) that `ssmis compare` and `ssmis evaluate` read
             if state == "resume":
-                status = cli(["train", "--resume", job.run_dir, "--quiet"])
+                resume_run(job.path, verbose=False)
             else:  # killed before its first checkpoint: nothing to continue from
-                for entry in job.path.iterdir():
-                    if entry.name != LOCK_FILE:
-                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-                status = cli(["train", job.config, *job.overrides, "--run-dir", job.run_dir,
-                              "--quiet"])
-            if status != 0 or not job.post:
-                return status
-            from ssmis.reproduce.protocols import evaluate_protocols
+                clear_run_files(job.path)
+                train_config(Path(job.config), job.overrides, job.path, verbose=False)
+            if job.post:
+                from ssmis.reproduce.protocols import evaluate_protocols
 
-            evaluate_protocols(job.path)
-    except SSMISError as err:
-        print(f"ssmis: error: {err}", file=sys.stderr)
-        return 2
+                evaluate_protocols(job.path)
+    except (Exception, KeyboardInterrupt) as err:
+        status = exit_status(err)
+        if status is None:
+            raise
+        return status
     return 0
 
 

@@ -13,7 +13,6 @@ from ssmis.config import (
     ExperimentConfig,
     apply_overrides,
     check_paths,
-    load_config,
     read_yaml,
     validate_config,
 )
@@ -41,6 +40,7 @@ from ssmis.engine.runlock import run_lock
 from ssmis.engine.runlog import LOGGER_NAME, setup_logger
 from ssmis.engine.trainer import Trainer, prepare
 from ssmis.errors import SSMISError
+from ssmis.experiment import load_config
 
 
 def train_run(cfg: ExperimentConfig, run_dir: Path | None = None, evaluate: bool = True,

@@ -24,7 +24,7 @@ from torch import nn
 from ssmis import components
 from ssmis.config import read_yaml, validate_config
 from ssmis.engine.fast import apply_speed_settings, batch_to_device
-from ssmis.engine.trainer import optimization_step
+from ssmis.engine.step import optimization_step
 from ssmis.methods import METHODS, build_method
 
 REPO = Path(__file__).resolve().parents[1]

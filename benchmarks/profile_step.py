@@ -2,7 +2,7 @@
 method's ``training_step`` (forwards, teacher passes, pseudo-labels and their filtering, losses),
 backward, optimizer, ``on_step_end`` (EMA), and the heaviest operators inside them.
 
-Builds the run exactly as ``ssmis train`` does (:func:`ssmis.engine.trainer.prepare`, the engine's
+Builds the run exactly as ``ssmis train`` does (:func:`ssmis.engine.prepare.prepare`, the engine's
 data stream), skips ahead into self-training, and times ``--steps`` iterations phase by phase
 (process CPU seconds, ``time.process_time``, on the CPU: with one torch thread this is robust
 to other processes on a shared machine; wall seconds with a synchronize after each phase on
@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 from ssmis.engine.data import train_batches
-from ssmis.engine.trainer import Trainer, _to_device, prepare
+from ssmis.engine.prepare import prepare
+from ssmis.engine.step import to_device
+from ssmis.engine.trainer import Trainer
 from ssmis.experiment import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,8 +60,8 @@ def profile(method: str, steps: int, overrides: list[str], dataset: str, ops: bo
     def one(record: bool) -> None:
         t = [clock()]
         labeled, unlabeled = next(batches)
-        labeled = _to_device(labeled, dev)
-        unlabeled = _to_device(unlabeled, dev) if unlabeled else None
+        labeled = to_device(labeled, dev)
+        unlabeled = to_device(unlabeled, dev) if unlabeled else None
         sync()
         t.append(clock())
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ssmis.config import validate_config
-from ssmis.engine.trainer import optimization_step
+from ssmis.engine.step import optimization_step
 from ssmis.methods import build_method
 from ssmis.models import count_parameters
 

@@ -77,7 +77,7 @@ def methods_worker(rank: int, world: int, port: int, out: str, cases: list[tuple
     torchrun_env(rank, world, port)
     from ssmis.engine import distributed as dist
     from ssmis.engine.seed import seed_everything
-    from ssmis.engine.trainer import optimization_step
+    from ssmis.engine.step import optimization_step
     from tests.test_methods_contract import _batches, _config, _phase_at
 
     dist.setup("cpu")

@@ -87,7 +87,7 @@ def test_rank_shards_are_the_global_batch_with_its_augmentation_seeds() -> None:
 
 
 def test_a_global_batch_that_does_not_split_is_refused_in_one_line(tmp_path: Path) -> None:
-    from ssmis.engine.trainer import check_process_batch
+    from ssmis.engine.prepare import check_process_batch
     from ssmis.methods import build_method
 
     with pytest.raises(SSMISError, match=r"^train.batch_size: 3 is the global batch and does "

@@ -205,8 +205,8 @@ def predict_files(checkpoint: Path, inputs: list[Path], out: Path, *, overwrite:
     one line naming the file.
     """
     from ssmis.engine.checkpoint import load_into
+    from ssmis.engine.prepare import resolve_device
     from ssmis.engine.threads import apply_threads
-    from ssmis.engine.trainer import resolve_device
     from ssmis.eval.inference import flip_tta
     from ssmis.eval.segment import segment
     from ssmis.methods import build_method

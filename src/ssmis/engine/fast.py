@@ -1,5 +1,5 @@
 """The training step's speed settings (``train.compile``, ``train.channels_last``,
-``train.foreach``), applied once to the built method by :func:`ssmis.engine.trainer.prepare`.
+``train.foreach``), applied once to the built method by :func:`ssmis.engine.prepare.prepare`.
 
 None of them changes a method's maths: channels-last and compiled kernels give the same losses to
 float tolerance, the foreach SGD/EMA updates the same arithmetic bitwise

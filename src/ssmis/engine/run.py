@@ -21,6 +21,7 @@ from ssmis.engine import distributed as dist
 from ssmis.engine.checkpoint import load_into
 from ssmis.engine.data import eval_cases
 from ssmis.engine.evaluate import evaluate_split
+from ssmis.engine.prepare import prepare
 from ssmis.engine.resume import plan_resume
 from ssmis.engine.runfolder import (
     CONFIG_FILE,
@@ -38,7 +39,7 @@ from ssmis.engine.runfolder import (
 )
 from ssmis.engine.runlock import run_lock
 from ssmis.engine.runlog import LOGGER_NAME, setup_logger
-from ssmis.engine.trainer import Trainer, prepare
+from ssmis.engine.trainer import Trainer
 from ssmis.errors import SSMISError
 from ssmis.experiment import load_config
 

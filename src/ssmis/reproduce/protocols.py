@@ -170,7 +170,7 @@ def _evaluate_protocols(run_dir: Path, overlay_cases: int,
     from ssmis.engine.checkpoint import load_into
     from ssmis.engine.data import eval_cases
     from ssmis.engine.evaluate import git_commit
-    from ssmis.engine.trainer import prepare
+    from ssmis.engine.prepare import prepare
     from ssmis.eval.metrics import (
         EMPTY_RULES,
         METRIC_DEFINITIONS,

@@ -285,10 +285,16 @@ def test_run_records_its_normalisation_and_predict_applies_it_to_any_container(
     from_nii, _ = _load_job(Job("b", "nifti", [nii]), run_cfg, norms)
     np.testing.assert_allclose(from_nii, from_png, atol=1e-6)
     np.testing.assert_allclose(from_png[0], pixels / 255.0, atol=1e-6)
+    # an integer file is divided by its own type's maximum, as training divides each file
     deep = tmp_path / "deep.nii.gz"
-    nib.save(nib.Nifti1Image(pixels.astype(np.uint16) * 16, np.eye(4)), str(deep))
-    with pytest.raises(SSMISError, match=r"deep\.nii\.gz: values up to .* divided by 255"):
-        _load_job(Job("c", "nifti", [deep]), run_cfg, norms)
+    nib.save(nib.Nifti1Image(pixels.astype(np.uint16) * 257, np.eye(4)), str(deep))
+    from_deep, _ = _load_job(Job("c", "nifti", [deep]), run_cfg, norms)
+    np.testing.assert_allclose(from_deep, from_png, atol=1e-6)
+    # floating-point values beyond the training files' range cannot be put on their scale
+    hot = tmp_path / "hot.nii.gz"
+    nib.save(nib.Nifti1Image(pixels.astype(np.float32) * 16, np.eye(4)), str(hot))
+    with pytest.raises(SSMISError, match=r"hot\.nii\.gz: values up to .* divided by 255"):
+        _load_job(Job("d", "nifti", [hot]), run_cfg, norms)
 
 
 def test_h5_layouts_record_the_preprocessing_of_their_files() -> None:
@@ -362,3 +368,81 @@ def test_a_wrong_explicit_mask_pattern_is_one_line(tmp_path: Path) -> None:
     assert len(problems) == 2, problems  # masks not matching, images without a mask
     assert problems[0].startswith(f"{tmp_path / 'masks'}: 7 files: name does not match "
                                   "data.mask_pattern '{id}_mask'")
+
+
+# -- found by review: older folders and mixed files --------------------------------------------
+
+
+def test_scale_without_a_recorded_divisor_divides_by_the_file_type() -> None:
+    """A prepared cache of an older ssmis records 'scale' without numbers: an 8-bit input is
+    divided by 255 as that version's predict did, not left at 0..255."""
+    from ssmis.data.prepared_format import prepared_normalisation
+
+    (norm,) = prepared_normalisation({"normalization": ["scale"]}, Path("."))
+    np.testing.assert_allclose(norm.apply(np.array([200], np.uint8)), [200 / 255], rtol=1e-6)
+    np.testing.assert_allclose(norm.apply(np.array([0.5], np.float32)), [0.5])
+
+
+def test_mixed_bit_depths_are_recorded_and_read_as_training_reads_them(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from ssmis.data.layouts import get_layout
+
+    data = get_layout("images").write_example(tmp_path / "d")
+    deep = np.asarray(Image.open(tmp_path / "d" / "site_a" / "images" / "img0.png"),
+                      np.uint16) * 257
+    Image.fromarray(deep).save(tmp_path / "d" / "site_a" / "images" / "img0.png")
+    cfg = _cfg(data, tmp_path / "runs")
+    (norm,) = get_layout("images")(cfg.data).normalisation()
+    assert (norm.scheme, norm.divisor, norm.file_dtype) == ("scale", None, "uint16, uint8")
+    np.testing.assert_allclose(norm.apply(np.array([51400], np.uint16)), [51400 / 65535])
+    np.testing.assert_allclose(norm.apply(np.array([200], np.uint8)), [200 / 255], rtol=1e-6)
+    with pytest.raises(SSMISError, match=r"x\.nii: floating-point values, but the model was "
+                                         r"trained on uint16, uint8 files"):
+        norm.check_input("x.nii", np.float32, 200.0)
+
+
+def test_a_run_without_a_record_is_read_with_the_rule_it_trained_with(tmp_path: Path) -> None:
+    """ssmis before the record read no v1 'modality': such a run trained with zscore, and
+    evaluate/resume/predict keep zscore instead of switching to today's CT window."""
+    from ssmis.engine.data import build_layout, pin_run_normalisation
+
+    _nifti_dataset(tmp_path / "d")
+    (tmp_path / "d" / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"}}))
+    cfg = _cfg({"layout": "nifti", "root": str(tmp_path / "d"), "num_classes": 2,
+                "labeled_count": 2, "val_count": 1, "test_count": 1,
+                "patch_size": [16, 16, 16]}, tmp_path / "r")
+    layout = build_layout(cfg)
+    assert [n.scheme for n in layout.normalisation()] == ["ct"]
+    pinned, layout, lines = pin_run_normalisation(cfg, layout)
+    assert pinned.data.normalization == ["zscore"] and "kept ['zscore']" in lines[0]
+    assert [n.scheme for n in layout.normalisation()] == ["zscore"]
+    (tmp_path / "d" / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}}))
+    same, _, lines = pin_run_normalisation(cfg, build_layout(cfg))
+    assert same.data.normalization == "auto" and lines == []
+
+
+def test_an_explicit_zero_pretraining_share_stays_zero() -> None:
+    from ssmis.methods import build_method
+
+    cfg = validate_config({
+        "data": {"layout": "images", "root": ".", "num_classes": 2, "labeled_count": 1,
+                 "val_count": 1, "patch_size": [32, 32]},
+        "model": {"name": "unet2d", "options": {"widths": [4, 4, 8, 8, 8]}},
+        "method": {"name": "bcp", "params": {"pretrain_iterations": "0%"}},
+        "train": {"iterations": 2, "batch_size": 2, "unlabeled_batch_size": 2}})
+    assert [p.iterations for p in build_method(cfg).phases()] == [2]
+
+
+def test_predict_of_an_older_run_whose_data_are_gone(tmp_path: Path, capsys) -> None:
+    from ssmis.predict import run_normalisation
+
+    images = _cfg({"layout": "images", "root": str(tmp_path / "gone"), "num_classes": 2,
+                   "labeled_count": 1, "val_count": 1, "patch_size": [32, 32]}, tmp_path)
+    (norm,) = run_normalisation(images, tmp_path)
+    assert norm.scheme == "scale" and "not recorded" in capsys.readouterr().err
+    nifti = _cfg({"layout": "nifti", "root": str(tmp_path / "gone"), "num_classes": 2,
+                  "labeled_count": 1, "val_count": 1, "patch_size": [16, 16, 16]}, tmp_path)
+    with pytest.raises(SSMISError, match="point data.root to the training data, or add "
+                                         "data.resolved_normalization"):
+        run_normalisation(nifti, tmp_path)

@@ -20,6 +20,7 @@ import torch
 
 from ssmis.errors import SSMISError
 from ssmis.methods import METHODS, Method, Phase
+from ssmis.methods.teacher import frozen_teacher_problem
 from tests.conftest import tiny_method_config
 
 NUM_STEPS = 3
@@ -209,10 +210,11 @@ def _bn_buffers(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_teachers_move_under_every_option_combination(name: str, tmp_path: Path) -> None:
-    """Each combination of a method's teacher options is refused by its params (config time,
-    one line naming method.params) or trains a teacher whose parameters AND BatchNorm
-    statistics move during the phase that uses it (an eval-mode teacher whose statistics stay
-    at their initial values predicts nothing while validation of the student looks healthy)."""
+    """Each combination of a method's teacher options is refused at config time (its params,
+    or ssmis.experiment.load_config: one line naming method.params) or trains a teacher whose
+    parameters AND BatchNorm statistics move during the phase that uses it (an eval-mode
+    teacher whose statistics stay at their initial values predicts nothing while validation of
+    the student looks healthy)."""
     cls = METHODS[name]
     if name == "synfoc":
         _require_sam()
@@ -227,9 +229,13 @@ def test_teachers_move_under_every_option_combination(name: str, tmp_path: Path)
         base = _config(kind, name, tmp_path).method.params
         raw = {**base, **options}
         try:
-            cls.parse_params(raw)
+            params = cls.parse_params(raw)
         except SSMISError as err:
             assert "method.params." in str(err) and "\n" not in str(err), str(err)
+            continue
+        problem = frozen_teacher_problem(params)  # refused by load_config for new runs
+        if problem is not None:
+            assert problem.startswith("method.params.") and "\n" not in problem, problem
             continue
         accepted += 1
         cfg = tiny_method_config(name, raw, kind, tmp_path, iterations=NUM_STEPS)
@@ -303,3 +309,26 @@ def test_single_phase_summary(tmp_path: Path) -> None:
     method = METHODS["mean_teacher"](tiny_method_config("mean_teacher", {}, "2d", tmp_path,
                                                         iterations=600))
     assert method.phase_summary() == "phases: train 0..599 (600 it, 100% of 600)"
+
+
+def test_a_frozen_teacher_is_refused_for_new_runs_but_old_runs_still_load(tmp_path: Path
+                                                                         ) -> None:
+    """ssmis before this rule recorded ema_buffers: own for every mean teacher run: such a run
+    with teacher_train_mode false still loads (resume, evaluate, predict) as it trained, while
+    a new experiment file with that combination is refused in one line."""
+    import yaml
+
+    from ssmis.experiment import load_config
+
+    params = METHODS["mean_teacher"].parse_params({"ema_buffers": "own",
+                                                   "teacher_train_mode": False})
+    assert params.ema_buffers == "own"
+    assert METHODS["mean_teacher"].parse_params({"teacher_train_mode": False}).ema_buffers \
+        == "ema"
+    assert METHODS["mean_teacher"].parse_params({}).ema_buffers == "own"
+    cfg = tiny_method_config("mean_teacher", {"ema_buffers": "own",
+                                              "teacher_train_mode": False}, "2d", tmp_path)
+    path = tmp_path / "mt.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    with pytest.raises(SSMISError, match=r"mt\.yaml: method\.params\.ema_buffers: 'own'"):
+        load_config(path)

@@ -19,6 +19,7 @@ from ssmis.config import (
 )
 from ssmis.errors import SSMISError
 from ssmis.methods import get_method
+from ssmis.methods.teacher import frozen_teacher_problem
 from ssmis.models import input_problem
 
 
@@ -27,6 +28,9 @@ def load_config(path: Path, overrides: list[str] | None = None) -> ExperimentCon
     raw = apply_overrides(read_yaml(path), overrides or [])
     cfg = validate_config(raw, source=str(path))
     check_method(cfg, source=str(path))
+    problem = frozen_teacher_problem(get_method(cfg.method.name).parse_params(cfg.method.params))
+    if problem is not None:
+        raise SSMISError(f"{path}: {problem}")
     check_paths(cfg)
     return cfg
 

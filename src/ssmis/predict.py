@@ -24,7 +24,7 @@ from ssmis.atomic import atomic_write
 from ssmis.config import ExperimentConfig, read_yaml, validate_config
 from ssmis.data.cases import strip_ending
 from ssmis.data.nifti_io import NIFTI_ENDINGS, read_nifti
-from ssmis.data.normalisation import ChannelNorm
+from ssmis.data.normalisation import ChannelNorm, resolve_scheme
 from ssmis.data.pictures import IMAGE_EXTS, read_picture
 from ssmis.engine.runfolder import CONFIG_FILE, resolve_checkpoint, selected_checkpoint
 from ssmis.errors import SSMISError
@@ -101,29 +101,52 @@ def _outputs(job: Job, out: Path, overlay: bool) -> list[Path]:
 
 def run_normalisation(cfg: ExperimentConfig, run_dir: Path) -> list[ChannelNorm]:
     """The run's normalisation per channel: the records its ``config.yaml`` holds
-    (``data.resolved_normalization``), else (runs of older ssmis) resolved again from its data
-    layout.
+    (``data.resolved_normalization``), else (runs of an older ssmis) the rule that version
+    trained with, resolved from the run's data; when the data folder is gone, what
+    ``data.normalization`` alone says (picture runs: each file by its type's maximum), with a
+    warning.
 
     Raises:
-        SSMISError: a record that is not valid, or an older run whose data folder cannot be
-            read to resolve it.
+        SSMISError: a record that is not valid, or an older run whose normalisation depends on
+            a data folder that cannot be read (the line says how to give it).
     """
-    from ssmis.data.layouts import get_layout
+    from ssmis.engine.data import build_layout, pin_run_normalisation
 
-    where = f"{run_dir / 'config.yaml'}: data.resolved_normalization"
+    where = f"{run_dir / CONFIG_FILE}: data.resolved_normalization"
     records = cfg.data.resolved_normalization
     if records:
         norms = [ChannelNorm.from_dict(r, where) for r in records]
     else:
         try:
-            norms = get_layout(cfg.data.layout)(cfg.data).normalisation()
+            cfg, layout, _ = pin_run_normalisation(cfg, build_layout(cfg))
+            norms = layout.normalisation()
         except SSMISError as err:
-            raise SSMISError(f"{where}: not recorded (a run of an older ssmis) and the run's "
-                             f"data cannot tell it ({err})") from None
+            norms = _without_data(cfg, where, err)
     if len(norms) != cfg.data.in_channels:
         raise SSMISError(f"{where}: {len(norms)} record(s) for data.in_channels = "
                          f"{cfg.data.in_channels}")
     return norms
+
+
+def _without_data(cfg: ExperimentConfig, where: str, err: SSMISError) -> list[ChannelNorm]:
+    """An older run's normalisation from its config alone (its data folder is unreadable)."""
+    d = cfg.data
+    pictures = d.layout == "images"
+    schemes = [resolve_scheme(d.normalization, c, None, from_image_file=pictures)
+               for c in range(d.in_channels)]
+    given = [d.normalization] if isinstance(d.normalization, str) else list(d.normalization)
+    explicit = "auto" not in given
+    if not (pictures or explicit):
+        raise SSMISError(
+            f"{where}: not recorded (a run of an older ssmis), and data.normalization auto "
+            f"depends on the run's data, which cannot be read ({err}); point data.root to the "
+            "training data, or add data.resolved_normalization: [{scheme: zscore}] (one per "
+            "channel: zscore, minmax, ct, scale or none)")
+    window = (float(d.intensity_window[0]), float(d.intensity_window[1]))
+    print(f"warning: {where}: not recorded (a run of an older ssmis) and its data cannot be "
+          f"read; using data.normalization alone: {schemes}", file=sys.stderr)
+    return [ChannelNorm(s, clip=window if s == "ct" else None,
+                        source="data.normalization of the run's config.yaml") for s in schemes]
 
 
 def finite_or_refuse(path: Path, x: np.ndarray, fill: bool) -> np.ndarray:

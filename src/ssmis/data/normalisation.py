@@ -120,6 +120,10 @@ class ChannelNorm:
         Raises:
             SSMISError: non-finite values (the caller names the file first), an unknown scheme.
         """
+        if self.scheme == "scale":  # as the reader: an integer file by its type's maximum
+            divisor = type_divisor(np.asarray(x).dtype) or self.divisor
+            y = np.asarray(x, dtype=np.float32)
+            return y / np.float32(divisor) if divisor else y
         y = np.asarray(x, dtype=np.float32)
         if self.clip_percentile is not None:
             y = np.minimum(y, np.float32(np.percentile(y, self.clip_percentile)))
@@ -128,8 +132,6 @@ class ChannelNorm:
             return normalize(y, "ct", (lo, hi))
         if self.clip is not None:
             y = np.clip(y, self.clip[0], self.clip[1])
-        if self.scheme == "scale":
-            return y / np.float32(self.divisor) if self.divisor else y
         if self.scheme == "zscore" and self.stats == "nonzero":
             inside = y[y > 0]
             if inside.size == 0:
@@ -143,18 +145,26 @@ class ChannelNorm:
         """Refuse a file whose values this record would put on another scale than training's.
 
         Raises:
-            SSMISError: ``scale`` of integer pictures and the file has values above the
-                divisor (e.g. a 16-bit file for a model trained on 8-bit ones); ``ct`` (a
-                window in HU) and a picture file or 8-bit values, which are display pixels,
-                not CT intensities.
+            SSMISError: ``scale``: a floating-point file whose values exceed the training
+                files' integer range, or that cannot be put on it (the training files mixed
+                integer types); ``ct`` (a window in HU): a picture file or 8-bit values,
+                which are display pixels, not CT intensities.
         """
+        floating = np.dtype(dtype).kind == "f"
+        if self.scheme == "scale" and floating and self.file_dtype is not None:
+            trained_int = any(np.dtype(t).kind in "iu" for t in self.file_dtype.split(", "))
+            if trained_int and self.divisor is None:
+                raise SSMISError(
+                    f"{path}: floating-point values, but the model was trained on "
+                    f"{self.file_dtype} files, each divided by its type's maximum; give the "
+                    "file in one of those integer types")
         if self.scheme == "ct" and (picture or np.dtype(dtype) == np.uint8):
             what = "a picture file" if picture else "8-bit values"
             raise SSMISError(
                 f"{path}: {what} ({np.dtype(dtype)}, up to {value_max:g}), but the model was "
                 "trained on CT intensities in HU (its data.resolved_normalization clips to a HU "
                 "window); give the scan as NIfTI in HU")
-        if self.scheme == "scale" and self.divisor and value_max > self.divisor:
+        if self.scheme == "scale" and floating and self.divisor and value_max > self.divisor:
             raise SSMISError(
                 f"{path}: values up to {value_max:g} ({np.dtype(dtype)}), but the model was "
                 f"trained on {self.file_dtype or 'pictures'} divided by {self.divisor:g} "
@@ -175,12 +185,19 @@ class ChannelNorm:
                 "zscore": "zscore: (x - mean) / std per case"
                           + (" (mean/std of the voxels > 0)" if self.stats == "nonzero" else ""),
                 "minmax": "minmax: (x - min) / (max - min) per case, to [0, 1]",
-                "scale": (f"scale: x / {self.divisor:g} ({self.file_dtype} files)"
-                          if self.divisor else "scale: x as it is (floating-point files)"),
+                "scale": ("scale: an integer file / its type's maximum"
+                          + (f" ({self.file_dtype} files: / {self.divisor:g})" if self.divisor
+                             else f" ({self.file_dtype} files)" if self.file_dtype
+                             else "; floating-point values as they are")),
                 "none": "none: x as it is",
             }.get(self.scheme, self.scheme)
         stored = " (already applied in the dataset's files)" if self.stored else ""
         return f"{pre}{text}{stored}; {self.source}" if self.source else f"{pre}{text}{stored}"
+
+    def numbers(self) -> tuple[Any, ...]:
+        """What the record does, without where it was decided (two versions of ssmis may word
+        ``source`` differently for the same normalisation)."""
+        return (self.scheme, self.clip, self.clip_percentile, self.stats, self.divisor)
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict for ``config.yaml`` (tuples as lists, unset numbers left out)."""

@@ -72,8 +72,8 @@ class CaseReader:
     # -- normalisation ----------------------------------------------------------------------
     def normalisation(self, data_cfg: Any) -> list[ChannelNorm]:
         """One record per channel of what :meth:`load_raw` does to the intensities, with its
-        numbers (the ct window; the divisor of ``scale`` from the first case's file type) and
-        where it was decided."""
+        numbers (the ct window; for ``scale``, the value types of the files, each divided by
+        its type's maximum) and where it was decided."""
         if self.kind == "prepared":
             return prepared_normalisation(self.catalog.manifest, self.catalog.root)
         names = self.catalog.channel_names
@@ -91,20 +91,37 @@ class CaseReader:
             clip = (float(self.window[0]), float(self.window[1])) if scheme == "ct" else None
             divisor = dtype = None
             if scheme == "scale":
-                dtype = self._file_dtype(c)
-                divisor = type_divisor(dtype) if dtype is not None else None
+                types = self._file_dtypes(c)
+                dtype = ", ".join(types) or None
+                divisors = {type_divisor(t) for t in types}
+                # one integer type: the divisor a floating-point input (the same pixels saved
+                # as a float NIfTI) is put on the training scale with
+                divisor = divisors.pop() if len(divisors) == 1 else None
             norms.append(ChannelNorm(scheme, clip=clip, divisor=divisor, file_dtype=dtype,
                                      source=source))
         return norms
 
-    def _file_dtype(self, channel: int) -> str | None:
-        """The value type of the first case's file of ``channel`` (None: no case)."""
-        if not self.catalog.cases:
-            return None
-        info = next(iter(self.catalog.cases.values()))
+    def _file_dtypes(self, channel: int) -> list[str]:
+        """The value types the reader sees in the files of ``channel`` (what ``scale`` divides
+        by): NIfTI from every header (a scaled integer file reads as float64); pictures by
+        decoding one file of each (extension, PIL mode) pair."""
+        types: set[str] = set()
         if self.kind == "nifti":
-            return str(read_nifti(info.images[channel], header_only=True)[3].get_data_dtype())
-        return str(read_picture(info.images[0], {1: "L", 3: "RGB"}.get(self.in_channels)).dtype)
+            for info in self.catalog.cases.values():
+                img = read_nifti(info.images[channel], header_only=True)[3]
+                slope, inter = img.dataobj.slope, img.dataobj.inter
+                scaled = not (slope in (1.0, None) and inter in (0.0, None))
+                types.add("float64" if scaled else str(img.get_data_dtype()))
+            return sorted(types)
+        seen: set[tuple[str, str]] = set()
+        for info in self.catalog.cases.values():
+            path = info.images[0]
+            key = (path.suffix.lower(), picture_size(path)[1])
+            if key not in seen:
+                seen.add(key)
+                mode = {1: "L", 3: "RGB"}.get(self.in_channels)
+                types.add(str(read_picture(path, mode).dtype))
+        return sorted(types)
 
     # -- metadata ---------------------------------------------------------------------------
     def spatial_shape(self, case: str, with_label: bool = False) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ from ssmis.data.augment import build_augmentation
 from ssmis.data.datasets import EvalCase, TwoStreamDataset, collate_two_stream
 from ssmis.data.device_aug import DeviceBatchStream, SliceBank
 from ssmis.data.layouts import CatalogLayout, Layout, get_layout
-from ssmis.data.normalisation import describe_all
+from ssmis.data.normalisation import ChannelNorm, describe_all
 from ssmis.data.reader import CaseReader
 from ssmis.data.sampler import RankShardSampler, TwoStreamBatchSampler
 from ssmis.data.splits import Split
@@ -48,12 +48,47 @@ def check_data(cfg: ExperimentConfig, split: Split, need_unlabeled: bool,
     return layout.check_files(split, need_unlabeled) or []
 
 
-def resolve_normalisation(cfg: ExperimentConfig, layout: Layout
+def pin_run_normalisation(cfg: ExperimentConfig, layout: Layout
+                          ) -> tuple[ExperimentConfig, Layout, list[str]]:
+    """For a run read back from its folder (resume, evaluate) that records no normalisation (a
+    run of ssmis before the record): when today's ``auto`` rule resolves its channels otherwise
+    than the rule it trained with (:meth:`Layout.legacy_schemes`), the config with those
+    schemes set explicitly, the layout built for it and a log line; else unchanged."""
+    if cfg.data.resolved_normalization:
+        return cfg, layout, []
+    legacy = layout.legacy_schemes()
+    current = [n.scheme for n in layout.normalisation()]
+    if legacy is None or legacy == current:
+        return cfg, layout, []
+    data = cfg.data.model_copy(update={"normalization": legacy})
+    cfg = cfg.model_copy(update={"data": data})
+    return cfg, build_layout(cfg), [
+        f"normalisation: the run records none (an older ssmis); it trained with {legacy} "
+        f"(data.normalization auto as then resolved), today's rule gives {current}: kept "
+        f"{legacy}"]
+
+
+def resolve_normalisation(cfg: ExperimentConfig, layout: Layout, from_run: bool = False
                           ) -> tuple[ExperimentConfig, list[str]]:
     """The config with ``data.resolved_normalization`` set from the layout's records (written
     to the run's ``config.yaml``; ``ssmis predict`` applies it), and the run-log lines saying
-    how each channel is normalised and which dataset entries are not read."""
+    how each channel is normalised and which dataset entries are not read.
+
+    Raises:
+        SSMISError: ``from_run`` (resume, evaluate) and the run's record differs from what its
+            data resolve to now (the dataset.json or the files changed since training).
+    """
     norms = layout.normalisation()
+    recorded = cfg.data.resolved_normalization
+    if from_run and recorded:
+        before = [ChannelNorm.from_dict(r).numbers() for r in recorded]
+        if before != [n.numbers() for n in norms]:
+            now = "; ".join(n.describe() for n in norms)
+            raise SSMISError(
+                f"data.resolved_normalization: the run trained with "
+                f"{'; '.join(ChannelNorm.from_dict(r).describe() for r in recorded)}, its data "
+                f"now resolve to {now}; restore the dataset (dataset.json, file types) or set "
+                "data.normalization to the recorded scheme")
     data = cfg.data.model_copy(update={"resolved_normalization": [n.as_dict() for n in norms]})
     names = getattr(getattr(layout, "catalog", None), "channel_names", [])
     lines = [f"normalisation {line}" for line in describe_all(norms, names)]

@@ -20,6 +20,7 @@ from ssmis.engine.data import (
     build_layout,
     build_split,
     check_data,
+    pin_run_normalisation,
     resolve_normalisation,
 )
 from ssmis.engine.fast import apply_speed_settings
@@ -59,21 +60,28 @@ class Prepared:
     layout: Layout | None = None
 
 
-def prepare(cfg: ExperimentConfig, split: Split | None = None) -> Prepared:
+def prepare(cfg: ExperimentConfig, split: Split | None = None, from_run: bool = False
+            ) -> Prepared:
     """Everything a run needs, checked before anything is written. Under DDP every process
-    builds the same method (same seed); the data files are checked by rank 0 only."""
+    builds the same method (same seed); the data files are checked by rank 0 only.
+    ``from_run``: the config was read back from a run folder (resume, evaluate): the data are
+    read with the normalisation the run trained with, or refused when that cannot be."""
     threads = apply_threads(cfg.train.threads)
     device = dist.device_for(resolve_device(cfg.train.device))
     check_method(cfg, source="config")
     seed_everything(cfg.seed, cfg.train.deterministic)
     layout = build_layout(cfg)
+    pinned: list[str] = []
+    if from_run:
+        cfg, layout, pinned = pin_run_normalisation(cfg, layout)
     split = split or build_split(cfg, layout)
     method = build_method(cfg)
     method.phases()  # phase lengths against train.iterations, before a run folder exists
     per_process = check_process_batch(cfg, method, dist.world_size())
     notes = dist.on_main(check_data, cfg, split, need_unlabeled=method.uses_unlabeled,
                          layout=layout) or []
-    cfg, info = resolve_normalisation(cfg, layout)
+    cfg, info = resolve_normalisation(cfg, layout, from_run)
+    info = pinned + info
     if dist.use_sync_bn(cfg.train.sync_bn, device, sum(per_process), method):
         dist.convert_sync_bn(method)
     if dist.world_size() > 1:  # same initial weights everywhere, own random stream per process

@@ -115,7 +115,7 @@ def resume_run(run_dir: Path, overrides: list[str] | None = None, evaluate: bool
         cfg = plan.cfg
         dist.setup(cfg.train.device)
         split = Split.load(run_dir / SPLIT_FILE)
-        prepared = prepare(cfg, split)
+        prepared = prepare(cfg, split, from_run=True)
     with dist.main_only(run_lock, run_dir):
         trainer = Trainer(prepared, run_dir, plan=plan)
         _logger(run_dir, verbose)
@@ -143,7 +143,7 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best",
         with dist.shared_errors():
             cfg = load_run_config(run_dir)
             dist.setup(cfg.train.device)
-            prepared = prepare(cfg, Split.load(run_dir / SPLIT_FILE))
+            prepared = prepare(cfg, Split.load(run_dir / SPLIT_FILE), from_run=True)
         if dist.is_main_process():
             setup_logger(None, verbose)
         else:

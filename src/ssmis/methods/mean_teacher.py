@@ -16,10 +16,10 @@ off (``step < consistency_start``), because then the teacher output would be unu
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ssmis.methods.base import Batch, Method, UnsupervisedTerm
 from ssmis.methods.teacher import (
@@ -41,6 +41,16 @@ class MeanTeacherParams(SupervisedLossParams, RampedConsistencyParams, EMAParams
         json_schema_extra=run_share("iterations"))
     noise_std: float = Field(default=0.1, ge=0, description="teacher input noise std")
     noise_clip: float = Field(default=0.2, ge=0, description="teacher input noise clamp")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _buffer_default(cls, raw: Any) -> Any:
+        """An unset ``ema_buffers`` is 'own' (SSL4MIS, UA-MT) for a train-mode teacher and
+        'ema' for an eval-mode one, resolved here so ``config.yaml`` records it."""
+        if isinstance(raw, dict) and raw.get("ema_buffers") is None:
+            raw = {**raw, "ema_buffers": "own" if raw.get("teacher_train_mode", True) is not
+                   False else "ema"}
+        return raw
 
 
 TeacherParamsT = TypeVar("TeacherParamsT", bound=MeanTeacherParams)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
 from ssmis.methods.base import MethodParams
@@ -50,15 +50,19 @@ class EMAParams(MethodParams):
         "follow the student's by EMA)",
     )
 
-    @model_validator(mode="after")
-    def _buffers_move(self) -> EMAParams:
-        """Refuse the one combination that freezes the teacher's BatchNorm statistics."""
-        if self.ema_buffers == "own" and not self.teacher_train_mode:
-            raise ValueError(
-                "ema_buffers: 'own' with teacher_train_mode false leaves the eval-mode "
-                "teacher's BatchNorm statistics frozen (only train-mode forwards update them); "
-                "expected 'ema' or null")
-        return self
+
+
+def frozen_teacher_problem(params: Any) -> str | None:
+    """One line when teacher options leave an eval-mode teacher's BatchNorm statistics frozen
+    (``ema_buffers: own`` with ``teacher_train_mode: false``: only train-mode forwards update
+    them); None otherwise. Asked for new experiments (:func:`ssmis.experiment.load_config`);
+    runs recorded that way by older versions still load and resume as they trained."""
+    if getattr(params, "ema_buffers", None) == "own" and \
+            getattr(params, "teacher_train_mode", True) is False:
+        return ("method.params.ema_buffers: 'own' with teacher_train_mode false leaves the "
+                "eval-mode teacher's BatchNorm statistics frozen (only train-mode forwards "
+                "update them); expected 'ema' or null")
+    return None
 
 
 def buffer_policy(ema_buffers: BufferPolicy | None, teacher_train_mode: bool,

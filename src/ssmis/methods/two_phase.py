@@ -24,7 +24,7 @@ from ssmis.methods.teacher import (
     ema_update,
     make_teacher,
 )
-from ssmis.ramps import ShareOrInt, run_share
+from ssmis.ramps import ShareOrInt, run_share, share_fraction
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -71,7 +71,7 @@ def with_published_pretrain(params: P, recipe: str, total: int, declared: Any = 
     if value is None:
         pre, of = PUBLISHED_PRETRAIN[recipe]
         value = int(round(total * pre / of))
-    as_share = declared is None or isinstance(declared, str)
+    as_share = declared is None or (isinstance(declared, str) and share_fraction(declared) > 0)
     if as_share and value == 0 and total >= 2:
         value = 1
     return params.model_copy(update={"pretrain_iterations": value})

@@ -186,7 +186,7 @@ def _evaluate_protocols(run_dir: Path, overlay_cases: int,
     cfgs = {n: _protocol_config(raw, n, source) for n in names}
     base = next(iter(cfgs.values()))
     check_paths(base)
-    prepared = prepare(base, Split.load(run_dir / SPLIT_FILE))
+    prepared = prepare(base, Split.load(run_dir / SPLIT_FILE), from_run=True)
     method, device = prepared.method, prepared.device
     chosen = {n: choose_checkpoint(run_dir, PROTOCOLS[n].selection) for n in names}
     structures = base.eval.structures(base.data.names())

@@ -42,7 +42,7 @@ from ssmis.data.cases import CaseArrays, CaseInfo, Catalog
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.catalog import CatalogLayout
 from ssmis.data.nifti_io import read_nifti
-from ssmis.data.normalisation import ChannelNorm
+from ssmis.data.normalisation import ChannelNorm, normalize
 from ssmis.data.reader import CaseReader
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError
@@ -117,9 +117,7 @@ class ACDCReader(CaseReader):
         """Image (1, X, Y, Z) float32, label (X, Y, Z) int64, spacing (mm) from the header."""
         arrays = super().load_raw(case, with_label)
         if self.minmax:
-            lo, hi = float(arrays.image.min()), float(arrays.image.max())
-            arrays.image = ((arrays.image - lo) / (hi - lo if hi > lo else 1.0)).astype(
-                np.float32)
+            arrays.image = normalize(arrays.image, "minmax")
         return arrays
 
 

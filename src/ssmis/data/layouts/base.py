@@ -148,6 +148,12 @@ class Layout:
             raise SSMISError(f"data.layout {self.name}: the layout records no normalisation")
         return [self.stored_normalisation] * int(self.data.in_channels)
 
+    def legacy_schemes(self) -> list[str] | None:
+        """The per-channel schemes ssmis resolved ``data.normalization: auto`` to before runs
+        recorded their normalisation, when that rule differs from today's for this layout;
+        None when it does not (runs of that time are read as they were trained)."""
+        return None
+
     def data_notes(self) -> list[str]:
         """Lines for the run log and ``ssmis data inspect`` about how the files are read
         (entries of the dataset folder that are not read, with the reason); default none."""

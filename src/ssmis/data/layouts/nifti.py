@@ -45,6 +45,24 @@ class NiftiLayout(CatalogLayout):
     def scan(cls, root: Path, data: Any = None, problems: list[str] | None = None) -> Catalog:
         return scan_nifti(root, problems)
 
+    def legacy_schemes(self) -> list[str] | None:
+        """ssmis before the normalisation record read only ``channel_names`` (not v1's
+        ``modality``) and mapped only ``CT`` (to ct; every other name, or none, to zscore)."""
+        meta = self.catalog.manifest
+        raw = meta.get("channel_names") or {}
+        if not isinstance(raw, dict) or not all(str(k).strip().isdigit() for k in raw):
+            return None  # that version stopped on such a dataset.json: no run to read back
+        names = [str(v) for _, v in sorted(raw.items(), key=lambda kv: int(kv[0]))]
+        norm = self.data.normalization
+        schemes = []
+        for c in range(int(self.data.in_channels)):
+            choice = norm if isinstance(norm, str) else norm[c]
+            if choice == "auto":
+                name = names[c] if c < len(names) else ""
+                choice = "ct" if name.strip().upper() == "CT" else "zscore"
+            schemes.append(choice)
+        return schemes
+
     @classmethod
     def write_example(cls, root: Path) -> dict[str, Any]:
         from ssmis.data.phantoms import blob_volume

@@ -273,17 +273,17 @@ def test_validation_reads_its_cases_once(tmp_path: Path, monkeypatch: pytest.Mon
     """Four validations read the validation files once (then from memory); with the memory cap
     at 0 they read them every time; the scores are the same either way."""
     from ssmis.data.layouts import get_layout
-    from ssmis.engine import trainer as trainer_mod
+    from ssmis.engine import selection as selection_mod
     from ssmis.engine.run import train_run
 
     reads: list[list[str]] = []
-    original = trainer_mod.eval_cases
+    original = selection_mod.eval_cases
 
     def counting(cfg, ids, layout=None):  # noqa: ANN001, ANN202
         reads.append(list(ids))
         return original(cfg, ids, layout)
 
-    monkeypatch.setattr(trainer_mod, "eval_cases", counting)
+    monkeypatch.setattr(selection_mod, "eval_cases", counting)
     data = get_layout("acdc_h5").write_example(tmp_path / "acdc")
     cfg = validate_config({
         "name": "val", "seed": 1, "output_dir": str(tmp_path / "runs"),
@@ -294,8 +294,8 @@ def test_validation_reads_its_cases_once(tmp_path: Path, monkeypatch: pytest.Mon
                   "threads": 1},
         "eval": {"overlay_cases": 0}})
     scores = []
-    for cap in (trainer_mod.VAL_CACHE_BYTES, 0):
-        monkeypatch.setattr(trainer_mod, "VAL_CACHE_BYTES", cap)
+    for cap in (selection_mod.VAL_CACHE_BYTES, 0):
+        monkeypatch.setattr(selection_mod, "VAL_CACHE_BYTES", cap)
         reads.clear()
         run = train_run(cfg, run_dir=tmp_path / f"run_{cap}", verbose=False)
         val = json.loads((run / "splits.json").read_text())["val"]

@@ -24,6 +24,8 @@ from ssmis.cli import main
 from ssmis.config import validate_config
 from ssmis.engine import checkpoint as ckpt
 from ssmis.engine import runfolder
+from ssmis.engine import selection as selection_mod
+from ssmis.engine import step as step_mod
 from ssmis.engine import trainer as trainer_mod
 from ssmis.engine.evaluate import ValidationScore
 from ssmis.engine.run import evaluate_run, resume_run, train_run
@@ -400,7 +402,7 @@ def test_an_unwritable_output_folder_is_one_line(
 
 def _scripted_scores(monkeypatch: pytest.MonkeyPatch, scores: list[ValidationScore]) -> None:
     queue = list(scores)
-    monkeypatch.setattr(trainer_mod, "validation_score", lambda *a, **k: queue.pop(0))
+    monkeypatch.setattr(selection_mod, "validation_score", lambda *a, **k: queue.pop(0))
 
 
 def _two_phase_config(root: Path, out: Path, selection: str) -> dict:
@@ -622,7 +624,7 @@ def test_a_second_signal_is_not_swallowed() -> None:
     a signal the caller ignores (nohup) stays ignored."""
     original = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        request = trainer_mod._StopRequest()
+        request = step_mod.StopRequest()
         handler = signal.getsignal(signal.SIGINT)
         assert callable(handler) and handler is not signal.default_int_handler
         os.kill(os.getpid(), signal.SIGINT)
@@ -631,7 +633,7 @@ def test_a_second_signal_is_not_swallowed() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         request.restore()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        ignored = trainer_mod._StopRequest()
+        ignored = step_mod.StopRequest()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         ignored.restore()
     finally:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ssmis.config import validate_config
-from ssmis.data.synfoc_formats import convert_busi
+from ssmis.data.converters import convert_busi
 from ssmis.engine.data import own_reader, own_split
 from ssmis.errors import SSMISError
 
@@ -151,6 +151,23 @@ def test_busi_converter_reads_images_and_mask_subfolders(tmp_path: Path) -> None
     (src / "benign" / "mask" / "benign (3)_mask.png").unlink()
     with pytest.raises(SSMISError, match=r"benign \(3\)\.png: no mask"):
         convert_busi(src, tmp_path / "busi2")
+
+
+def test_ssmis_data_convert_runs_a_registered_converter(tmp_path: Path, capsys) -> None:
+    from ssmis.cli import main
+
+    src = tmp_path / "Dataset_BUSI_with_GT"
+    for cls in ("benign", "malignant"):
+        for i in range(1, 6):
+            _save(src / cls / f"{cls} ({i}).png", np.full((8, 8, 3), 10 * i))
+            m = np.zeros((8, 8))
+            m[2:5, 2:5] = 255
+            _save(src / cls / f"{cls} ({i})_mask.png", m)
+    assert main(["data", "convert", "busi", str(src), str(tmp_path / "busi")]) == 0
+    assert capsys.readouterr().out.splitlines() == ["benign: 4 train, 1 test",
+                                                    "malignant: 4 train, 1 test"]
+    assert main(["data", "convert", "isic", str(src), str(tmp_path / "x")]) == 2
+    assert "unknown dataset 'isic'; expected one of: busi" in capsys.readouterr().err
 
 
 def test_synfoc_augmentation_in_the_training_stream(tmp_path: Path) -> None:

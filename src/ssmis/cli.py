@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default="best",
                           help="best (by validation) or last, or a file stem in checkpoints/")
 
-    data = sub.add_parser("data", help="inspect, split or prepare a dataset",
+    data = sub.add_parser("data", help="inspect, split, prepare or convert a dataset",
                           description="Tools for datasets in any registered layout (ssmis data "
                                       "layouts): your own NIfTI or image/mask folders, the h5 "
                                       "layouts of the literature and the public releases.")
@@ -96,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
                                       "iterations).")
     exa.add_argument("layout", help="a data.layout value (ssmis data layouts)")
     exa.add_argument("out", type=Path, help="folder to write (must not exist)")
+    conv = dsub.add_parser("convert", help="rewrite a released dataset into a layout it can "
+                                           "be read by",
+                           description="Convert a released dataset whose folders no layout reads "
+                                       "as they are: busi (Dataset_BUSI_with_GT, SynFoC's "
+                                       "protocol) into the images layout.")
+    conv.add_argument("dataset", help="busi")
+    conv.add_argument("src", type=Path, help="the released folder")
+    conv.add_argument("dst", type=Path, help="folder to write")
     insp = dsub.add_parser("inspect", help="layout, cases, shapes, spacings, labels, problems",
                            description="Detect the layout and print cases, labeled/unlabeled "
                                        "counts, shapes, spacings, intensity ranges, label values,"
@@ -359,7 +367,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
         out = datatools.prepare(args.path, args.out, list(args.overrides), **fields)
         print(f"wrote {out} (train with data.layout=prepared data.root={out})")
         return 0
-    raise SSMISError("data: expected an action: layouts, inspect, split or prepare")
+    if args.data_command == "convert":
+        from ssmis.data.converters import convert
+
+        for line in convert(args.dataset, args.src, args.dst):
+            print(line)
+        return 0
+    raise SSMISError("data: expected an action: layouts, example, convert, inspect, split or "
+                     "prepare")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -1,4 +1,7 @@
-"""The SynFoC datasets (the folder formats read by ``code/dataloaders/dataloader.py`` of
+"""Converters of released datasets whose folders no layout reads as they are
+(``ssmis data convert NAME SRC DST``; :data:`CONVERTERS`).
+
+The SynFoC datasets (the folder formats read by ``code/dataloaders/dataloader.py`` of
 ``MQinghe/SynFoC`` @ ``3f3c06a``) on the image-folder layout (``data.layout: images``, one folder
 per domain).
 
@@ -17,7 +20,7 @@ M&Ms       ``vendor<X>/{train,test}/{image,mask}/*.png``   ``mask_rgb_classes [1
 ``test_masks_dir: test/mask``.) BUSI keeps images and masks side by side with several masks per
 image, so :func:`convert_busi` rewrites it once:
 
-    python -m ssmis.data.synfoc_formats busi Dataset_BUSI_with_GT data/busi
+    ssmis data convert busi Dataset_BUSI_with_GT data/busi
 
 It keeps ``benign`` and ``malignant`` (``normal`` is not used), merges ``<name>_mask.png`` and
 ``<name>_mask_<k>.png`` by maximum, converts images to grey, names cases ``<class>_<n>`` (no
@@ -29,9 +32,8 @@ labeled cases) and puts the last ``floor(0.2 n)`` files of each class in sorted 
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -106,23 +108,22 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ssmis.data.synfoc_formats",
-                                 description="convert a SynFoC dataset to the images layout")
-    sub = ap.add_subparsers(dest="dataset", required=True)
-    busi = sub.add_parser("busi", help="Dataset_BUSI_with_GT -> <class>/{train,test}/...")
-    busi.add_argument("src", type=Path)
-    busi.add_argument("dst", type=Path)
-    args = ap.parse_args(argv)
-    try:
-        counts = convert_busi(args.src, args.dst)
-    except SSMISError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for cls, c in counts.items():
-        print(f"{cls}: {c['train']} train, {c['test']} test")
-    return 0
+#: converter name -> (function(src, dst) -> {class: {"train": n, "test": n}}, one-line help)
+CONVERTERS: dict[str, tuple[Callable[[Path, Path], dict[str, dict[str, int]]], str]] = {
+    "busi": (convert_busi, "Dataset_BUSI_with_GT -> <class>/{train,test}/{image,mask} "
+                           "(SynFoC's BUSI protocol; configs/busi/)"),
+}
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def convert(name: str, src: Path, dst: Path) -> list[str]:
+    """Run converter ``name`` from ``src`` into ``dst``; returns one summary line per class.
+
+    Raises:
+        SSMISError: an unknown converter (listing the known ones) or the converter's own
+            one-line errors (missing files, an existing destination).
+    """
+    if name not in CONVERTERS:
+        raise SSMISError(f"data convert: unknown dataset '{name}'; expected one of: "
+                         f"{', '.join(sorted(CONVERTERS))}")
+    counts = CONVERTERS[name][0](Path(src), Path(dst))
+    return [f"{cls}: {c['train']} train, {c['test']} test" for cls, c in counts.items()]

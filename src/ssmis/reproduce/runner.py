@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ssmis.errors import SSMISError
 from ssmis.reproduce.published import PublishedTable, Setting
@@ -228,7 +227,3 @@ def describe_budget(plan: Plan, actual: dict[str, list[int]] | None = None) -> s
                 text += f" (paper {'x'.join(map(str, b.paper_patch))})"
         parts.append(text)
     return "; ".join(parts)
-
-
-def info_of(job: Job) -> dict[str, Any]:
-    return job.info

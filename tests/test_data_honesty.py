@@ -446,3 +446,14 @@ def test_predict_of_an_older_run_whose_data_are_gone(tmp_path: Path, capsys) -> 
     with pytest.raises(SSMISError, match="point data.root to the training data, or add "
                                          "data.resolved_normalization"):
         run_normalisation(nifti, tmp_path)
+
+
+def test_inspect_takes_nnunet_region_labels(tmp_path: Path, capsys) -> None:
+    """A region entry ({"blob": [1]}) declares value 1: inspect does not call it unexpected."""
+    from ssmis.cli import main
+
+    _nifti_dataset(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "blob": [1]}}))
+    assert main(["data", "inspect", str(tmp_path)]) == 0
+    assert "problems: none" in capsys.readouterr().out

@@ -20,7 +20,7 @@ from ssmis.data.cases import Catalog, ignored_lines
 from ssmis.data.layouts import CatalogLayout, find_layout, get_layout, scan_catalog
 from ssmis.data.layouts.catalog import resample_notes
 from ssmis.data.layouts.h5 import H5Layout
-from ssmis.data.nifti_io import declared_classes_problem
+from ssmis.data.nifti_io import dataset_json_values, declared_classes_problem
 from ssmis.data.normalisation import describe_all
 from ssmis.data.reader import CaseReader
 from ssmis.errors import SSMISError
@@ -238,7 +238,8 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
             out(f"channels {catalog.channel_names}")
         if catalog.label_names:
             out(f"labels  {dict(sorted(catalog.label_names.items()))}")
-            expected = set(catalog.label_names)
+            # nnU-Net region entries ({"WT": [1, 2, 3]}) declare values without one name
+            expected = set(catalog.label_names) | dataset_json_values(catalog.manifest)
         if mask_values:
             expected = {int(c) for c in mask_values.values()}
         elif num_classes:

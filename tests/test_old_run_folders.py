@@ -67,3 +67,4 @@ def test_an_older_run_resumes(old_run: Path) -> None:
     assert summary["iterations"] == 42
     segments = json.loads((old_run / "segments.json").read_text())["segments"]
     assert [s["start"] for s in segments] == [0, 40]
+    assert segments[0]["reached"] == 40 and "reached" not in segments[1]

@@ -137,6 +137,8 @@ class ResumeMixin:
             self.segments = [{"start": 0, "end": old.train.iterations, "overrides": [],
                               "changes": {}, "lr_schedule": old.train.schedule.kind,
                               "lr_rule": "reconstructed from config.yaml at the first resume"}]
+        # the session before stopped here (its "end" is the end it planned)
+        self.segments[-1] = {**self.segments[-1], "reached": step}
         self.segments = [*self.segments, self._segment(step, plan.overrides, changes, lr)]
         if plan.ruled:
             shown = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in plan.ruled.items())

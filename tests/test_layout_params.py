@@ -96,6 +96,11 @@ def test_option_of_another_layout_is_refused_in_one_line() -> None:
     raw["data"] |= {"layout": "la_h5", "patch_size": [16, 16, 16], "mask_values": None,
                     "images_dir": "images", "val_pool": "held_out"}
     assert validate_config(raw).data.params.val_count == 1
+    # another layout's labeled count is stale once this layout's own count is given
+    raw["data"]["labeled_patients"] = 2
+    assert not hasattr(validate_config(raw).data.params, "labeled_patients")
+    del raw["data"]["labeled_count"]
+    assert "data.labeled_patients: not used by la_h5" in _error(raw)
 
 
 def test_unknown_and_invalid_options_name_the_field() -> None:

@@ -157,8 +157,13 @@ class DataConfig(_Section):
             layout = get_layout(data.layout)
         except SSMISError as err:
             raise ValueError(str(err)) from None
-        data._params = parse_layout_params(layout.Params, data.layout, options,
-                                           layout_option_defaults(), list(cls.model_fields))
+        from ssmis.data.layouts import LAYOUTS
+
+        own_count = layout.labeled_key.removeprefix("data.")
+        counts = frozenset(c.labeled_key.removeprefix("data.") for c in LAYOUTS.values())
+        data._params = parse_layout_params(
+            layout.Params, data.layout, options, layout_option_defaults(),
+            list(cls.model_fields), counts if options.get(own_count) is not None else frozenset())
         return data._check(layout)
 
     def _check(self, layout: Any) -> DataConfig:

@@ -200,12 +200,16 @@ def option_defaults(classes: list[type[LayoutParams]]) -> dict[str, Any]:
 
 
 def parse_layout_params(params_cls: type[LayoutParams], layout: str, options: dict[str, Any],
-                        known: dict[str, Any], generic: list[str]) -> LayoutParams:
+                        known: dict[str, Any], generic: list[str],
+                        replaced: frozenset[str] = frozenset()) -> LayoutParams:
     """Validate the layout options of a flat ``data`` mapping with ``params_cls``.
 
     ``known`` maps every option of any registered layout to its default, ``generic`` lists the
     generic ``data`` fields. An option of another layout is accepted only at its default (a run
-    folder of an older ssmis writes every option), else refused naming it and ``layout``.
+    folder of an older ssmis writes every option), else refused naming it and ``layout``;
+    except the names in ``replaced``: other layouts' labeled counts, ignored when the config
+    gives this layout's own (a config switched to another layout by an override keeps its
+    first layout's count, e.g. ``data.layout=la_h5 data.labeled_count=4`` on an ACDC file).
 
     Raises:
         ValueError: one line naming ``data.<field>``.
@@ -216,7 +220,7 @@ def parse_layout_params(params_cls: type[LayoutParams], layout: str, options: di
         if name in own:
             taken[name] = value
         elif name in known:
-            if value != known[name]:
+            if value != known[name] and name not in replaced:
                 takes = ", ".join(sorted(own)) or "none"
                 raise ValueError(f"data.{name}: not used by {layout} (layout {layout} takes: "
                                  f"{takes}; data.split_file gives any split)")

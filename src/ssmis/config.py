@@ -16,8 +16,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
-    field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -59,7 +60,18 @@ def device_augmentable(data: DataConfig) -> bool:
 
 
 class DataConfig(_Section):
-    """Where the data is and how it is split into labeled / unlabeled / val / test."""
+    """Where the data is and how it is read: the generic fields; the chosen layout's own options
+    (split rules, picture folders, mask values, ...) are its ``Params``
+    (:mod:`ssmis.data.layouts.params`), validated from the same flat ``data`` mapping and kept
+    in :attr:`params`.
+
+    The section stays flat for the user and on disk: ``model_dump`` writes the layout's options
+    beside the generic fields (every option any registered layout takes, in :data:`DATA_ORDER`,
+    those the layout does not take at their defaults, as ssmis always wrote them), and an
+    override ``data.mask_values=...`` sets the option. Reading ``cfg.data.<option>`` is a
+    read-only fallback to ``cfg.data.params.<option>`` (an option the layout does not take reads
+    as its default); new code should read ``cfg.data.params``.
+    """
 
     layout: str = Field(
         description="how the dataset is stored (a registered layout, ssmis.data.layouts): "
@@ -73,15 +85,6 @@ class DataConfig(_Section):
     num_classes: int = Field(ge=2)
     in_channels: int = Field(default=1, ge=1)
     class_names: dict[int, str] | None = None
-    labeled_patients: int | None = Field(default=None, ge=1,
-                                         description="acdc_h5 / acdc_nifti only")
-    labeled_slices: int | None = Field(default=None, ge=1, description="acdc_h5 only")
-    labeled_count: int | None = Field(default=None, ge=1,
-                                      description="la_h5 / brats_h5 / own data: number of "
-                                                  "labeled cases")
-    val_count: int | None = Field(
-        default=None, ge=1, description="la_h5: validation cases carved from the end of train.list"
-    )
     patch_size: list[int] = Field(min_length=2, max_length=3)
     spacing: list[float] | None = Field(
         default=None, description="voxel spacing in mm for distances, one value per array axis "
@@ -110,18 +113,6 @@ class DataConfig(_Section):
         default=0.33, ge=0, le=1, description="data.resize: false: the probability that a "
                                               "labeled training crop is centred on a foreground "
                                               "pixel (nnU-Net: a third), else placed uniformly")
-    resize_filter: Literal["lanczos", "bilinear"] = Field(
-        default="lanczos", description="augmentation synfoc: the image filter of the resize to "
-                                       "the patch size (the authors: lanczos; bilinear for M&Ms)")
-    labeled_pick: Literal["random", "first"] = Field(
-        default="random", description="own data: labeled cases drawn by split_seed (random) or "
-                                      "the first ones in sorted file order (first: SynFoC / "
-                                      "MiDSS, the first lb_num files of the labeled domain)")
-    val_pool: Literal["held_out", "unlabeled"] = Field(
-        default="held_out", description="own data: validation cases removed from training "
-                                        "(held_out) or drawn from the unlabeled training cases, "
-                                        "which stay in training without their labels "
-                                        "(unlabeled: a small domain keeps all its images)")
     num_workers: int = Field(default=0, ge=0)
     on_device: AutoBool = Field(
         default="auto", description="2D, augmentation ssl4mis, resize: true: keep every "
@@ -130,27 +121,7 @@ class DataConfig(_Section):
         "on when the slices take under a quarter of the free memory, for CUDA runs and for CPU "
         "runs without loader workers (num_workers: 0)")
     cache: bool = Field(default=False, description="keep training slices in memory")
-    # --- own data (nifti / images / prepared) -------------------------------------------------
     split_file: Path | None = Field(default=None, description="a splits.json to reproduce")
-    split_seed: int = Field(default=0, description="seed of the random split (not the run seed)")
-    labeled_fraction: float | None = Field(default=None, gt=0, le=1)
-    labeled_cases: list[str] | None = Field(default=None, description="explicit labeled ids")
-    labeled_domain: str | None = Field(default=None,
-                                       description="draw labeled cases from this domain only")
-    group_by: str = Field(
-        default="auto", description="own data: cases of one group (patient) stay in one split "
-                                    "and counts/fractions count groups; auto: <patient>_slice_<k>,"
-                                    " patientNNN_frameMM and <case>_<frame> (a prefix with a "
-                                    "digit) ids are grouped; none: by case; or a regular "
-                                    "expression on the file stem whose first group is the group")
-    val_domain: Literal["labeled", "all"] = Field(
-        default="labeled", description="with labeled_domain: validation cases from that domain "
-                                       "only (labeled) or stratified over all domains (all)")
-    val_fraction: float | None = Field(default=None, gt=0, lt=1)
-    test_count: int | None = Field(default=None, ge=1,
-                                   description="test cases carved from the labeled training "
-                                               "cases when there is no labeled imagesTs")
-    test_fraction: float | None = Field(default=None, gt=0, lt=1)
     normalization: Normalization | list[Normalization] = Field(
         default="auto", description="per channel: zscore (MRI), minmax (per case to [0, 1]), "
                                     "ct (clip to intensity_window, scale to [0, 1]), scale "
@@ -164,76 +135,38 @@ class DataConfig(_Section):
                                   "data.normalization resolved to per channel (scheme and its "
                                   "numbers); ssmis predict applies it; not read for training")
     intensity_window: list[float] = Field(default=[-1000.0, 1000.0], min_length=2, max_length=2)
-    label_geometry: Literal["check", "resample"] = Field(
-        default="check", description="nifti: a label whose orientation, spacing or origin "
-                                     "differs from its image stops the run (check), or is "
-                                     "resampled onto the image grid with nearest neighbour "
-                                     "through both affines (resample)")
     slice_axis: int = Field(default=2, ge=0, le=2,
                             description="2D training on volumes: the axis that is sliced")
-    images_dir: str = "images"
-    masks_dir: str = "masks"
-    unlabeled_dir: str = "unlabeled"
-    test_images_dir: str | None = Field(
-        default=None, description="images layout: labeled test images shipped with the data "
-                                  "(e.g. 'test/image'), per domain folder; ids '<domain>/test/"
-                                  "<name>'")
-    test_masks_dir: str | None = Field(default=None, description="masks of test_images_dir")
-    mask_rgb_classes: list[int] | None = Field(
-        default=None, min_length=3, max_length=3,
-        description="colour masks (M&Ms): class of a pixel whose R, G, B channel is set (> 127), "
-                    "later channels win, e.g. [1, 2, 3]; other pixels are 0")
-    # --- mask values, file pairing and ROI (images layout; mask_values also nifti) ------------
-    mask_values: dict[int | str, int] | None = Field(
-        default=None, description="mask pixel value -> class: exact values {0: 0, 255: 1}, "
-                                  "inclusive ranges {'0-127': 0, '128-255': 1} (a threshold), "
-                                  "or the string '0-127:0,128-255:1'; palette (indexed) PNG/GIF "
-                                  "masks give their indices (a grey palette its grey levels); "
-                                  "null = values are class indices")
-    mask_snap: Literal["auto", "nearest", "off"] = Field(
-        default="auto", description="image masks with values not in data.mask_values: "
-                                    "nearest maps each to "
-                                    "the class of the nearest declared value, off stops with "
-                                    "an error, auto is nearest for lossy masks (JPEG, WebP) "
-                                    "and off otherwise; `ssmis data inspect` reports how many "
-                                    "pixels were snapped")
-    image_pattern: str = Field(
-        default="{id}", description="images layout: file stem of an image, {id} the case id "
-                                    "shared with its mask, * any text (DRIVE: '{id}_*' for "
-                                    "21_training.tif), or a regular expression with (?P<id>...)")
-    mask_pattern: str = Field(default="{id}",
-                              description="file stem of a mask (DRIVE: '{id}_manual1')")
-    roi_dir: str | None = Field(
-        default=None, description="images layout: folder beside masks_dir with one region-of-"
-                                  "interest (field of view) mask per image (DRIVE: 'mask'); "
-                                  "metrics count only pixels inside it (non-zero)")
-    roi_pattern: str = Field(default="{id}",
-                             description="file stem of an ROI mask (DRIVE: '{id}_*_mask')")
-    test_roi_dir: str | None = Field(default=None,
-                                     description="ROI masks of test_images_dir")
 
-    @field_validator("mask_snap", mode="before")
+    _params: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
     @classmethod
-    def _mask_snap(cls, value: Any) -> Any:
-        """YAML 1.1 reads an unquoted ``off`` as false: take it as the word it was."""
-        return "off" if value is False else value
-
-    @field_validator("mask_values", mode="before")
-    @classmethod
-    def _mask_values(cls, value: Any) -> dict[int | str, int] | None:
-        """Any spelling (exact values, ranges, a VALUE:CLASS string) -> {int | 'lo-hi': class}."""
-        from ssmis.data.masks import normalize_mask_values  # numpy only
-
-        return normalize_mask_values(value)
-
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
+    def _layout_options(cls, value: Any, handler: Any) -> DataConfig:
+        """Split the flat mapping: generic fields here, the rest validated by the layout's
+        ``Params`` (one line naming ``data.<field>``), then the cross-field rules."""
+        if not isinstance(value, dict):
+            return handler(value)
+        generic = {k: v for k, v in value.items() if k in cls.model_fields}
+        options = {k: v for k, v in value.items() if k not in cls.model_fields}
+        data = handler(generic)
         from ssmis.data.layouts import get_layout  # the registry never imports this module
+        from ssmis.data.layouts.params import parse_layout_params
 
         try:
-            layout = get_layout(self.layout)
+            layout = get_layout(data.layout)
         except SSMISError as err:
             raise ValueError(str(err)) from None
+        from ssmis.data.layouts import LAYOUTS
+
+        own_count = layout.labeled_key.removeprefix("data.")
+        counts = frozenset(c.labeled_key.removeprefix("data.") for c in LAYOUTS.values())
+        data._params = parse_layout_params(
+            layout.Params, data.layout, options, layout_option_defaults(),
+            list(cls.model_fields), counts if options.get(own_count) is not None else frozenset())
+        return data._check(layout)
+
+    def _check(self, layout: Any) -> DataConfig:
         problem = layout.config_problem(self)
         if problem is not None:
             raise ValueError(problem)
@@ -258,51 +191,50 @@ class DataConfig(_Section):
         problem = check_augmentation(self.augmentation, self.patch_size)
         if problem is not None:
             raise ValueError(problem)
-        if self.augmentation == "synfoc" and self.layout == "nifti" and any(
-                n != "scale" for n in (self.normalization if isinstance(self.normalization, list)
-                                       else [self.normalization])):
-            raise ValueError("data.augmentation: synfoc works on 8-bit images scaled to [0, 1]; "
-                             "set data.normalization: scale")
         if isinstance(self.normalization, list) and len(self.normalization) != self.in_channels:
             raise ValueError(f"data.normalization: {len(self.normalization)} values for "
                              f"data.in_channels = {self.in_channels}")
-        if (self.test_images_dir is None) != (self.test_masks_dir is None):
-            raise ValueError("data.test_masks_dir: give both test_images_dir and test_masks_dir")
-        if self.roi_dir is not None and self.test_images_dir is not None \
-                and self.test_roi_dir is None:
-            raise ValueError("data.test_roi_dir: with data.roi_dir and test_images_dir, give "
-                             "the ROI folder of the test images too (or they are scored on "
-                             "every pixel)")
-        for name in ("image_pattern", "mask_pattern", "roi_pattern"):
-            text = getattr(self, name)
-            if "(?P<id>" not in text and text.count("{id}") != 1:
-                raise ValueError(f"data.{name}: '{text}' must contain '{{id}}' once (e.g. "
-                                 "'{id}_training'), or be a regular expression with (?P<id>...)")
-        if self.mask_rgb_classes is not None:
-            if self.mask_values is not None:
-                raise ValueError("data.mask_rgb_classes: not together with data.mask_values")
-            bad = sorted(c for c in self.mask_rgb_classes if not 0 <= c < self.num_classes)
-            if bad:
-                raise ValueError(f"data.mask_rgb_classes: class(es) {bad} outside 0.."
-                                 f"{self.num_classes - 1}")
-        if self.mask_values is not None:
-            bad = sorted(c for c in self.mask_values.values()
-                         if not 0 <= c < self.num_classes)
-            if bad:
-                raise ValueError(f"data.mask_values: class(es) {bad} outside 0.."
-                                 f"{self.num_classes - 1} (data.num_classes = {self.num_classes})")
-        if self.group_by not in ("auto", "none"):
-            import re
-
-            try:
-                re.compile(self.group_by)
-            except re.error as err:
-                raise ValueError(f"data.group_by: '{self.group_by}' is not a regular expression "
-                                 f"({err}); expected auto, none or a pattern") from None
         lo, hi = self.intensity_window
         if hi <= lo:
             raise ValueError("data.intensity_window: expected [low, high] with low < high")
         return self
+
+    @property
+    def params(self) -> Any:
+        """The chosen layout's validated options (its ``Layout.Params`` instance)."""
+        if self._params is None:  # built with model_construct: the layout's defaults
+            from ssmis.data.layouts import get_layout
+
+            self._params = get_layout(self.layout).Params.model_construct()
+        return self._params
+
+    def __getattr__(self, name: str) -> Any:
+        """Read-only fallback ``data.<option>`` -> ``data.params.<option>`` (see the class
+        docstring); an option of another layout reads as its default."""
+        try:
+            return super().__getattr__(name)  # type: ignore[misc]
+        except AttributeError:
+            if name.startswith("_"):
+                raise
+        defaults = layout_option_defaults()
+        if name not in defaults:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        params = self.params
+        return getattr(params, name) if name in type(params).model_fields else defaults[name]
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: Any, info: Any) -> dict[str, Any]:
+        """The flat section: generic fields and layout options in :data:`DATA_ORDER`."""
+        out = handler(self)
+        if not isinstance(out, dict):
+            return out
+        params = self.params
+        values = params.model_dump(mode="json" if info.mode_is_json() else "python")
+        defaults = layout_option_defaults()
+        merged = {**defaults, **values, **out}
+        order = [k for k in DATA_ORDER if k in merged]
+        order += [k for k in merged if k not in order]
+        return {k: merged[k] for k in order}
 
     @property
     def spatial_dims(self) -> int:
@@ -312,6 +244,37 @@ class DataConfig(_Section):
         """Names of the foreground classes (1..C-1), defaulting to 'class k'."""
         given = self.class_names or {}
         return {k: given.get(k, f"class{k}") for k in range(1, self.num_classes)}
+
+
+#: the order of the flat ``data`` section as written (generic fields and layout options,
+#: the order of ssmis's ``config.yaml`` files since before layouts owned their options);
+#: options not listed (a plug-in layout's) follow
+DATA_ORDER = (
+    "layout", "root", "num_classes", "in_channels", "class_names", "labeled_patients",
+    "labeled_slices", "labeled_count", "val_count", "patch_size", "spacing", "spacing_check",
+    "augmentation", "resize", "crop_foreground", "resize_filter", "labeled_pick", "val_pool",
+    "num_workers", "on_device", "cache", "split_file", "split_seed", "labeled_fraction",
+    "labeled_cases", "labeled_domain", "group_by", "val_domain", "val_fraction", "test_count",
+    "test_fraction", "normalization", "resolved_normalization", "intensity_window",
+    "label_geometry", "slice_axis", "images_dir", "masks_dir", "unlabeled_dir",
+    "test_images_dir", "test_masks_dir", "mask_rgb_classes", "mask_values", "mask_snap",
+    "image_pattern", "mask_pattern", "roi_dir", "roi_pattern", "test_roi_dir")
+
+
+_OPTION_DEFAULTS: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def layout_option_defaults() -> dict[str, Any]:
+    """Every option of a registered layout's ``Params`` -> its default (recomputed when a
+    plug-in layout registers)."""
+    from ssmis.data.layouts import LAYOUTS
+    from ssmis.data.layouts.params import option_defaults
+
+    key = tuple(cls.Params for cls in LAYOUTS.values())
+    if key not in _OPTION_DEFAULTS:
+        _OPTION_DEFAULTS.clear()
+        _OPTION_DEFAULTS[key] = option_defaults(list(key))
+    return _OPTION_DEFAULTS[key]
 
 
 class ModelConfig(_Section):

@@ -22,6 +22,7 @@ from ssmis.data.layouts.catalog import resample_notes
 from ssmis.data.layouts.h5 import H5Layout
 from ssmis.data.nifti_io import dataset_json_values, declared_classes_problem
 from ssmis.data.normalisation import describe_all
+from ssmis.data.options import layout_option
 from ssmis.data.reader import CaseReader
 from ssmis.errors import SSMISError
 
@@ -47,10 +48,15 @@ def loose_data_config(layout: str, root: Path, **fields: Any) -> DataConfig:
     values = {k: v for k, v in fields.items() if v is not None}
     values.setdefault("num_classes", 256)
     values.setdefault("patch_size", [1, 1])
-    base = DataConfig.model_construct(layout=layout, root=Path(root), **values)
+    generic = {k: v for k, v in values.items() if k in DataConfig.model_fields}
+    options = {k: v for k, v in values.items() if k not in DataConfig.model_fields}
+    base = DataConfig.model_construct(layout=layout, root=Path(root), **generic)
     for name, info in DataConfig.model_fields.items():  # defaults model_construct leaves unset
         if name not in base.__dict__ and not info.is_required():
             base.__dict__[name] = info.get_default(call_default_factory=True)
+    params_cls = get_layout(layout).Params
+    base._params = params_cls.model_construct(
+        **{k: v for k, v in options.items() if k in params_cls.model_fields})
     return base
 
 
@@ -168,7 +174,8 @@ def _config_split(data_cfg: Any, problems: list[str], out) -> None:
             source = f"data.split_file {data_cfg.split_file}"
         else:
             split = layout.protocol_split()
-            source = (f"data.split_seed {data_cfg.split_seed}" if isinstance(layout, CatalogLayout)
+            seed = layout_option(data_cfg, "split_seed", 0)
+            source = (f"data.split_seed {seed}" if isinstance(layout, CatalogLayout)
                       else "the dataset's lists")
     except SSMISError as err:
         problems.append(str(err))
@@ -210,7 +217,7 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
     data_cfg = config.data if config is not None else None
     if data_cfg is not None:
         root, layout = Path(data_cfg.root), data_cfg.layout
-        mask_values, num_classes = data_cfg.mask_values, data_cfg.num_classes
+        mask_values, num_classes = layout_option(data_cfg, "mask_values"), data_cfg.num_classes
     if root is None:
         raise SSMISError("data inspect: give a dataset folder or --config CONFIG.yaml")
     root = Path(root)
@@ -246,7 +253,7 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
             expected = set(range(num_classes))
         if data_cfg is not None:
             cfg = data_cfg
-            snap = cfg.mask_snap
+            snap = layout_option(cfg, "mask_snap", "auto")
         else:
             cfg = loose_data_config(layout, root, in_channels=_channels_of(catalog),
                                     normalization="auto" if layout == "prepared" else "none",
@@ -338,7 +345,7 @@ def inspect_dataset(root: Path | None = None, *, layout: str | None = None,
     if catalog is not None:  # h5 layouts keep patients together in their list files
         from ssmis.data.splits import grouping_note
 
-        note = grouping_note(list(catalog.cases), getattr(data_cfg, "group_by", "auto"))
+        note = grouping_note(list(catalog.cases), layout_option(data_cfg, "group_by", "auto"))
         if note is not None:
             out(f"warning: {note}")
     if voxels:
@@ -413,11 +420,11 @@ def write_split(path: Path, out: Path, overwrite: bool = False,
         if get_layout(data.layout).protocol_split is not CatalogLayout.protocol_split:
             raise SSMISError(f"{path}: {data.layout} datasets have their own protocol split; "
                              "give an experiment YAML to write it")
-        if (data.labeled_count is None) == (data.labeled_fraction is None) \
-                and not data.labeled_cases:
+        if (data.params.labeled_count is None) == (data.params.labeled_fraction is None) \
+                and not data.params.labeled_cases:
             raise SSMISError("--labeled: give a count (4) or a fraction (0.1), or "
                              "--labeled-cases")
-        if data.val_count is None and data.val_fraction is None:
+        if data.params.val_count is None and data.params.val_fraction is None:
             raise SSMISError("--val: give a count (2) or a fraction (0.2)")
         split = split_from_catalog(scan_catalog(data.layout, data.root, data), data)
     out.parent.mkdir(parents=True, exist_ok=True)

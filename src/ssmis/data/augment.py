@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ssmis.data.native import NativeCrop2D
+from ssmis.data.options import layout_option
 from ssmis.data.synfoc_aug import SynFoCWeak2D
 from ssmis.data.transforms import (
     Compose,
@@ -47,7 +48,7 @@ def _crop(patch_size: Sequence[int], data: Any) -> Transform:
 
 
 def _synfoc(patch_size: Sequence[int], data: Any) -> Transform:
-    return SynFoCWeak2D(patch_size, image_filter=getattr(data, "resize_filter", "lanczos"))
+    return SynFoCWeak2D(patch_size, image_filter=layout_option(data, "resize_filter", "lanczos"))
 
 
 AUGMENTATIONS: dict[str, Callable[[Sequence[int], Any], Transform]] = {

@@ -14,6 +14,7 @@ import numpy as np
 from ssmis.data.cases import CaseArrays, CaseInfo, Catalog, check_finite, move_slice_axis
 from ssmis.data.nifti_io import grid_difference, read_nifti, resample_label_to
 from ssmis.data.normalisation import ChannelNorm, normalize, resolve_scheme, type_divisor
+from ssmis.data.options import layout_option
 from ssmis.data.pictures import (
     map_mask,
     map_rgb_mask,
@@ -39,9 +40,9 @@ class CaseReader:
         self.kind = catalog.kind  # how files are decoded: nifti | images | prepared
         self.in_channels = data_cfg.in_channels
         self.num_classes = data_cfg.num_classes
-        self.mask_values = data_cfg.mask_values
-        self.mask_snap = getattr(data_cfg, "mask_snap", "auto")
-        self.mask_rgb_classes = getattr(data_cfg, "mask_rgb_classes", None)
+        self.mask_values = layout_option(data_cfg, "mask_values")
+        self.mask_snap = layout_option(data_cfg, "mask_snap", "auto")
+        self.mask_rgb_classes = layout_option(data_cfg, "mask_rgb_classes")
         self.window = tuple(data_cfg.intensity_window)
         self.spacing_override = tuple(data_cfg.spacing) if data_cfg.spacing else None
         names = catalog.channel_names
@@ -52,7 +53,7 @@ class CaseReader:
         self.slice_axis = slice_axis
         #: labels put on their image's grid (``data.label_geometry: resample``): case -> why
         self.resampled: dict[str, str] = {}
-        self.label_geometry = getattr(data_cfg, "label_geometry", "check")
+        self.label_geometry = layout_option(data_cfg, "label_geometry", "check")
         if catalog.kind == "prepared":
             self._check_prepared(data_cfg)
 

@@ -458,15 +458,16 @@ def split_from_catalog(catalog: Any, data: Any) -> Split:
     Raises:
         SSMISError: as :func:`case_groups` and :func:`ssl_split`, naming the field.
     """
-    group_by = getattr(data, "group_by", "auto")
+    rules = data.params  # the layout's split rules (ssmis.data.layouts.params.SplitRules)
+    group_by = rules.group_by
     return ssl_split(
         catalog.ids("train", labeled=True),
         catalog.ids("train", labeled=False) + catalog.ids("unlabeled"),
         catalog.ids("test", labeled=True), catalog.domains(),
         groups=case_groups(list(catalog.cases), group_by), group_by=group_by,
-        labeled_count=data.labeled_count, labeled_fraction=data.labeled_fraction,
-        labeled_cases=data.labeled_cases, labeled_domain=data.labeled_domain,
-        val_count=data.val_count, val_fraction=data.val_fraction, val_domain=data.val_domain,
-        test_count=data.test_count, test_fraction=data.test_fraction, seed=data.split_seed,
-        labeled_pick=getattr(data, "labeled_pick", "random"),
-        val_pool=getattr(data, "val_pool", "held_out"))
+        labeled_count=rules.labeled_count, labeled_fraction=rules.labeled_fraction,
+        labeled_cases=rules.labeled_cases, labeled_domain=rules.labeled_domain,
+        val_count=rules.val_count, val_fraction=rules.val_fraction, val_domain=rules.val_domain,
+        test_count=rules.test_count, test_fraction=rules.test_fraction, seed=rules.split_seed,
+        labeled_pick=rules.labeled_pick,
+        val_pool=rules.val_pool)

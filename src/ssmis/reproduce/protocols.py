@@ -77,6 +77,11 @@ def _known_key(parts: Sequence[str]) -> bool:
 
     from ssmis.config import ExperimentConfig as Model
 
+    if len(parts) == 2 and parts[0] == "data":
+        from ssmis.config import layout_option_defaults
+
+        if parts[1] in layout_option_defaults():  # a layout's option, flat in data
+            return True
     current: Any = Model
     for part in parts:
         fields = getattr(current, "model_fields", None)

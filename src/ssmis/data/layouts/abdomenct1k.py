@@ -24,6 +24,7 @@ import numpy as np
 from ssmis.data.cases import CaseInfo, Catalog
 from ssmis.data.layouts.catalog import CatalogLayout
 from ssmis.data.layouts.nifti import write_nifti
+from ssmis.data.layouts.params import LabelGeometry, MaskValues, SplitRules
 from ssmis.errors import SSMISError
 
 #: image folders of the release (one per downloaded part)
@@ -104,14 +105,18 @@ class AbdomenCT1K(CatalogLayout):
                    "Mask/Case_XXXXX.nii.gz (liver, kidney, spleen, pancreas)")
     labeled_key = "data.labeled_fraction"
 
+    class Params(SplitRules, MaskValues, LabelGeometry):
+        """The own-data split rules (the release has no lists), ``data.mask_values`` (merge
+        organs) and ``data.label_geometry``."""
+
     @classmethod
     def config_problem(cls, data: Any) -> str | None:
-        if data.mask_values is None and data.num_classes != len(ORGANS) + 1:
+        if data.params.mask_values is None and data.num_classes != len(ORGANS) + 1:
             return (f"data.num_classes: {data.num_classes}, but AbdomenCT-1K masks hold 0..4 "
                     "(liver, kidney, spleen, pancreas): set 5, or map values with "
                     "data.mask_values")
-        if (data.split_file is None and data.test_count is None
-                and data.test_fraction is None):
+        if (data.split_file is None and data.params.test_count is None
+                and data.params.test_fraction is None):
             return ("data.test_fraction: give test_count or test_fraction for abdomenct1k "
                     "(the release has no test list)")
         return super().config_problem(data)

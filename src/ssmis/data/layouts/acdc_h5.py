@@ -8,9 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from ssmis.data.h5 import acdc_slice_path, acdc_volume_path, read_list
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.h5 import H5Layout, check_root, read_split_list
+from ssmis.data.layouts.params import LayoutParams
 from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.splits import Split, patient_of_slice
 from ssmis.errors import SSMISError
@@ -75,6 +78,14 @@ class ACDCH5(H5Layout):
     ``data.labeled_patients`` patients (or ``labeled_slices`` slices) of ``train_slices.list``
     are labeled."""
 
+    class Params(LayoutParams):
+        """How many of ``train_slices.list`` are labeled: patients or slices."""
+
+        labeled_patients: int | None = Field(default=None, ge=1,
+                                             description="the first patients labeled")
+        labeled_slices: int | None = Field(default=None, ge=1,
+                                           description="the first slices labeled")
+
     stored_normalisation = ChannelNorm(
         "minmax", stored=True, source="SSL4MIS ACDC preprocessing, per volume "
         "(HiLab-git/SSL4MIS code/dataloaders/acdc_data_processing.py)")
@@ -87,7 +98,7 @@ class ACDCH5(H5Layout):
 
     @classmethod
     def config_problem(cls, data: Any) -> str | None:
-        if (data.labeled_patients is None) == (data.labeled_slices is None):
+        if (data.params.labeled_patients is None) == (data.params.labeled_slices is None):
             return "data: give exactly one of labeled_patients / labeled_slices"
         return super().config_problem(data)
 
@@ -119,5 +130,5 @@ class ACDCH5(H5Layout):
         return out
 
     def protocol_split(self) -> Split:
-        return acdc_split(self.root, labeled_patients=self.data.labeled_patients,
-                          labeled_slices=self.data.labeled_slices)
+        return acdc_split(self.root, labeled_patients=self.data.params.labeled_patients,
+                          labeled_slices=self.data.params.labeled_slices)

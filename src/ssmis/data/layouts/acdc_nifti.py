@@ -34,13 +34,15 @@ transpose of the h5 slices' (Y, X) (SimpleITK), which voxel-unit metrics do not 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from ssmis.data.cases import CaseArrays, CaseInfo, Catalog
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.catalog import CatalogLayout
+from ssmis.data.layouts.params import LayoutParams
 from ssmis.data.nifti_io import read_nifti
 from ssmis.data.normalisation import ChannelNorm, normalize
 from ssmis.data.reader import CaseReader
@@ -130,16 +132,22 @@ class ACDCNifti(CatalogLayout):
     patch_dims = (2,)
     labeled_key = "data.labeled_patients"
 
+    class Params(LayoutParams):
+        """The SSL4MIS 70/10/20 patient split: only how many patients are labeled, and where
+        validation is drawn from (any other split: ``data.split_file``)."""
+
+        labeled_patients: int | None = Field(
+            default=None, ge=1, description="the first patients of the SSL4MIS training list "
+                                            "labeled (3 or 7 in the tables)")
+        val_pool: Literal["held_out", "unlabeled"] = Field(
+            default="held_out", description="validation patients held out, or shared with the "
+                                            "unlabeled list")
+
     @classmethod
     def config_problem(cls, data: Any) -> str | None:
-        if data.split_file is None and data.labeled_patients is None:
+        if data.split_file is None and data.params.labeled_patients is None:
             return ("data.labeled_patients: required for acdc_nifti (the first patients of "
                     "the SSL4MIS training list; 3 or 7 in the tables)")
-        for field in ("labeled_slices", "labeled_count", "labeled_fraction", "labeled_cases",
-                      "val_count", "val_fraction", "test_count", "test_fraction"):
-            if getattr(data, field) is not None:
-                return (f"data.{field}: not used by acdc_nifti (SSL4MIS 70/10/20 patient "
-                        "split); use data.split_file for another split")
         return super(CatalogLayout, cls).config_problem(data)
 
     @staticmethod
@@ -269,7 +277,7 @@ class ACDCNifti(CatalogLayout):
             SSMISError: ``data.labeled_patients`` out of 1..69, or a patient of the lists
                 missing from ``training/`` (naming its folder).
         """
-        n = self.data.labeled_patients
+        n = self.data.params.labeled_patients
         if not 1 <= n < len(SSL4MIS_TRAIN):
             raise SSMISError(f"data.labeled_patients: {n} is out of range, expected 1.."
                              f"{len(SSL4MIS_TRAIN) - 1} (SSL4MIS training patients)")
@@ -299,7 +307,7 @@ class ACDCNifti(CatalogLayout):
         share patients with the unlabeled list under ``data.val_pool: unlabeled``); the
         patient rule first, so its message names the patient."""
         seen: dict[str, str] = {}
-        shared_ok = self.data.val_pool == "unlabeled"
+        shared_ok = self.data.params.val_pool == "unlabeled"
         for name in ("labeled", "unlabeled", "val", "test"):
             for case in getattr(split, name):
                 patient = patient_of(case)

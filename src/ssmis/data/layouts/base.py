@@ -15,8 +15,11 @@ interface, for:
 * :meth:`Layout.eval_cases`: whole evaluation cases (:class:`~ssmis.data.datasets.EvalCase`:
   image, label, spacing in mm in array-axis order, domain), one at a time.
 
-Config-time rules of a layout (required keys, patch dimensionality) are
-:meth:`Layout.config_problem`, asked by :class:`ssmis.config.DataConfig` before anything is read.
+A layout owns its options: :attr:`Layout.Params` (a pydantic model, shared pieces in
+:mod:`ssmis.data.layouts.params`) validates the ``data`` keys beyond the generic ones, and
+config-time rules that involve generic fields (required keys, patch dimensionality, class
+ranges) are :meth:`Layout.config_problem`, asked by :class:`ssmis.config.DataConfig` before
+anything is read.
 :meth:`Layout.write_example` writes a tiny synthetic copy in the exact on-disk format; the
 contract test (``tests/test_layouts_contract.py``) runs every registered layout on it, so a new
 layout is one module plus one line in :data:`ssmis.data.layouts.LAYOUTS` and is tested.
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ssmis.data.layouts.params import LayoutParams, layout_option
 from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError
@@ -61,6 +65,9 @@ class Layout:
     """
 
     name: ClassVar[str] = ""
+    #: the ``data`` options this layout takes besides the generic ones (validated from the
+    #: same flat ``data`` mapping; :mod:`ssmis.data.layouts.params`)
+    Params: ClassVar[type[LayoutParams]] = LayoutParams
     #: one line for ``DataConfig.layout``'s description and ``ssmis data inspect``
     description: ClassVar[str] = ""
     #: allowed lengths of ``data.patch_size`` (2: 2D models, 3: 3D models)
@@ -122,7 +129,7 @@ class Layout:
         The default checks that the lists are disjoint (validation may sit in the unlabeled
         pool with ``data.val_pool: unlabeled``).
         """
-        split.check_disjoint(getattr(self.data, "val_pool", "held_out") == "unlabeled")
+        split.check_disjoint(layout_option(self.data, "val_pool", "held_out") == "unlabeled")
 
     def check_files(self, split: Split, need_unlabeled: bool) -> list[str] | None:
         """Check every file the run reads (existence, keys, shapes, then values).

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from ssmis.data.h5 import brats_volume_path, read_list
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.h5 import H5Layout, check_root, read_split_list, write_h5, write_list
+from ssmis.data.layouts.params import LayoutParams
 from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError
@@ -44,9 +46,15 @@ class BraTSH5(H5Layout):
         source="SSL4MIS BraTS2019 preprocessing (HiLab-git/SSL4MIS "
         "code/dataloaders/brats_proprecessing.py)")
 
+    class Params(LayoutParams):
+        """The first ``labeled_count`` ids of ``train.txt`` are labeled."""
+
+        labeled_count: int | None = Field(default=None, ge=1,
+                                          description="the first ids of train.txt labeled")
+
     @classmethod
     def config_problem(cls, data: Any) -> str | None:
-        if data.labeled_count is None and data.split_file is None:
+        if data.params.labeled_count is None and data.split_file is None:
             return ("data.labeled_count: required for brats_h5 (the first ids of train.txt; "
                     "SSL4MIS uses 25)")
         return super().config_problem(data)
@@ -79,4 +87,4 @@ class BraTSH5(H5Layout):
                 for i in read_list(self.root / f"{subset}.txt")]
 
     def protocol_split(self) -> Split:
-        return brats_split(self.root, labeled_count=self.data.labeled_count or 0)
+        return brats_split(self.root, labeled_count=self.data.params.labeled_count or 0)

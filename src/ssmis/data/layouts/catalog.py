@@ -11,6 +11,7 @@ from typing import Any
 
 from ssmis.data.cases import Catalog, ignored_lines
 from ssmis.data.layouts.base import CaseEntry, Layout
+from ssmis.data.layouts.params import MaskValues, SplitRules, layout_option
 from ssmis.data.nifti_io import declared_classes_problem
 from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.reader import CaseReader
@@ -26,6 +27,9 @@ class CatalogLayout(Layout):
     ``labeled_cases``, ``val_count`` / ``val_fraction``, ``test_*``; :func:`ssmis.data.splits.
     ssl_split`). 2D training on volumes slices along ``data.slice_axis``.
     """
+
+    class Params(SplitRules, MaskValues):
+        """The own-data split rules and ``data.mask_values``."""
 
     def __init__(self, data: Any) -> None:
         super().__init__(data)
@@ -46,10 +50,10 @@ class CatalogLayout(Layout):
             if len(chosen) != 1:
                 return ("data: give exactly one of labeled_count / labeled_fraction / "
                         f"labeled_cases (or data.split_file) for {cls.name}")
-            if data.val_count is None and data.val_fraction is None:
+            if data.params.val_count is None and data.params.val_fraction is None:
                 return (f"data.val_count: give val_count or val_fraction for {cls.name} "
                         "(validation cases carved from labeled cases)")
-        return super().config_problem(data)
+        return mask_classes_problem(data) or super().config_problem(data)
 
     @property
     def catalog(self) -> Catalog:
@@ -86,7 +90,7 @@ class CatalogLayout(Layout):
 
     def cases(self) -> list[CaseEntry]:
         """Every case, its group by ``data.group_by`` (:func:`ssmis.data.splits.case_groups`)."""
-        groups = case_groups(list(self.catalog.cases), getattr(self.data, "group_by", "auto"))
+        groups = case_groups(list(self.catalog.cases), layout_option(self.data, "group_by", "auto"))
         return [CaseEntry(c.case, groups[c.case], c.subset, c.label is not None, c.domain)
                 for c in self.catalog.cases.values()]
 
@@ -100,7 +104,7 @@ class CatalogLayout(Layout):
             ids = [c for name in ("labeled", "unlabeled", "val", "test")
                    for c in getattr(split, name)]
             split.groups = multi_case_groups(
-                case_groups(ids, getattr(self.data, "group_by", "auto")))
+                case_groups(ids, layout_option(self.data, "group_by", "auto")))
         try:
             super().check_split(split, source)
         except SSMISError as err:
@@ -119,7 +123,7 @@ class CatalogLayout(Layout):
         spacing's axis order, then the values."""
         reader = self.reader
         declared = declared_classes_problem(self.catalog, self.data.num_classes,
-                                            self.data.mask_values)
+                                            layout_option(self.data, "mask_values"))
         if declared is not None:
             raise SSMISError(declared)
         groups = [(split.labeled, True), (split.val, True), (split.test, True)]
@@ -170,6 +174,13 @@ class CatalogLayout(Layout):
             image = arrays.image[0] if arrays.image.shape[0] == 1 else arrays.image
             yield EvalCase(case=case, image=image, label=arrays.label, spacing=arrays.spacing,
                            domain=arrays.domain, roi=arrays.roi)
+
+
+def mask_classes_problem(data: Any) -> str | None:
+    """A mapped class (``data.mask_values`` / ``mask_rgb_classes``) outside ``0..num_classes-1``
+    as one line, or None."""
+    check = getattr(getattr(data, "params", None), "classes_problem", None)
+    return check(data.num_classes) if check is not None else None
 
 
 def resample_notes(resampled: dict[str, str]) -> list[str]:

@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from ssmis.data.cases import CaseArrays, CaseInfo, Catalog
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.catalog import CatalogLayout
+from ssmis.data.layouts.params import LayoutParams
 from ssmis.data.pictures import read_picture
 from ssmis.data.reader import CaseReader
 from ssmis.data.splits import Split
@@ -126,15 +128,20 @@ class HRFLayout(CatalogLayout):
     description = "HRF fundus release: images/NN_{dr,g,h}.jpg, manual1/*.tif, mask/*_mask.tif"
     patch_dims = (2,)
 
+    class Params(LayoutParams):
+        """The fixed 27/18 protocol (vessel = manual1 > 127): how many images are labeled and
+        validated, and where validation is drawn from (any other split: ``data.split_file``)."""
+
+        labeled_count: int | None = Field(default=None, ge=1,
+                                          description="labeled images (CVBM: 1 or 3)")
+        val_count: int | None = Field(default=None, ge=1,
+                                      description="validation images (default 3)")
+        val_pool: Literal["held_out", "unlabeled"] = "held_out"
+
     @classmethod
     def config_problem(cls, data: Any) -> str | None:
-        if data.split_file is None and data.labeled_count is None:
+        if data.split_file is None and data.params.labeled_count is None:
             return "data.labeled_count: required for hrf (CVBM's table: 1 or 3 labeled images)"
-        for field in ("labeled_fraction", "labeled_cases", "labeled_domain", "val_fraction",
-                      "test_count", "test_fraction", "mask_values", "mask_rgb_classes"):
-            if getattr(data, field) is not None:
-                return (f"data.{field}: not used by the hrf layout (fixed 27/18 protocol, "
-                        "vessel = manual1 > 127); use data.split_file for another split")
         if data.num_classes != 2:
             return (f"data.num_classes: hrf has 2 classes (background, vessel), got "
                     f"{data.num_classes}")
@@ -250,5 +257,5 @@ class HRFLayout(CatalogLayout):
                 ext = "JPG" if case.endswith("dr") else "jpg"
                 raise SSMISError(f"{self.root / IMAGES / f'{case}.{ext}'}: not found; the HRF "
                                  "protocol needs all 45 images (or set data.split_file)")
-        return hrf_protocol(self.data.labeled_count,
-                            self.data.val_count or DEFAULT_VAL, self.data.val_pool)
+        return hrf_protocol(self.data.params.labeled_count,
+                            self.data.params.val_count or DEFAULT_VAL, self.data.params.val_pool)

@@ -11,6 +11,7 @@ import numpy as np
 
 from ssmis.data.cases import CaseInfo, Catalog, report_problem
 from ssmis.data.layouts.catalog import CatalogLayout
+from ssmis.data.layouts.params import PictureOptions, SplitRules, layout_option
 from ssmis.data.pictures import IMAGE_EXTS
 from ssmis.errors import SSMISError
 
@@ -21,6 +22,10 @@ class ImagesLayout(CatalogLayout):
     name = "images"
     description = "2D pictures: images/ + masks/ (+ unlabeled/), optionally per domain folder"
     patch_dims = (2,)
+
+    class Params(SplitRules, PictureOptions):
+        """The own-data split rules and the picture options (folders, name patterns, ROI,
+        mask values)."""
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -148,7 +153,8 @@ def scan_images_options(data_cfg: Any) -> dict[str, Any]:
     ROI folders); fields the config does not have keep their defaults."""
     names = ("images_dir", "masks_dir", "unlabeled_dir", "test_images_dir", "test_masks_dir",
              "image_pattern", "mask_pattern", "roi_dir", "roi_pattern", "test_roi_dir")
-    return {n: getattr(data_cfg, n) for n in names if getattr(data_cfg, n, None) is not None}
+    return {n: layout_option(data_cfg, n) for n in names
+            if layout_option(data_cfg, n) is not None}
 
 
 def scan_images(root: Path, images_dir: str = "images", masks_dir: str = "masks",

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from ssmis.data.h5 import LA_FOLDER, la_volume_path, read_list
 from ssmis.data.layouts.base import CaseEntry
 from ssmis.data.layouts.h5 import H5Layout, check_root, read_split_list, write_h5, write_list
+from ssmis.data.layouts.params import LayoutParams
 from ssmis.data.normalisation import ChannelNorm
 from ssmis.data.splits import Split
 from ssmis.errors import SSMISError
@@ -65,14 +67,23 @@ class LAH5(H5Layout):
     #: what the labeled count means for this dataset (the config error's hint)
     labeled_hint: str = "the first ids of train.list"
 
+    class Params(LayoutParams):
+        """The first ``labeled_count`` ids of the list are labeled, ``val_count`` are carved
+        from its end."""
+
+        labeled_count: int | None = Field(default=None, ge=1,
+                                          description="the first ids of the list labeled")
+        val_count: int | None = Field(
+            default=None, ge=1, description="validation cases carved from the end of the list")
+
     @classmethod
     def config_problem(cls, data: Any) -> str | None:
         """``labeled_count`` and ``val_count`` are needed unless ``data.split_file`` gives the
         split, then the patch rule."""
         if data.split_file is None:
-            if data.labeled_count is None:
+            if data.params.labeled_count is None:
                 return f"data.labeled_count: required for {cls.name} ({cls.labeled_hint})"
-            if data.val_count is None:
+            if data.params.val_count is None:
                 return (f"data.val_count: required for {cls.name} (validation cases carved "
                         "from the end of train.list)")
         return super().config_problem(data)
@@ -103,5 +114,5 @@ class LAH5(H5Layout):
                 for i in read_list(self.root / name)]
 
     def protocol_split(self) -> Split:
-        return la_split(self.root, labeled_count=self.data.labeled_count or 0,
-                        val_count=self.data.val_count or 0)
+        return la_split(self.root, labeled_count=self.data.params.labeled_count or 0,
+                        val_count=self.data.params.val_count or 0)

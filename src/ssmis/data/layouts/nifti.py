@@ -12,6 +12,7 @@ import numpy as np
 
 from ssmis.data.cases import CaseInfo, Catalog, note_ignored, report_problem, strip_ending
 from ssmis.data.layouts.catalog import CatalogLayout
+from ssmis.data.layouts.params import LabelGeometry, MaskValues, SplitRules
 from ssmis.data.nifti_io import (
     NIFTI_ENDINGS,
     dataset_json_channels,
@@ -36,6 +37,19 @@ class NiftiLayout(CatalogLayout):
 
     name = "nifti"
     description = "nnU-Net folder: imagesTr/<case>_0000.nii.gz, labelsTr/, imagesTs/, ..."
+
+    class Params(SplitRules, MaskValues, LabelGeometry):
+        """The own-data split rules, ``data.mask_values`` and ``data.label_geometry``."""
+
+    @classmethod
+    def config_problem(cls, data: Any) -> str | None:
+        """SynFoC's augmentation needs 8-bit images scaled to [0, 1], then the catalog rules."""
+        norms = data.normalization if isinstance(data.normalization, list) \
+            else [data.normalization]
+        if data.augmentation == "synfoc" and any(n != "scale" for n in norms):
+            return ("data.augmentation: synfoc works on 8-bit images scaled to [0, 1]; "
+                    "set data.normalization: scale")
+        return super().config_problem(data)
 
     @classmethod
     def detect(cls, root: Path) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 from ssmis.atomic import atomic_write, write_json
 from ssmis.data.cases import CaseInfo, Catalog
 from ssmis.data.layouts.catalog import CatalogLayout
+from ssmis.data.options import layout_option
 from ssmis.data.prepared_format import PREPARED_FORMAT, PREPARED_MANIFEST, case_file_name
 from ssmis.data.reader import CaseReader
 from ssmis.errors import SSMISError
@@ -114,7 +115,8 @@ def prepare_dataset(catalog: Catalog, data_cfg: Any, out: Path, progress: bool =
         "format": PREPARED_FORMAT, "source": str(catalog.root), "source_layout": catalog.layout,
         "in_channels": data_cfg.in_channels, "normalization": reader.norms,
         "normalisation": [n.as_dict() for n in reader.normalisation(data_cfg)],
-        "intensity_window": list(reader.window), "mask_values": data_cfg.mask_values,
+        "intensity_window": list(reader.window),
+        "mask_values": layout_option(data_cfg, "mask_values"),
         "num_classes": data_cfg.num_classes, "channel_names": catalog.channel_names,
         "label_names": {str(k): v for k, v in catalog.label_names.items()}, "cases": entries,
     }

@@ -180,13 +180,10 @@ class CaseReader:
         if with_label and info.label is None:
             raise SSMISError(f"case '{case}' has no label ({info.images[0]})")
         if self.kind == "prepared":
-            arrays = self._load_prepared(info, with_label)
-        elif self.kind == "nifti":
-            arrays = self._load_nifti(info, with_label)
-        else:
-            arrays = self._load_picture(info, with_label)
-        check_finite(info.images[0], arrays.image)
-        return arrays
+            return self._load_prepared(info, with_label)
+        if self.kind == "nifti":
+            return self._load_nifti(info, with_label)
+        return self._load_picture(info, with_label)
 
     def load(self, case: str, with_label: bool) -> CaseArrays:
         arrays = self.load_raw(case, with_label)
@@ -260,6 +257,7 @@ class CaseReader:
                              "or 3 (RGB) channels")
         path = info.images[0]
         raw = read_picture(path, mode)
+        check_finite(path, raw)  # float TIFFs; integer pictures cannot hold NaN
         pixels = raw if raw.ndim == 3 else raw[..., None]
         image = np.stack([normalize(pixels[..., c], self.norms[c], self.window, raw.dtype)
                           for c in range(pixels.shape[-1])])
@@ -300,6 +298,7 @@ class CaseReader:
                 roi = z["roi"].astype(bool) if "roi" in z.files and z["roi"].size else None
         except Exception as exc:
             raise SSMISError(f"{path}: not a readable prepared case ({exc})") from None
+        check_finite(path, image)
         if self.spacing_override is not None:
             spacing = self._override(spacing)
         return CaseArrays(info.case, image, label, spacing, affine, info.domain, roi=roi,

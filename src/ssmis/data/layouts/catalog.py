@@ -35,6 +35,7 @@ class CatalogLayout(Layout):
         super().__init__(data)
         self._catalog: Catalog | None = None
         self._reader: CaseReader | None = None
+        self._normalisation: list[ChannelNorm] | None = None
 
     @classmethod
     def scan(cls, root: Path, data: Any = None, problems: list[str] | None = None) -> Catalog:
@@ -81,8 +82,11 @@ class CatalogLayout(Layout):
         return self._reader
 
     def normalisation(self) -> list[ChannelNorm]:
-        """The reader's records (:meth:`ssmis.data.reader.CaseReader.normalisation`)."""
-        return self.reader.normalisation(self.data)
+        """The reader's records (:meth:`ssmis.data.reader.CaseReader.normalisation`), resolved
+        once (``scale`` reads the header of every case)."""
+        if self._normalisation is None:
+            self._normalisation = self.reader.normalisation(self.data)
+        return self._normalisation
 
     def data_notes(self) -> list[str]:
         """The entries of the dataset's folders that no case uses, with the reason."""

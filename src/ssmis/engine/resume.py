@@ -121,10 +121,11 @@ def _freeze_shares(new_raw: dict[str, Any], stored: ExperimentConfig, source: st
     (a share ``"20%"``, or a null default that a method resolves from ``train.iterations``,
     such as the published pre-training share) replaced by its value for the iterations the run
     was started with, and the fields so frozen."""
-    from ssmis.methods import build_method
+    from ssmis.methods import get_method
 
-    method = build_method(stored)
-    declared, resolved = method.declared_params, method.params
+    cls = get_method(stored.method.name)
+    declared = cls.parse_params(stored.method.params, source)
+    resolved = cls.run_params(stored, declared)
     frozen = {f"method.params.{name}": (getattr(declared, name), getattr(resolved, name))
               for name in type(declared).model_fields
               if getattr(declared, name) != getattr(resolved, name)}

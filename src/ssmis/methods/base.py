@@ -114,14 +114,21 @@ class Method(nn.Module, Generic[ParamsT]):
         #: ``method.params`` as given, every default filled in and percentages kept (what
         #: the run's config.yaml records)
         self.declared_params = self.parse_params(cfg.method.params)
-        #: the same with percentages of the run (``"40%"``) resolved for ``train.iterations``
-        self.params: ParamsT = cast(ParamsT, resolve_run_shares(self.declared_params,
-                                                             cfg.train.iterations))
+        #: the same with every value that depends on the run's length resolved
+        self.params: ParamsT = self.run_params(cfg, self.declared_params)
         if cfg.data.spatial_dims not in self.spatial_dims:
             dims = " or ".join(f"{d}D" for d in self.spatial_dims)
             raise SSMISError(f"method.name: {self.name} supports {dims} data only; "
                              f"data.patch_size {cfg.data.patch_size} is "
                              f"{cfg.data.spatial_dims}D")
+
+    @classmethod
+    def run_params(cls, cfg: ExperimentConfig, declared: ParamsT) -> ParamsT:
+        """``declared`` with every value that depends on ``train.iterations`` resolved: shares
+        of the run (``"40%"``); subclasses add defaults derived from the run's length (the
+        published pre-training share, SynFoC's ramp). No network is built, so a resume can
+        freeze these values cheaply (:mod:`ssmis.engine.resume`)."""
+        return cast(ParamsT, resolve_run_shares(declared, cfg.train.iterations))
 
     @classmethod
     def batch_problem(cls, labeled: int, unlabeled: int) -> str | None:

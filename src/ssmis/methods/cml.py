@@ -44,7 +44,7 @@ Forward passes per iteration, each through both subnets: phase 1: 1 (labeled mix
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -150,9 +150,15 @@ class CML(HalvedBatches, DualNetMethod[CMLParams]):
         self.w_u = p.w_u if p.w_u is not None else (0.5 if dims == 2 else 1.0)
         self.w_dis = p.w_dis if p.w_dis is not None else (0.1 if dims == 2 else 0.2)
         self.recipe = "acdc" if dims == 2 else "la"
-        self.params = with_published_pretrain(p, self.recipe, cfg.train.iterations,
-                                              self.declared_params.pretrain_iterations)
         self._init_choice()
+
+    @classmethod
+    def run_params(cls, cfg: Any, declared: Any) -> Any:
+        """Shares resolved, and an unset ``pretrain_iterations`` the published share (ACDC in
+        2D, LA in 3D)."""
+        recipe = "acdc" if cfg.data.spatial_dims == 2 else "la"
+        return with_published_pretrain(super().run_params(cfg, declared), recipe,
+                                       cfg.train.iterations, declared.pretrain_iterations)
 
     # -- the two subnets --------------------------------------------------------------------
     def subnets(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,

@@ -339,11 +339,15 @@ class SynFoC(ChoosablePredictor, Method[SynFoCParams]):
                                  f"classes 1..{d.num_classes - 1}")
         self._init_choice()
         self._trainable_sam = [n for n, t in self.sam.named_parameters() if t.requires_grad]
-        if self.params.rampup_iterations is None:
-            # the code's T is the run's length: resolved once, so a resume that extends the
-            # run keeps the ramp it trained with (ssmis.engine.resume freezes it)
-            self.params = self.params.model_copy(
-                update={"rampup_iterations": cfg.train.iterations})
+
+    @classmethod
+    def run_params(cls, cfg: Any, declared: Any) -> Any:
+        """Shares resolved, and an unset ``rampup_iterations`` the run's length (the code's
+        T), so a resume that extends the run keeps the ramp it trained with."""
+        p = super().run_params(cfg, declared)
+        if p.rampup_iterations is None:
+            p = p.model_copy(update={"rampup_iterations": cfg.train.iterations})
+        return p
 
     def _build_sam(self) -> nn.Module:
         p = self.params

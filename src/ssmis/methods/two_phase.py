@@ -149,15 +149,25 @@ class TwoPhaseMethod(HalvedBatches, Method[TwoPhaseParamsT]):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         p = self.params
-        recipe = p.recipe
-        if recipe == "auto":
-            recipe = "acdc" if cfg.data.spatial_dims == 2 else "la"
-        self.recipe = recipe
-        self.params = p = with_published_pretrain(
-            p, recipe, cfg.train.iterations, self.declared_params.pretrain_iterations)
+        self.recipe = recipe = self.recipe_of(p, cfg)
         self.ema_buffers: BufferPolicy = buffer_policy(p.ema_buffers, p.teacher_train_mode,
                                                     "ema" if recipe == "acdc" else "own")
         self.reset_opt = p.reset_optimizer if p.reset_optimizer is not None else recipe == "la"
+
+    @staticmethod
+    def recipe_of(params: Any, cfg: Any) -> str:
+        """``params.recipe``, ``auto`` resolved by the data's dimensionality (2D: acdc)."""
+        if params.recipe != "auto":
+            return str(params.recipe)
+        return "acdc" if cfg.data.spatial_dims == 2 else "la"
+
+    @classmethod
+    def run_params(cls, cfg: Any, declared: Any) -> Any:
+        """Shares resolved, and an unset ``pretrain_iterations`` the recipe's published share
+        (:func:`with_published_pretrain`)."""
+        p = super().run_params(cfg, declared)
+        return with_published_pretrain(p, cls.recipe_of(p, cfg), cfg.train.iterations,
+                                       declared.pretrain_iterations)
 
     def _init_teacher(self) -> None:
         self.teacher = make_teacher(self.student)

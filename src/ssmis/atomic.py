@@ -47,15 +47,27 @@ def io_reason(err: BaseException) -> str | None:
     return None
 
 
+def _umask() -> int:
+    """The process's umask: Linux reports it in ``/proc/self/status`` (read without changing
+    it, so no other thread creates a file under a cleared umask); elsewhere set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _mode_for(path: Path) -> int:
     """The permission bits a plain ``open(path, "w")`` would give: the existing file's, else
-    0666 less the process's umask (``mkstemp`` makes its files 0600, owner only)."""
+    0666 less the umask (``mkstemp`` makes its files 0600, owner only)."""
     try:
         return path.stat().st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:

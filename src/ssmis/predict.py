@@ -12,7 +12,6 @@ leaves no partial file under a real name, and the error names the file.
 from __future__ import annotations
 
 import glob
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,12 @@ import torch
 from ssmis.atomic import atomic_write
 from ssmis.config import ExperimentConfig, read_yaml, validate_config
 from ssmis.data.cases import strip_ending
-from ssmis.data.nifti_io import NIFTI_ENDINGS, read_nifti
+from ssmis.data.nifti_io import CHANNEL_STEM, NIFTI_ENDINGS, read_nifti
 from ssmis.data.normalisation import ChannelNorm, resolve_scheme
 from ssmis.data.pictures import IMAGE_EXTS, read_picture
 from ssmis.engine.runfolder import CONFIG_FILE, resolve_checkpoint, selected_checkpoint
 from ssmis.errors import SSMISError
 
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 #: slice PNGs written per NIfTI volume by ``--overlay``
 OVERLAY_SLICES = 3
 
@@ -62,7 +60,7 @@ def collect_jobs(inputs: list[Path], in_channels: int) -> list[Job]:
         kind = _kind(path)
         stem = strip_ending(path.name, NIFTI_ENDINGS) if kind == "nifti" else path.stem
         assert stem is not None
-        match = _CHANNEL.match(stem)
+        match = CHANNEL_STEM.match(stem)
         name = match["case"] if match else stem
         if kind == "nifti" and in_channels > 1:
             if match is None:

@@ -9,6 +9,7 @@ its image's; the ``dataset_json_*`` readers take nnU-Net v2 and v1/MSD spellings
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from ssmis.data.cases import Catalog
 from ssmis.errors import SSMISError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+#: nnU-Net's channel file stem ``<case>_<XXXX>`` (``case07_0000``): groups ``case``, ``ch``
+CHANNEL_STEM = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 
 def read_nifti(path: Path, header_only: bool = False):

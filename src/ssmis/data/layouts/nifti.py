@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from ssmis.data.cases import CaseInfo, Catalog, note_ignored, report_problem, st
 from ssmis.data.layouts.catalog import CatalogLayout
 from ssmis.data.layouts.params import LabelGeometry, MaskValues, SplitRules
 from ssmis.data.nifti_io import (
+    CHANNEL_STEM,
     NIFTI_ENDINGS,
     dataset_json_channels,
     dataset_json_labels,
@@ -89,7 +89,6 @@ class NiftiLayout(CatalogLayout):
                 "val_count": 1, "test_count": 1, "patch_size": [16, 16, 16]}
 
 
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 
 #: the entries of a nifti dataset's root that the layout reads
@@ -113,7 +112,7 @@ def _nifti_folder(folder: Path, catalog: Catalog, problems: list[str] | None
         if stem is None:
             note_ignored(catalog, path, "not a NIfTI file (.nii.gz, .nii)")
             continue
-        match = _CHANNEL.match(stem)
+        match = CHANNEL_STEM.match(stem)
         if match is None:
             report_problem(problems, f"{path}: image name must end in _0000.nii.gz (channel index, "
                            "nnU-Net naming)")
